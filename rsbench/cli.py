@@ -1,0 +1,58 @@
+"""The `bench` command line. Sub-command groups live in their own modules and are added here.
+
+Every user error (rsbench.errors.UserError) becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(
+    name="bench",
+    help="rsbench: train, select on validation, evaluate on test, and compare RS image-text retrieval methods.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_commands() -> None:
+    """Attach the command groups; each module defines its commands on `app` or a sub-Typer."""
+    from . import cli_data, cli_report, cli_run  # noqa: F401
+
+    app.add_typer(cli_data.data_app, name="data")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turning user errors into one-line messages."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _register_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors etc.
+        import click
+
+        if isinstance(e, click.exceptions.Abort):
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""User-facing errors: the CLI prints them as one line and exits with code 2, never a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """A problem with the user's input (file, option, name). Message is one line."""
+
+
+class DataError(UserError):
+    """A problem with a dataset file. The message names the file and the problem."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean X?)' for a close match, else ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def unknown(kind: str, name: str, choices: Iterable[str]) -> UserError:
+    """Build the standard 'unknown X' error with a suggestion and the list of valid names."""
+    choices = sorted(choices)
+    return UserError(f"unknown {kind} '{name}'{suggest(name, choices)}; choose from: {', '.join(choices)}")

@@ -1,0 +1,117 @@
+"""The one interface every retrieval method implements.
+
+Dual encoders (VSE++, CLIP, MSA at inference) score by a product of embeddings; cross-interaction
+methods (AMFMN) override `score` because it needs both sides. The runner only talks to this API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Tokenizer = Callable[[list[str]], dict[str, torch.Tensor]]
+
+
+@dataclass
+class MethodContext:
+    """What a method may learn from the training split before training (vocabulary, caches).
+
+    Only training data is here: nothing from val or test may shape the model.
+    """
+
+    train_captions: list[str]
+    train_cap2img: np.ndarray  # image index (within train) of each training caption
+    cache_dir: Path  # per-dataset cache folder (e.g. prior text similarity)
+    dataset_fingerprint: str = ""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+@dataclass
+class Batch:
+    """A training batch: B (image, caption) pairs.
+
+    image_ids: index of each image in the split (two rows with the same id are the same image,
+    which a loss must not treat as a negative). caption_ids: index of each caption in the split.
+    """
+
+    images: torch.Tensor
+    text: dict[str, torch.Tensor]
+    image_ids: torch.Tensor
+    caption_ids: torch.Tensor
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        return Batch(
+            images=self.images.to(device, non_blocking=non_blocking),
+            text={k: v.to(device, non_blocking=non_blocking) for k, v in self.text.items()},
+            image_ids=self.image_ids.to(device, non_blocking=non_blocking),
+            caption_ids=self.caption_ids.to(device, non_blocking=non_blocking),
+        )
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class RetrievalMethod(nn.Module):
+    """Base class. Subclasses set `config_cls` and implement the encoders and the loss."""
+
+    config_cls: ClassVar[type]
+    cross_interaction: ClassVar[bool] = False  # True when score() needs both sides jointly
+    is_cnn: ClassVar[bool] = True  # channels_last helps on GPU
+
+    def __init__(self, config: Any, context: MethodContext):
+        super().__init__()
+        self.config = config
+        self.context = context
+
+    # ---- data side -------------------------------------------------------------------------
+    def image_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return IMAGENET_MEAN, IMAGENET_STD
+
+    def tokenizer(self) -> Tokenizer:
+        """A picklable callable: list of captions -> dict of tensors (runs in DataLoader workers)."""
+        raise NotImplementedError
+
+    # ---- model side ------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_texts(self, text: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
+        """(Ni, ...) x (Nt, ...) -> (Ni, Nt) similarity. Default: cosine of embeddings."""
+        return F.normalize(image_feats.float(), dim=-1) @ F.normalize(text_feats.float(), dim=-1).T
+
+    def training_loss(self, batch: Batch) -> LossOutput:
+        raise NotImplementedError
+
+    # ---- optimisation / state ------------------------------------------------------------------
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Parameter groups for the optimiser (override for per-part learning rates)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr,
+                 "weight_decay": weight_decay}]
+
+    def extra_state_json(self) -> dict[str, Any]:
+        """JSON-able state saved beside the weights (vocabulary...), never pickled."""
+        return {}
+
+    def load_extra_state_json(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def same_image_mask(image_ids: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool: True where rows i and j show the same image (positives, not negatives)."""
+    return image_ids[:, None] == image_ids[None, :]
