@@ -23,17 +23,23 @@ app = typer.Typer(
 
 def _register_commands() -> None:
     """Attach the command groups; each module defines its commands on `app` or a sub-Typer."""
-    from . import cli_data, cli_report, cli_run  # noqa: F401
+    from . import cli_compare, cli_data, cli_report, cli_run  # noqa: F401
 
     app.add_typer(cli_data.data_app, name="data")
 
 
+_registered = False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning user errors into one-line messages."""
+    global _registered
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _register_commands()
+    if not _registered:
+        _register_commands()
+        _registered = True
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -52,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
             e.show()
             sys.exit(2)
         raise
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,62 @@
+"""`bench compare` (paired significance between methods) and `bench plot` (paper figures).
+
+Both read only result cell folders. Imports of numpy/pandas/scipy/matplotlib stay inside the
+commands so that `bench --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli import app
+from .errors import UserError, unknown
+
+
+@app.command()
+def compare(
+    results_dir: Annotated[Path, typer.Argument(metavar="RESULTS_DIR", help="Results root holding <dataset>/<method>/seed<k>/ cells.")],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only this dataset (default: every dataset).")] = None,
+    metric: Annotated[str, typer.Option("--metric", help="Metric to print: mR, i2t_r1 ... t2i_r10, or 'all'. The CSV always has all seven.")] = "mR",
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level (Holm-corrected) and 1 - CI level.")] = 0.05,
+    resamples: Annotated[int, typer.Option("--resamples", min=1, help="Random sign flips and bootstrap resamples.")] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the resampling (results are reproducible).")] = 0,
+    split: Annotated[str, typer.Option("--split", help="Compare cells scored on this split.")] = "test",
+    out: Annotated[Path | None, typer.Option("--out", help="CSV path (default RESULTS_DIR/significance.csv).")] = None,
+) -> None:
+    """Paired significance of every pair of methods per dataset: writes significance.csv.
+
+    Per pair and metric: a two-sided paired randomisation (sign-flip) test over test queries with
+    p = (b+1)/(n+1), an image and its captions relabelled together; a paired cluster bootstrap CI
+    of the difference A - B; Holm correction over all pairs per metric; win/tie/loss per image;
+    and a paired t-test across shared seeds (seed_p).
+    """
+    from .significance import METRICS, compare_results, format_significance, write_significance
+
+    if metric != "all" and metric not in METRICS:
+        raise unknown("metric", metric, [*METRICS, "all"])
+    df = compare_results(results_dir, dataset=dataset, alpha=alpha, resamples=resamples, seed=seed, split=split)
+    if df.empty:
+        raise UserError(f"{results_dir}: nothing to compare (each dataset has fewer than two methods)")
+    path = out if out is not None else Path(results_dir) / "significance.csv"
+    write_significance(df, path)
+    typer.echo(format_significance(df, None if metric == "all" else metric, alpha=alpha))
+    typer.echo(f"wrote {path}", err=True)
+
+
+@app.command()
+def plot(
+    results_dir: Annotated[Path, typer.Argument(metavar="RESULTS_DIR", help="Results root holding <dataset>/<method>/seed<k>/ cells.")],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only this dataset (default: every dataset).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default RESULTS_DIR/figures).")] = None,
+    logx: Annotated[bool, typer.Option("--logx/--no-logx", help="Logarithmic K axis on the recall curves.")] = True,
+    split: Annotated[str, typer.Option("--split", help="Plot cells scored on this split.")] = "test",
+) -> None:
+    """Recall@K curves (both directions, band over seeds) and an mR bar chart, PNG (200 dpi) and PDF."""
+    from .plots import plot_results
+
+    paths = plot_results(results_dir, out_dir=out, dataset=dataset, logx=logx, split=split)
+    for p in paths:
+        typer.echo(f"wrote {p}")

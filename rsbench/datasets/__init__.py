@@ -1,0 +1,22 @@
+"""Dataset loading: Karpathy JSON and AMFMN precomp layouts, val carving, checks, torch data.
+
+Light imports only here (numpy, PIL); torch-side helpers live in rsbench.datasets.torchdata.
+"""
+
+from .base import DatasetSplits, Split
+from .check import CheckReport, check_dataset
+from .images import decode_image, load_image
+from .registry import DatasetInfo, get_dataset_info, list_datasets, load_dataset
+
+__all__ = [
+    "CheckReport",
+    "DatasetInfo",
+    "DatasetSplits",
+    "Split",
+    "check_dataset",
+    "decode_image",
+    "get_dataset_info",
+    "list_datasets",
+    "load_dataset",
+    "load_image",
+]

@@ -1,0 +1,145 @@
+"""CLIP-style contrastive dual encoder: a timm image tower and a transformers text tower.
+
+The same class of model as RemoteCLIP and GeoRSCLIP (symmetric InfoNCE, learnable temperature), built
+here from unimodal towers so it trains in our runner like the other methods. The text embedding is the
+MEAN of the token states over real tokens (default) rather than [CLS]: the default MiniLM text model was
+trained as a sentence encoder with mean pooling, so mean pooling gives usable sentence vectors from the
+first step; `text_pool="cls"` switches to the first token.
+
+Both towers end in a linear projection to `embed_dim`; the score is the cosine of the two embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .backbones import create_backbone
+from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
+from .hf_text import DEFAULT_TEXT_MODEL, HFTokenizer, load_text_model
+from .losses import LogitScale, PromptTokenizer, check_same_image_mode, decay_param_groups, info_nce
+from .registry import register_method
+
+TEXT_POOLS = ("mean", "cls")
+
+
+@dataclass
+class ClipConfig:
+    """Options of the `clip` method (set with --set key=value)."""
+
+    backbone: str = "resnet50"  # any timm model name
+    pretrained: bool = True  # timm ImageNet weights (downloaded, or from the HF cache)
+    backbone_weights: str = ""  # local weights file for the backbone (.safetensors / state dict)
+    text_model: str = DEFAULT_TEXT_MODEL  # 'minilm' (offline), a local folder or a hub name
+    text_pretrained: bool = True  # False: same text architecture, random weights
+    text_pool: str = "mean"  # mean (over real tokens) | cls
+    max_len: int = 32  # text tokens, including [CLS]/[SEP]
+    embed_dim: int = 512  # joint embedding size
+    init_temperature: float = 0.07  # CLIP's initial temperature (logit scale 1/0.07)
+    learn_temperature: bool = True
+    max_logit_scale: float = 100.0  # clamp of the logit scale, as in CLIP
+    same_image: str = "mask"  # mask | positive: how two batch rows of the same image are treated
+    prompt: str = ""  # e.g. "a satellite image of" prepended to every caption ('' = off)
+    tower_lr_scale: float = 1.0  # lr multiplier of both towers (the projections and temperature use 1)
+
+
+def _is_transformer(model: nn.Module) -> bool:
+    """timm ViT/Swin/DeiT/... carry a patch embedding; CNNs (ResNet, ConvNeXt...) do not."""
+    return hasattr(model, "patch_embed")
+
+
+@register_method(
+    "clip",
+    "CLIP-style dual encoder: timm image tower + MiniLM/BERT text tower, symmetric InfoNCE with learnable "
+    "temperature",
+    presets={
+        # CPU-sized: random ResNet-18 on 64 px + the offline MiniLM text model, a few minutes on 2 cores.
+        "small": {
+            "backbone": "resnet18",
+            "pretrained": False,
+            "embed_dim": 256,
+            "tower_lr_scale": 0.1,  # MiniLM is pretrained: keep it close to its sentence space
+            "train.epochs": 8,
+            "train.batch_size": 32,
+            "train.optimizer": "adamw",
+            "train.lr": 1e-3,
+            "train.weight_decay": 0.01,
+            "train.image_size": 64,
+        },
+        # CLIP fine-tuning regime (RemoteCLIP / GeoRSCLIP fine-tune with AdamW, lr ~5e-6..1e-5 on the
+        # towers, 224 px; CLIP's weight decay 0.2): here the projections are new, so they get lr 1e-4
+        # while the pretrained towers get 1e-5 (tower_lr_scale 0.1); step decay x0.1 at epoch 10 of 20.
+        "paper": {
+            "backbone": "resnet50",
+            "pretrained": True,
+            "embed_dim": 512,
+            "tower_lr_scale": 0.1,
+            "train.epochs": 20,
+            "train.batch_size": 128,
+            "train.optimizer": "adamw",
+            "train.lr": 1e-4,
+            "train.weight_decay": 0.2,
+            "train.lr_step": 10,
+            "train.lr_gamma": 0.1,
+            "train.image_size": 224,
+        },
+    },
+)
+class ClipMethod(RetrievalMethod):
+    """Image tower -> Linear, text tower -> pool -> Linear; InfoNCE with a learnable temperature."""
+
+    config_cls = ClipConfig
+
+    def __init__(self, config: ClipConfig, context: MethodContext):
+        super().__init__(config, context)
+        check_same_image_mode(config.same_image)
+        if config.text_pool not in TEXT_POOLS:
+            raise UserError(f"bad value for 'text_pool': '{config.text_pool}'; choose from: {', '.join(TEXT_POOLS)}")
+        self.backbone = create_backbone(
+            config.backbone, pretrained=config.pretrained, weights=config.backbone_weights or None, num_classes=0
+        )
+        self.is_cnn = not _is_transformer(self.backbone)  # instance value: channels_last only helps CNNs
+        self._hf_tokenizer, self.text_model = load_text_model(config.text_model, pretrained=config.text_pretrained)
+        self.image_proj = nn.Linear(self.backbone.num_features, config.embed_dim, bias=False)
+        self.text_proj = nn.Linear(self.text_model.config.hidden_size, config.embed_dim, bias=False)
+        self.logit_scale = LogitScale(config.init_temperature, config.max_logit_scale, config.learn_temperature)
+
+    # ---- data side -------------------------------------------------------------------------
+    def image_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
+        if "mean" in cfg and "std" in cfg:
+            return tuple(cfg["mean"]), tuple(cfg["std"])
+        return super().image_mean_std()
+
+    def tokenizer(self) -> Tokenizer:
+        return PromptTokenizer(HFTokenizer(self._hf_tokenizer, max_len=self.config.max_len), self.config.prompt)
+
+    # ---- model side ------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_proj(self.backbone(images))
+
+    def encode_texts(self, text: dict[str, torch.Tensor]) -> torch.Tensor:
+        mask = text["attention_mask"]
+        states = self.text_model(input_ids=text["input_ids"], attention_mask=mask).last_hidden_state
+        if self.config.text_pool == "cls":
+            pooled = states[:, 0]
+        else:
+            w = mask.unsqueeze(-1).to(states.dtype)
+            pooled = (states * w).sum(1) / w.sum(1).clamp(min=1.0)
+        return self.text_proj(pooled)
+
+    def training_loss(self, batch: Batch) -> LossOutput:
+        scale = self.logit_scale()
+        loss = info_nce(
+            self.encode_images(batch.images), self.encode_texts(batch.text), scale, batch.image_ids,
+            self.config.same_image,
+        )
+        return LossOutput(loss, {"logit_scale": float(scale.detach())})
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        s = self.config.tower_lr_scale
+        return decay_param_groups(self, lr, weight_decay, {"backbone.": s, "text_model.": s})

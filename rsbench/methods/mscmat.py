@@ -1,0 +1,122 @@
+"""MSCMAT (multi-scale cross-modal alignment transformer) and the three MSA losses.
+
+One branch per visual scale k scores every image x text pair of a batch:
+
+    q_k    = Linear_k(p_k)                                   (one query token per image)
+    a_k    = MHA_k(query=LN(q_k), key=value=LN(text tokens)) (padding masked, [CLS] excluded)
+    m_k    = sigmoid(Linear_k((a_k + g_t) * q_k))            -> a B_img x B_txt matrix M_k
+
+Why the batched form: the query is a single token, so attention for all B x B pairs is a set of
+per-head dot products q_i . k_{j,l}, a masked softmax over l and a weighted sum of values. The
+head that follows is linear in a_ij, so it can be pushed inside the weighted sum:
+
+    w . ((W_o a_ij + b_o + g_j) * q_i) = sum_{h,l} attn_ijhl (v_jlh . u_ih) + (w * q_i) . (b_o + g_j)
+    with u_i = W_o^T (w * q_i)
+
+which costs O(B*B*L*d) and never materialises a (B, B, d) tensor nor repeated copies of the text.
+The parameters are those of an ordinary nn.MultiheadAttention (in_proj, out_proj), so the result
+equals calling it pair by pair (tests/test_msa.py checks this against a naive loop).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .triplet import hinge_triplet
+
+
+class MSCMATBranch(nn.Module):
+    """Cross-attention branch of one scale: pooled image vector (B_i, C) x text (B_t, L, D) -> (B_i, B_t)."""
+
+    def __init__(self, in_channels: int, embed_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide embed_dim={embed_dim}")
+        self.query = nn.Linear(in_channels, embed_dim)
+        self.ln_q = nn.LayerNorm(embed_dim)
+        self.ln_kv = nn.LayerNorm(embed_dim)
+        self.attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.head = nn.Linear(embed_dim, 1)
+
+    def forward(self, pooled: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor,
+                g_t: torch.Tensor) -> torch.Tensor:
+        """Pre-sigmoid matching logits for every (image i, text j) pair.
+
+        pooled: (B_i, C) the scale's pooled image vector; tokens: (B_t, L, D) text tokens without
+        [CLS]; pad: (B_t, L) bool, True at padding; g_t: (B_t, D) global text embeddings.
+        """
+        q = self.query(pooled)  # (B_i, D)
+        d = q.shape[-1]
+        heads = self.attn.num_heads
+        dh = d // heads
+        w_in, b_in = self.attn.in_proj_weight, self.attn.in_proj_bias
+        kv = self.ln_kv(tokens)
+        qh = F.linear(self.ln_q(q), w_in[:d], b_in[:d]).view(-1, heads, dh) * dh**-0.5
+        k = F.linear(kv, w_in[d:2 * d], b_in[d:2 * d]).view(*kv.shape[:2], heads, dh)
+        v = F.linear(kv, w_in[2 * d:], b_in[2 * d:]).view(*kv.shape[:2], heads, dh)
+
+        scores = torch.einsum("ihd,jlhd->ijhl", qh, k)  # (B_i, B_t, H, L)
+        scores = scores.masked_fill(pad[None, :, None, :], float("-inf"))
+        attn = scores.float().softmax(dim=-1).to(v.dtype)
+        attn = F.dropout(attn, self.attn.dropout, self.training)
+
+        wq = self.head.weight[0] * q  # (B_i, D): w * q_i
+        u = (wq @ self.attn.out_proj.weight).view(-1, heads, dh)  # W_o^T (w * q_i)
+        vu = torch.einsum("jlhd,ihd->ijhl", v, u)  # (B_i, B_t, H, L)
+        through_attn = (attn * vu).sum(dim=(-1, -2))
+        direct = wq @ (g_t + self.attn.out_proj.bias).T  # (B_i, B_t)
+        return through_attn + direct + self.head.bias
+
+
+class MSCMAT(nn.Module):
+    """One branch per scale; returns the list of pre-sigmoid B_i x B_t logit matrices, shallow to deep."""
+
+    def __init__(self, channels: list[int], embed_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.branches = nn.ModuleList(MSCMATBranch(c, embed_dim, num_heads, dropout) for c in channels)
+
+    def forward(self, pooled: list[torch.Tensor], tokens: torch.Tensor, pad: torch.Tensor,
+                g_t: torch.Tensor) -> list[torch.Tensor]:
+        return [b(p, tokens, pad, g_t) for b, p in zip(self.branches, pooled, strict=True)]
+
+
+# ---- losses ----------------------------------------------------------------------------------
+
+
+def hardest_triplet(sim: torch.Tensor, same: torch.Tensor, margin: float = 0.5,
+                    reduction: str = "sum") -> torch.Tensor:
+    """Hinge triplet on the hardest in-batch negative, both directions (VSE++ max violation).
+
+    sim: (B, B) cosine, row = image, column = text, diagonal = positives. `same` marks pairs of
+    the same image (duplicates in a batch): they are never negatives. reduction: "sum" over the
+    batch (VSE++ and the authors) or "mean".
+    """
+    loss = hinge_triplet(sim, same, margin, hardest=True)
+    return loss / sim.shape[0] if reduction == "mean" else loss
+
+
+def mscma_loss(logits: list[torch.Tensor], same: torch.Tensor) -> torch.Tensor:
+    """Sum over scales of the row-wise cross-entropy (image i -> its text i) of each matrix.
+
+    Another text of the same image in the batch is a positive too: it is dropped from the
+    softmax of that row (neither pushed down as a negative nor made a second target), so without
+    duplicates this is exactly the plain cross-entropy with diagonal labels.
+    """
+    b = same.shape[0]
+    target = torch.arange(b, device=same.device)
+    other_pos = same & ~torch.eye(b, dtype=torch.bool, device=same.device)
+    return sum(F.cross_entropy(m.float().masked_fill(other_pos, float("-inf")), target) for m in logits)
+
+
+def csmmc_loss(matrices: list[torch.Tensor], tau: float = 2.0) -> torch.Tensor:
+    """Cross-scale consistency: the deepest scale (detached) teaches each shallower one.
+
+    Softmax over images (column-wise, one distribution per text) at temperature tau; the KL
+    divergence sum_i P_deep log(P_deep / P_k) is averaged over all B x B entries (torch's
+    reduction='mean', the authors' choice, not 'batchmean'), then summed over the scales.
+    """
+    teacher = (matrices[-1].detach().float() / tau).softmax(dim=0)
+    return sum(F.kl_div((m.float() / tau).log_softmax(dim=0), teacher, reduction="none").mean()
+               for m in matrices[:-1])

@@ -1,0 +1,64 @@
+"""Word-level text processing for GRU methods (VSE++, AMFMN): normalisation, vocabulary, padding.
+
+The vocabulary is built from the training captions only and saved as JSON beside the weights.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+
+import torch
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<start>", "<end>"
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(caption: str) -> list[str]:
+    """Lower-case and split into alphanumeric words (drops the stray punctuation the datasets contain)."""
+    return _WORD.findall(caption.lower())
+
+
+class Vocabulary:
+    """Word <-> id map. Ids 0..3 are PAD, UNK, BOS, EOS."""
+
+    def __init__(self, itos: list[str]):
+        self.itos = list(itos)
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    @classmethod
+    def build(cls, captions: Iterable[str], min_count: int = 1) -> "Vocabulary":
+        counts = Counter(w for c in captions for w in words(c))
+        kept = sorted(w for w, n in counts.items() if n >= min_count)
+        return cls([PAD, UNK, BOS, EOS, *kept])
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, caption: str) -> list[int]:
+        unk = self.stoi[UNK]
+        return [self.stoi[BOS], *(self.stoi.get(w, unk) for w in words(caption)), self.stoi[EOS]]
+
+    def to_json(self) -> dict:
+        return {"itos": self.itos}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Vocabulary":
+        return cls(d["itos"])
+
+
+class WordTokenizer:
+    """Picklable collate-time tokenizer: captions -> {"input_ids": (B, L) long, "lengths": (B,) long}."""
+
+    def __init__(self, vocab: Vocabulary, max_len: int = 48):
+        self.vocab = vocab
+        self.max_len = max_len
+
+    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        seqs = [self.vocab.encode(c)[: self.max_len] for c in captions]
+        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        ids = torch.zeros(len(seqs), int(lengths.max()) if seqs else 1, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        return {"input_ids": ids, "lengths": lengths}

@@ -1,0 +1,63 @@
+"""Config overlay: presets, files, --set, scoping, and strict rejection of unknown keys."""
+
+import pytest
+
+from rsbench.config import TrainConfig, load_config_file, parse_set_options, parse_value, set_key
+from rsbench.errors import UserError
+from rsbench.runconfig import resolve_config
+
+
+def test_parse_value_types():
+    assert parse_value("3", int, "k") == 3
+    assert parse_value("1e-4", float, "k") == pytest.approx(1e-4)
+    assert parse_value("off", bool, "k") is False
+    with pytest.raises(UserError, match="bad value for 'k'"):
+        parse_value("abc", int, "k")
+
+
+def test_set_key_rejects_unknown_with_suggestion():
+    t = TrainConfig()
+    set_key(t, "epochs", "7")
+    assert t.epochs == 7
+    with pytest.raises(UserError, match=r"unknown option 'epoch'.*did you mean 'epochs'"):
+        set_key(t, "epoch", "3")
+
+
+def test_resolve_preset_then_set_scoping():
+    cfg = resolve_config("vsepp", "synthetic", overrides={"vsepp.margin": "0.3", "train.lr": "1e-3",
+                                                          "model.hardest": "false"})
+    assert cfg.preset == "small"
+    assert cfg.model.backbone == "resnet18"  # from the small preset
+    assert cfg.model.margin == pytest.approx(0.3)
+    assert cfg.train.lr == pytest.approx(1e-3) and cfg.model.hardest is False
+    # bare train key works when the method has no option of that name
+    cfg = resolve_config("vsepp", "synthetic", overrides={"batch_size": "8"})
+    assert cfg.train.batch_size == 8
+    paper = resolve_config("vsepp", "rsicd")
+    assert paper.preset == "paper" and paper.model.backbone == "resnet152"
+
+
+def test_resolve_rejects_bad_values():
+    with pytest.raises(UserError, match="unknown option 'marginn'"):
+        resolve_config("vsepp", "synthetic", overrides={"marginn": "1"})
+    with pytest.raises(UserError, match="unknown preset"):
+        resolve_config("vsepp", "synthetic", preset="papr")
+    with pytest.raises(UserError, match="train.optimizer"):
+        resolve_config("vsepp", "synthetic", overrides={"train.optimizer": "lion"})
+    with pytest.raises(UserError, match="unknown method 'vsep'.*did you mean 'vsepp'"):
+        resolve_config("vsep", "synthetic")
+
+
+def test_config_file_toml_and_cli_order(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[train]\nepochs = 3\nlr = 0.01\n[vsepp]\nmargin = 0.5\n')
+    keys = load_config_file(f)
+    cfg = resolve_config("vsepp", "synthetic", file_keys=keys, cli_train={"epochs": 5},
+                         overrides=parse_set_options(["train.lr=0.02"]))
+    assert cfg.train.epochs == 5 and cfg.train.lr == pytest.approx(0.02) and cfg.model.margin == 0.5
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\n")
+    with pytest.raises(UserError, match="bad.toml: cannot parse config"):
+        load_config_file(bad)
+    with pytest.raises(UserError, match="bad --set"):
+        parse_set_options(["novalue"])

@@ -1,0 +1,188 @@
+"""Ranks and metrics against a naive per-query stable argsort, ties and odd galleries included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from rsbench.metrics import (
+    METRIC_KEYS,
+    chance_metrics,
+    compute_ranks,
+    compute_ranks_blockwise,
+    evaluate_scores,
+    metrics_from_ranks,
+)
+
+
+def naive_ranks(sims: np.ndarray, cap2img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: per query, a stable argsort of descending scores (lower index first on ties)."""
+    n_images, n_captions = sims.shape
+    i2t = np.empty(n_images, dtype=np.int64)
+    for i in range(n_images):
+        order = np.argsort(-sims[i], kind="stable")
+        pos = np.empty(n_captions, dtype=np.int64)
+        pos[order] = np.arange(1, n_captions + 1)
+        i2t[i] = pos[cap2img == i].min()
+    t2i = np.empty(n_captions, dtype=np.int64)
+    for j in range(n_captions):
+        order = np.argsort(-sims[:, j], kind="stable")
+        t2i[j] = int(np.flatnonzero(order == cap2img[j])[0]) + 1
+    return i2t, t2i
+
+
+def grouped_cap2img(counts: list[int] | np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(len(counts)), counts).astype(np.int64)
+
+
+def galleries() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    out = []
+    c5 = grouped_cap2img([5] * 30)
+    out.append(("float", rng.standard_normal((30, 150)), c5))
+    out.append(("float32", rng.standard_normal((30, 150)).astype(np.float32), c5))
+    out.append(("ties", np.round(rng.standard_normal((30, 150)), 1), c5))
+    out.append(("heavy_ties", rng.integers(0, 3, size=(30, 150)).astype(np.float64), c5))
+    out.append(("all_equal", np.zeros((12, 60)), grouped_cap2img([5] * 12)))
+    uneven = grouped_cap2img(rng.integers(1, 8, size=40))
+    out.append(("1to7", np.round(rng.standard_normal((40, uneven.size)), 1), uneven))
+    shuffled = rng.permutation(uneven)  # captions not grouped by image
+    out.append(("shuffled", np.round(rng.random((40, shuffled.size)), 1), shuffled))
+    # near-perfect scorer: positives score high, so ranks are mostly 1
+    c = grouped_cap2img([3, 1, 4, 2, 5, 1])
+    good = rng.standard_normal((6, c.size)) * 0.1
+    good[c, np.arange(c.size)] += 1.0
+    out.append(("good", good, c))
+    out.append(("one_image", rng.standard_normal((1, 4)), np.zeros(4, dtype=np.int64)))
+    out.append(("one_each", np.round(rng.standard_normal((7, 7)), 1), np.arange(7)))
+    return out
+
+
+@pytest.mark.parametrize("name,sims,cap2img", galleries(), ids=[g[0] for g in galleries()])
+def test_compute_ranks_matches_naive(name: str, sims: np.ndarray, cap2img: np.ndarray) -> None:
+    ref_i2t, ref_t2i = naive_ranks(sims, cap2img)
+    i2t, t2i = compute_ranks(sims, cap2img)
+    assert i2t.dtype == np.int64 and t2i.dtype == np.int64
+    np.testing.assert_array_equal(i2t, ref_i2t)
+    np.testing.assert_array_equal(t2i, ref_t2i)
+    # torch input gives the same
+    i2t_t, t2i_t = compute_ranks(torch.from_numpy(sims), torch.from_numpy(cap2img))
+    np.testing.assert_array_equal(i2t_t, ref_i2t)
+    np.testing.assert_array_equal(t2i_t, ref_t2i)
+
+
+@pytest.mark.parametrize("name,sims,cap2img", galleries(), ids=[g[0] for g in galleries()])
+@pytest.mark.parametrize("bi,bc", [(1, 1), (3, 7), (4, 11), (7, 5), (64, 13), (1000, 1000)])
+def test_blockwise_equals_full(name: str, sims: np.ndarray, cap2img: np.ndarray, bi: int, bc: int) -> None:
+    ref = compute_ranks(sims, cap2img)
+    t = torch.from_numpy(sims)
+    seen: list[tuple[int, int]] = []
+
+    def score_block(i: slice, c: slice) -> torch.Tensor:
+        seen.append((i.stop - i.start, c.stop - c.start))
+        return t[i, c].clone()
+
+    got = compute_ranks_blockwise(score_block, *sims.shape, cap2img, block_images=bi, block_captions=bc)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
+    assert max(a for a, _ in seen) <= bi and max(b for _, b in seen) <= bc
+
+
+def test_blockwise_dot_product_scorer() -> None:
+    """The intended use: embeddings scored block by block, never the full matrix."""
+    g = torch.Generator().manual_seed(1)
+    img = torch.nn.functional.normalize(torch.randn(50, 16, generator=g), dim=1)
+    cap2img = grouped_cap2img(np.random.default_rng(1).integers(1, 6, size=50))
+    txt = torch.nn.functional.normalize(img[cap2img] + 0.8 * torch.randn(cap2img.size, 16, generator=g), dim=1)
+    full = compute_ranks((img @ txt.T).numpy(), cap2img)
+    got = compute_ranks_blockwise(lambda i, c: img[i] @ txt[c].T, 50, cap2img.size, cap2img, 8, 33, "cpu")
+    np.testing.assert_array_equal(got[0], full[0])
+    np.testing.assert_array_equal(got[1], full[1])
+
+
+def test_blockwise_rejects_bad_blocks_and_nan() -> None:
+    sims = torch.zeros(4, 8)
+    c = grouped_cap2img([2] * 4)
+    with pytest.raises(ValueError, match="shape"):
+        compute_ranks_blockwise(lambda i, j: torch.zeros(1, 1), 4, 8, c, 2, 2)
+    sims[2, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        compute_ranks(sims, c)
+
+
+def test_bad_cap2img() -> None:
+    with pytest.raises(ValueError, match="no caption"):
+        compute_ranks(np.zeros((3, 4)), np.array([0, 0, 2, 2]))
+    with pytest.raises(ValueError, match="lie in"):
+        compute_ranks(np.zeros((2, 2)), np.array([0, 2]))
+    with pytest.raises(ValueError, match="shape"):
+        compute_ranks(np.zeros((2, 3)), np.array([0, 1]))
+
+
+def test_metrics_from_ranks_values() -> None:
+    i2t = np.array([1, 2, 6, 11, 100])
+    t2i = np.array([1, 1, 5, 10, 10, 50, 200, 3, 2, 1])
+    m = metrics_from_ranks(i2t, t2i)
+    assert list(m) == [*METRIC_KEYS, "recall_curve"]
+    assert m["i2t_r1"] == pytest.approx(20.0)
+    assert m["i2t_r5"] == pytest.approx(40.0)
+    assert m["i2t_r10"] == pytest.approx(60.0)
+    assert m["t2i_r1"] == pytest.approx(30.0)
+    assert m["t2i_r5"] == pytest.approx(60.0)
+    assert m["t2i_r10"] == pytest.approx(80.0)
+    assert m["mR"] == pytest.approx((20 + 40 + 60 + 30 + 60 + 80) / 6)
+    assert m["i2t_medr"] == 6.0 and m["i2t_meanr"] == pytest.approx(24.0)
+    assert m["t2i_medr"] == 4.0 and m["t2i_meanr"] == pytest.approx(28.3)
+    curve = m["recall_curve"]
+    assert curve["k"] == list(range(1, 101))
+    assert len(curve["i2t"]) == 100 and len(curve["t2i"]) == 100
+    for k in (1, 5, 10):
+        assert curve["i2t"][k - 1] == m[f"i2t_r{k}"]
+        assert curve["t2i"][k - 1] == m[f"t2i_r{k}"]
+    assert curve["i2t"][-1] == 100.0 and curve["t2i"][-1] == 90.0
+    assert all(isinstance(v, float) for k, v in m.items() if k != "recall_curve")
+    assert metrics_from_ranks(i2t, t2i, max_k=3)["recall_curve"]["k"] == [1, 2, 3]
+
+
+def test_metrics_reject_bad_ranks() -> None:
+    with pytest.raises(ValueError):
+        metrics_from_ranks(np.array([0, 1]), np.array([1]))
+    with pytest.raises(ValueError):
+        metrics_from_ranks(np.array([], dtype=np.int64), np.array([1]))
+
+
+def test_evaluate_scores_perfect() -> None:
+    c = grouped_cap2img([2, 3, 1])
+    sims = np.zeros((3, 6))
+    sims[c, np.arange(6)] = 1.0
+    m = evaluate_scores(sims, c)
+    assert m["mR"] == 100.0 and m["i2t_medr"] == 1.0 and m["t2i_meanr"] == 1.0
+
+
+@pytest.mark.parametrize("counts", [[5] * 8, [1, 2, 3, 4, 5, 6, 7], [1] * 6, [12, 1, 1]])
+def test_chance_metrics_matches_monte_carlo(counts: list[int]) -> None:
+    c = grouped_cap2img(counts)
+    exp = chance_metrics(c)
+    assert set(exp) == {f"chance_{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)} | {"chance_mR"}
+    rng = np.random.default_rng(3)
+    trials = 600
+    sims = rng.random((trials, len(counts), c.size))
+    acc = {k: 0.0 for k in exp}
+    for s in sims:
+        m = evaluate_scores(s, c)
+        for k in exp:
+            acc[k] += m[k.removeprefix("chance_")] / trials
+    for k in exp:
+        # R@K per trial is an average of Bernoullis: std of the MC mean <= 100 * 0.5 / sqrt(trials)
+        assert acc[k] == pytest.approx(exp[k], abs=100 * 0.5 / np.sqrt(trials) * 4), k
+
+
+def test_chance_metrics_closed_form() -> None:
+    # 2 images x 5 captions, N = 10: P(miss at K=1) = 5/10; at K=5, C(5,5)/C(10,5) = 1/252
+    m = chance_metrics(grouped_cap2img([5, 5]))
+    assert m["chance_i2t_r1"] == pytest.approx(50.0)
+    assert m["chance_i2t_r5"] == pytest.approx(100.0 * (1 - 1 / 252))
+    assert m["chance_i2t_r10"] == pytest.approx(100.0)
+    assert m["chance_t2i_r1"] == pytest.approx(50.0)
+    assert m["chance_t2i_r5"] == pytest.approx(100.0)

@@ -1,0 +1,330 @@
+"""Cell folders, scanning/merging and the leaderboard; `bench score` / `bench leaderboard` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rsbench.errors import UserError
+from rsbench.metrics import METRIC_KEYS, compute_ranks
+from rsbench.results import (
+    LEADERBOARD_COLUMNS,
+    Cell,
+    cell_dir,
+    is_complete,
+    leaderboard,
+    leaderboard_markdown,
+    load_cell,
+    scan_results,
+    write_eval_outputs,
+    write_leaderboard,
+)
+
+CAP2IMG = np.repeat(np.arange(6), [5, 5, 5, 4, 3, 5]).astype(np.int64)
+
+
+def make_cell(root: Path, dataset: str, method: str, seed: int, quality: float = 1.0) -> Path:
+    """Write a complete cell from a seeded scorer; higher quality -> better ranks."""
+    rng = np.random.default_rng(seed + 100 * len(method))
+    sims = rng.standard_normal((6, CAP2IMG.size))
+    sims[CAP2IMG, np.arange(CAP2IMG.size)] += quality
+    i2t, t2i = compute_ranks(sims, CAP2IMG)
+    cell = cell_dir(root, dataset, method, seed)
+    write_json_config(cell, dataset, method, seed)
+    write_eval_outputs(cell, i2t, t2i, CAP2IMG, {"split": "test", "selected_epoch": 3, "val": {"mR": 1.0}})
+    return cell
+
+
+def write_json_config(cell: Path, dataset: str, method: str, seed: int) -> None:
+    from rsbench.io import write_json
+
+    write_json(cell / "config.json", {"method": method, "dataset": dataset, "seed": seed, "external": False})
+
+
+def test_cell_dir() -> None:
+    assert cell_dir("out", "rsicd", "vsepp", 2) == Path("out/rsicd/vsepp/seed2")
+
+
+def test_write_eval_outputs_layout(tmp_path: Path) -> None:
+    cell = make_cell(tmp_path, "rsicd", "vsepp", 0)
+    assert sorted(p.name for p in cell.iterdir()) == ["config.json", "metrics.json", "ranks.npz"]
+    assert not list(cell.glob(".*"))  # no temp files left
+    m = json.loads((cell / "metrics.json").read_text())
+    assert list(m)[:3] == ["split", "n_images", "n_captions"]
+    assert list(m)[3:14] == list(METRIC_KEYS)
+    assert list(m)[14:] == ["chance_mR", "recall_curve", "selected_epoch", "val"]
+    assert m["split"] == "test" and m["n_images"] == 6 and m["n_captions"] == CAP2IMG.size
+    assert m["selected_epoch"] == 3 and m["val"] == {"mR": 1.0}
+    assert m["recall_curve"]["k"] == list(range(1, 101))
+    with np.load(cell / "ranks.npz", allow_pickle=False) as z:
+        assert set(z.files) == {"i2t_rank", "t2i_rank", "cap2img"}
+        assert z["i2t_rank"].dtype == np.int64 and z["i2t_rank"].shape == (6,)
+        assert z["t2i_rank"].shape == CAP2IMG.shape
+        np.testing.assert_array_equal(z["cap2img"], CAP2IMG)
+
+
+def test_write_eval_outputs_defaults_and_checks(tmp_path: Path) -> None:
+    i2t, t2i = np.array([1, 2]), np.array([1, 1, 2])
+    c = np.array([0, 0, 1])
+    m = write_eval_outputs(tmp_path / "c", i2t, t2i, c, {})
+    assert m["split"] == "test" and m["selected_epoch"] is None and m["val"] is None
+    assert m["n_images"] == 2 and m["n_captions"] == 3
+    with pytest.raises(ValueError, match="override"):
+        write_eval_outputs(tmp_path / "c", i2t, t2i, c, {"mR": 99.0})
+    with pytest.raises(ValueError, match="n_images"):
+        write_eval_outputs(tmp_path / "c", i2t, t2i, c, {"n_images": 5})
+
+
+def test_is_complete_and_load_cell(tmp_path: Path) -> None:
+    cell = make_cell(tmp_path, "rsitmd", "clip", 4)
+    assert is_complete(cell)
+    c = load_cell(cell)
+    assert (c.dataset, c.method, c.seed) == ("rsitmd", "clip", 4)
+    assert c.config["method"] == "clip" and "mR" in c.metrics
+    assert c._ranks is None  # lazy
+    assert c.ranks["t2i_rank"].shape == CAP2IMG.shape
+    (cell / "metrics.json").write_text("{trunc")
+    assert not is_complete(cell)
+    with pytest.raises(UserError, match="incomplete"):
+        load_cell(cell)
+    (cell / "metrics.json").unlink()
+    assert not is_complete(cell)
+    assert not is_complete(tmp_path / "nope")
+
+
+def test_rewrite_marks_incomplete_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While ranks.npz is being rewritten, the old metrics.json must not vouch for it."""
+    cell = make_cell(tmp_path, "d", "m", 0)
+    from rsbench import results
+
+    def failing_write_with(path: Path, writer: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results, "write_with", failing_write_with)
+    with pytest.raises(OSError):
+        write_eval_outputs(cell, np.array([1]), np.array([1]), np.array([0]), {})
+    assert not is_complete(cell)
+
+
+def test_scan_results_merges_and_skips(tmp_path: Path) -> None:
+    a, b = tmp_path / "machine_a", tmp_path / "machine_b"
+    make_cell(a, "rsicd", "vsepp", 0)
+    make_cell(a, "rsicd", "vsepp", 1)
+    make_cell(b, "rsicd", "vsepp", 2)
+    make_cell(b, "rsitmd", "clip", 0)
+    # an incomplete (running) cell and stray files
+    (a / "rsicd" / "amfmn" / "seed0").mkdir(parents=True)
+    (a / "rsicd" / "amfmn" / "seed0" / "ranks.npz").write_bytes(b"")
+    (a / "README.txt").write_text("notes")
+    (a / "rsicd" / "notes.md").write_text("x")
+    (a / "rsicd" / "vsepp" / "seedx").mkdir()
+    (a / "rsicd" / "vsepp" / "seedx" / "metrics.json").write_text("{}")
+    (a / "leaderboard.csv").write_text("old")
+
+    merged = tmp_path / "merged"
+    shutil.copytree(a, merged)
+    shutil.copytree(b, merged, dirs_exist_ok=True)
+    cells = scan_results(merged)
+    assert [(c.dataset, c.method, c.seed) for c in cells] == [
+        ("rsicd", "vsepp", 0),
+        ("rsicd", "vsepp", 1),
+        ("rsicd", "vsepp", 2),
+        ("rsitmd", "clip", 0),
+    ]
+    assert all(isinstance(c, Cell) for c in cells)
+    with pytest.raises(UserError, match="not found"):
+        scan_results(tmp_path / "missing")
+
+
+def test_leaderboard_columns_stats_and_order(tmp_path: Path) -> None:
+    for s in range(3):
+        make_cell(tmp_path, "rsicd", "weak", s, quality=0.0)
+        make_cell(tmp_path, "rsicd", "strong", s, quality=3.0)
+    make_cell(tmp_path, "aaa", "single", 0)
+    cells = scan_results(tmp_path)
+    df = leaderboard(cells)
+    assert list(df.columns) == LEADERBOARD_COLUMNS
+    assert LEADERBOARD_COLUMNS[:6] == ["dataset", "method", "n_seeds", "mR", "mR_std", "i2t_r1"]
+    assert LEADERBOARD_COLUMNS[-2:] == ["t2i_meanr", "t2i_meanr_std"]
+    assert list(df["dataset"]) == ["aaa", "rsicd", "rsicd"]
+    assert list(df["method"]) == ["single", "strong", "weak"]
+    assert list(df["n_seeds"]) == [1, 3, 3]
+    weak = [c.metrics["mR"] for c in cells if c.method == "weak"]
+    row = df[df.method == "weak"].iloc[0]
+    assert row["mR"] == pytest.approx(np.mean(weak))
+    assert row["mR_std"] == pytest.approx(np.std(weak, ddof=1))
+    assert math.isnan(df.iloc[0]["mR_std"])  # one seed: no std
+
+    md = leaderboard_markdown(df)
+    lines = md.strip().splitlines()
+    assert len(lines) == 2 + 3
+    assert lines[0].startswith("| Dataset | Method | Seeds | mR |")
+    assert f"{row['mR']:.2f} ± {row['mR_std']:.2f}" in md
+    assert "±" not in lines[2]  # single-seed row shows the mean only
+
+    assert list(leaderboard([]).columns) == LEADERBOARD_COLUMNS
+    # cells scored on another split never mix into the test rows
+    val_cell = load_cell(cells[0].path)
+    val_cell.metrics["split"] = "val"
+    assert len(leaderboard([val_cell])) == 0
+    assert list(leaderboard([val_cell], split="val")["method"]) == [val_cell.method]
+
+
+def test_write_leaderboard(tmp_path: Path) -> None:
+    make_cell(tmp_path / "r", "rsicd", "vsepp", 0)
+    make_cell(tmp_path / "r", "rsicd", "vsepp", 1)
+    df = write_leaderboard(tmp_path / "r", tmp_path / "tables")
+    csv = pd.read_csv(tmp_path / "tables" / "leaderboard.csv")
+    assert list(csv.columns) == LEADERBOARD_COLUMNS
+    assert csv["mR"].iloc[0] == pytest.approx(df["mR"].iloc[0])
+    assert (tmp_path / "tables" / "leaderboard.md").read_text() == leaderboard_markdown(df)
+    write_leaderboard(tmp_path / "r")
+    assert (tmp_path / "r" / "leaderboard.csv").is_file()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no complete result cells"):
+        write_leaderboard(tmp_path / "empty")
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+
+
+def _cli_ready() -> bool:
+    try:
+        import importlib
+
+        for mod in ("rsbench.cli_data", "rsbench.cli_run", "rsbench.datasets"):
+            importlib.import_module(mod)
+    except ImportError:
+        return False
+    return True
+
+
+needs_cli = pytest.mark.skipif(not _cli_ready(), reason="cli_data / cli_run / datasets not written yet")
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from rsbench.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fake_karpathy(tmp_path: Path, counts: list[int]) -> Path:
+    """A tiny Karpathy-layout annotation: train/val images plus test images with `counts` captions."""
+    images = []
+    for split, n in (("train", 4), ("val", 2)):
+        for i in range(n):
+            images.append(
+                {"filename": f"{split}_{i}.png", "split": split, "sentences": [{"raw": f"{split} {i}"}] * 5}
+            )
+    for i, c in enumerate(counts):
+        images.append(
+            {
+                "filename": f"test_{i}.png",
+                "split": "test",
+                "sentences": [{"raw": f"test image {i} caption {j}"} for j in range(c)],
+            }
+        )
+    ann = tmp_path / "dataset_fake.json"
+    ann.write_text(json.dumps({"images": images}))
+    (tmp_path / "images").mkdir(exist_ok=True)
+    return ann
+
+
+@needs_cli
+def test_cli_score_and_leaderboard(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    counts = [5, 5, 3, 5]
+    ann = fake_karpathy(tmp_path, counts)
+    c2i = np.repeat(np.arange(4), counts)
+    rng = np.random.default_rng(0)
+    sims = rng.standard_normal((4, c2i.size)).astype(np.float32)
+    np.save(tmp_path / "sims.npy", sims)
+    base = ["score", str(tmp_path / "sims.npy"), "--dataset", "rsicd", "--ann-file", str(ann)]
+    base += ["--image-dir", str(tmp_path / "images"), "--out", str(tmp_path / "res")]
+
+    code, out, err = run_cli([*base, "--name", "ext", "--seed", "1"], capsys)
+    assert code == 0, err
+    cell = cell_dir(tmp_path / "res", "rsicd", "ext", 1)
+    assert is_complete(cell)
+    cfg = json.loads((cell / "config.json").read_text())
+    assert cfg["method"] == "ext" and cfg["external"] is True and cfg["seed"] == 1
+    assert (cell / "run.json").is_file()
+    m = json.loads((cell / "metrics.json").read_text())
+    i2t, t2i = compute_ranks(sims, c2i)
+    with np.load(cell / "ranks.npz") as z:
+        np.testing.assert_array_equal(z["i2t_rank"], i2t)
+        np.testing.assert_array_equal(z["t2i_rank"], t2i)
+    assert f"{m['mR']:.2f}" in out
+
+    # refuses to overwrite a complete cell unless asked
+    code, _, err = run_cli([*base, "--name", "ext", "--seed", "1"], capsys)
+    assert code == 2 and "--overwrite" in err
+    code, _, err = run_cli([*base, "--name", "ext", "--seed", "1", "--overwrite"], capsys)
+    assert code == 0, err
+
+    # .npz with one array works too
+    np.savez(tmp_path / "sims2.npz", scores=sims)
+    code, _, err = run_cli([*base[:1], str(tmp_path / "sims2.npz"), *base[2:], "--name", "ext2"], capsys)
+    assert code == 0, err
+
+    code, out, err = run_cli(["leaderboard", str(tmp_path / "res")], capsys)
+    assert code == 0, err
+    assert "| ext |" in out and "| ext2 |" in out
+    assert (tmp_path / "res" / "leaderboard.csv").is_file()
+    code, out, err = run_cli(["leaderboard", str(tmp_path / "res"), "--out", str(tmp_path / "t")], capsys)
+    assert code == 0 and (tmp_path / "t" / "leaderboard.md").is_file()
+
+
+@needs_cli
+def test_cli_score_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ann = fake_karpathy(tmp_path, [5, 5, 3])
+    base = ["--dataset", "rsicd", "--ann-file", str(ann), "--image-dir", str(tmp_path / "images")]
+    base += ["--name", "ext", "--out", str(tmp_path / "res")]
+
+    def score(arr: object, name: str) -> tuple[int, str]:
+        f = tmp_path / name
+        if isinstance(arr, np.ndarray):
+            np.save(f, arr)
+        elif arr is not None:
+            f.write_bytes(arr)  # type: ignore[arg-type]
+        code, _, err = run_cli(["score", str(f), *base], capsys)
+        return code, err
+
+    code, err = score(np.zeros((10, 40)), "wrong.npy")
+    assert code == 2
+    assert "wrong.npy: shape (10, 40) does not match test split of rsicd (3 images x 13 captions)" in err
+    code, err = score(np.zeros((13, 3)), "transposed.npy")
+    assert code == 2 and "transposed" in err
+    bad = np.zeros((3, 13))
+    bad[1, 2] = np.nan
+    code, err = score(bad, "nan.npy")
+    assert code == 2 and "nan.npy: non-finite score at image 1, caption 2" in err
+    code, err = score(np.array([{"a": 1}], dtype=object), "pickled.npy")
+    assert code == 2 and "pickled.npy" in err
+    code, err = score(None, "missing.npy")
+    assert code == 2 and "missing.npy" in err and "not found" in err
+    code, err = score(b"garbage", "garbage.npy")
+    assert code == 2 and "garbage.npy" in err
+    np.savez(tmp_path / "two.npz", a=np.zeros((3, 13)), b=np.zeros((3, 13)))
+    code, _, err = run_cli(["score", str(tmp_path / "two.npz"), *base], capsys)
+    assert code == 2 and "two.npz" in err and "one array" in err
+    assert not (tmp_path / "res").exists() or not scan_results(tmp_path / "res")
+
+
+@needs_cli
+def test_cli_leaderboard_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["leaderboard", str(tmp_path)], capsys)
+    assert code == 2 and "no complete result cells" in err
+    code, _, err = run_cli(["leaderboard", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "not found" in err

@@ -1,0 +1,180 @@
+"""Leaderboard tables (rsbench.tables) and figures (rsbench.plots) from synthetic result folders."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rsbench.results import write_eval_outputs
+from rsbench.tables import leaderboard_tables, published_results, tex_escape, write_leaderboard_tables
+
+FAR = 50
+
+
+def _ranks(rng, easy, p_easy, p_hard, caps=5):
+    n = easy.size
+    cap2img = np.repeat(np.arange(n), caps)
+    p = np.where(easy, p_easy, p_hard)
+    i2t = np.where(rng.random(n) < p, 1 + rng.integers(0, 3, n), FAR)
+    t2i = np.where(rng.random(cap2img.size) < p[cap2img], 1 + rng.integers(0, 8, cap2img.size), FAR)
+    return i2t, t2i, cap2img
+
+
+def make_results(root: Path, dataset: str = "rsicd", n: int = 150, seeds=(0, 1, 2)) -> Path:
+    """best >> mid >> worst (big planted gaps); open_clip ties with mid (same generator)."""
+    rng = np.random.default_rng(0)
+    easy = rng.random(n) < 0.5
+    spec = {"best": (0.95, 0.6), "mid": (0.7, 0.3), "open_clip": (0.7, 0.3), "worst": (0.4, 0.05)}
+    for method, (pe, ph) in spec.items():
+        for s in seeds:
+            i2t, t2i, cap2img = _ranks(rng, easy, pe, ph)
+            extra = {"selected_epoch": None if method == "open_clip" else 4}
+            write_eval_outputs(root / dataset / method / f"seed{s}", i2t, t2i, cap2img, extra)
+    return root
+
+
+def balanced_braces(tex: str) -> bool:
+    depth = 0
+    for m in re.finditer(r"\\.|[{}]", tex):  # skip escaped characters such as \{ \} \%
+        tok = m.group()
+        if tok == "{":
+            depth += 1
+        elif tok == "}":
+            depth -= 1
+            if depth < 0:
+                return False
+    return depth == 0
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    return make_results(tmp_path_factory.mktemp("res"))
+
+
+@pytest.fixture(scope="module")
+def tables(results) -> dict[str, str]:
+    return leaderboard_tables(results, with_published=True, alpha=0.05, resamples=999)
+
+
+def _row(text: str, name: str) -> str:
+    return next(line for line in text.splitlines() if f"& {name} &" in line or f"| {name} |" in line)
+
+
+def test_tex_structure_bold_and_marks(tables):
+    tex = tables["tex"]
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\cmidrule"):
+        assert rule in tex
+    assert balanced_braces(tex)
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
+    assert tex.count(r"\begin{table*}") == tex.count(r"\end{table*}") == 1
+    # rows sorted by mR and lettered: best (a); mid and open_clip tie in distribution (b/c); worst (d)
+    best, worst = _row(tex, "best"), _row(tex, "worst")
+    assert _row(tex, "mid").startswith(("(b)", "(c)")) and _row(tex, "open\\_clip").startswith(("(b)", "(c)"))
+    assert best.startswith("(a)") and worst.startswith("(d)")
+    cells = best.rstrip(" \\").split(" & ")
+    assert all(c.startswith(r"\textbf{") for c in cells[3:])  # best in every metric column
+    assert cells[-1].endswith(r"\textsuperscript{b,c,d}")  # mR of best beats all three
+    mid_mr = _row(tex, "mid").rstrip(" \\").split(" & ")[-1]
+    assert mid_mr.endswith(r"\textsuperscript{d}")  # beats worst, not its twin open_clip
+    assert r"\textsuperscript" not in worst
+    assert "open\\_clip" in tex  # names are escaped
+    assert r"\alpha=0.05" in tex and "Holm" in tex and "randomisation" in tex
+    assert r"{\scriptsize$\pm$" in tex  # std over seeds
+
+
+def test_tex_published_rows(tables):
+    tex = tables["tex"]
+    body = tex.split(r"\bottomrule")[0]
+    ours, reported = body.split(r"\textit{reported in papers}")
+    assert "best" in ours and "RemoteCLIP" in reported
+    assert "\\midrule\n\\multicolumn{10}{l}{\\textit{reported in papers}} \\\\\n" in tex  # separated
+    n_pub = len(published_results("rsicd"))
+    assert reported.count(r"\\") == n_pub + 1  # + the heading row
+    assert r"PIR\textsuperscript{\dag} & test" in reported  # test-selected: dagger + selection
+    assert r"SWAN & val" in reported
+    assert "checkpoint selected on test" in tex
+    assert r"\textbf" not in reported  # reported rows are never bolded
+
+
+def test_markdown(tables):
+    md = tables["md"]
+    assert md.startswith("### RSICD (test)")
+    best = _row(md, "best")
+    assert "**" in best and best.rstrip(" |").endswith("<sup>b,c,d</sup>")
+    assert "***reported in papers***" in md and "PIR †" in md and "† checkpoint selected on test." in md
+    header = next(line for line in md.splitlines() if line.startswith("|  | Method"))
+    assert all(line.count("|") == header.count("|") for line in md.splitlines() if line.startswith("|"))
+
+
+def test_without_published_and_write(results, tmp_path):
+    texts = leaderboard_tables(results, with_published=False, alpha=0.01, resamples=199)
+    assert "reported" not in texts["tex"] and r"\dag" not in texts["tex"]
+    assert r"\alpha=0.01" in texts["tex"]
+    paths = write_leaderboard_tables(results, tmp_path / "out", with_published=True, resamples=199)
+    assert paths["tex"].read_text().count(r"\toprule") == 1
+    assert paths["md"].read_text().startswith("### RSICD")
+
+
+def test_tex_escape():
+    assert tex_escape("a_b&c%d$e#f{g}h~i^j\\") == (
+        r"a\_b\&c\%d\$e\#f\{g\}h\textasciitilde{}i\textasciicircum{}j\textbackslash{}"
+    )
+    assert balanced_braces(tex_escape("{{{ unbalanced"))
+
+
+def test_single_method_single_seed(tmp_path):
+    root = tmp_path / "r"
+    rng = np.random.default_rng(1)
+    i2t, t2i, cap2img = _ranks(rng, rng.random(20) < 0.5, 0.8, 0.3)
+    write_eval_outputs(root / "synthetic" / "solo" / "seed0", i2t, t2i, cap2img)
+    texts = leaderboard_tables(root, with_published=True)
+    assert "textsuperscript" not in texts["tex"] and r"\textbf" not in texts["tex"]
+    assert balanced_braces(texts["tex"]) and "solo" in texts["md"]
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_written(results, tmp_path):
+    from rsbench.plots import plot_results
+
+    paths = plot_results(results, tmp_path / "fig")
+    names = sorted(p.name for p in paths)
+    assert names == ["rsicd_mR.pdf", "rsicd_mR.png", "rsicd_recall.pdf", "rsicd_recall.png"]
+    for p in paths:
+        data = p.read_bytes()
+        assert len(data) > 1000
+        assert data.startswith(PNG if p.suffix == ".png" else b"%PDF")
+    assert not list((tmp_path / "fig").glob(".*.tmp"))  # atomic writes left no temp files
+
+
+def test_plot_single_seed_linear_axis_and_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    import rsbench.cli_compare  # noqa: F401  (registers the commands)
+    from rsbench.cli import app
+
+    root = make_results(tmp_path / "r", dataset="rsitmd", n=40, seeds=(0,))
+    result = CliRunner().invoke(app, ["plot", str(root), "--no-logx", "--dataset", "rsitmd"])
+    assert result.exit_code == 0, result.output
+    for stem in ("rsitmd_recall", "rsitmd_mR"):
+        for ext in ("png", "pdf"):
+            assert (root / "figures" / f"{stem}.{ext}").stat().st_size > 1000
+
+
+def test_method_colours_stable_and_colour_blind_safe():
+    from rsbench.plots import OKABE_ITO, method_styles
+
+    a = method_styles(["vsepp", "amfmn", "msa"])
+    b = method_styles(["msa", "amfmn", "vsepp", "amfmn"])
+    assert a == b
+    assert len({s["color"] for s in a.values()}) == 3
+    assert all(s["color"] in OKABE_ITO for s in a.values())
+    many = method_styles([f"m{i:02d}" for i in range(10)])
+    assert len({(s["color"], s["linestyle"]) for s in many.values()}) == 10  # distinct beyond 8
