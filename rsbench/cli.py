@@ -23,12 +23,25 @@ app = typer.Typer(
 
 def _register_commands() -> None:
     """Attach the command groups; each module defines its commands on `app` or a sub-Typer."""
-    from . import cli_compare, cli_data, cli_report, cli_run  # noqa: F401
+    from . import cli_compare, cli_data, cli_report, cli_run, cli_status  # noqa: F401
 
     app.add_typer(cli_data.data_app, name="data")
 
 
 _registered = False
+
+
+def _click_modules() -> list:
+    """click itself and typer's vendored copy: usage errors may come from either."""
+    import importlib
+
+    mods = []
+    for name in ("typer._click", "click"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return [m for m in mods if hasattr(m, "exceptions")]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,13 +61,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors etc.
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
+    except Exception as e:  # usage errors (typer ships its own copy of click) etc.
+        click_mods = _click_modules()
+        if any(isinstance(e, getattr(m.exceptions, "Abort", ())) for m in click_mods):
             typer.echo("aborted", err=True)
             sys.exit(1)
-        if isinstance(e, click.ClickException):
+        if any(isinstance(e, m.exceptions.ClickException) for m in click_mods):
             e.show()
             sys.exit(2)
         raise
@@ -62,5 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(rc)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m rsbench.cli` (torchrun): commands register on rsbench.cli.app
+    from rsbench.cli import main as _main
+
+    _main()

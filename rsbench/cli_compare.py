@@ -26,12 +26,13 @@ def compare(
     split: Annotated[str, typer.Option("--split", help="Compare cells scored on this split.")] = "test",
     out: Annotated[Path | None, typer.Option("--out", help="CSV path (default RESULTS_DIR/significance.csv).")] = None,
 ) -> None:
-    """Paired significance of every pair of methods per dataset: writes significance.csv.
+    """Paired significance of every pair of methods per dataset; writes significance.csv.
 
-    Per pair and metric: a two-sided paired randomisation (sign-flip) test over test queries with
-    p = (b+1)/(n+1), an image and its captions relabelled together; a paired cluster bootstrap CI
-    of the difference A - B; Holm correction over all pairs per metric; win/tie/loss per image;
-    and a paired t-test across shared seeds (seed_p).
+    p: two-sided paired sign-flip test over test queries, p = (b+1)/(n+1); an image and its captions move together.
+
+    CI: paired cluster-bootstrap interval of A - B. Holm over all pairs per metric; W/T/L counted per image.
+
+    seed_p: paired t-test over the seeds both methods share.
     """
     from .significance import METRICS, compare_results, format_significance, write_significance
 

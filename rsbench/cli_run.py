@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .cli import app
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config import RunConfig
+    from .datasets.base import DatasetSplits
 
 
 def _split_list(value: str, what: str) -> list[str]:
@@ -32,32 +39,42 @@ def _parse_seeds(value: str) -> list[int]:
 def run(
     methods: Annotated[str, typer.Option(help="Comma-separated method names (see `bench methods`).")],
     dataset: Annotated[str, typer.Option(help="Comma-separated dataset names (see `bench datasets`).")],
-    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (with several datasets: a folder "
+    data_root: Annotated[Path | None, typer.Option(help="Dataset folder (with several datasets: a folder "
                                                            "holding one sub-folder per dataset).")] = None,
-    ann_file: Annotated[Optional[Path], typer.Option(help="Annotation file (one dataset only).")] = None,
-    image_dir: Annotated[Optional[Path], typer.Option(help="Image folder (one dataset only).")] = None,
+    ann_file: Annotated[Path | None, typer.Option(help="Annotation file (one dataset only).")] = None,
+    image_dir: Annotated[Path | None, typer.Option(help="Image folder (one dataset only).")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (0 = evaluate without training).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (0 = evaluate without training).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
     preset: Annotated[str, typer.Option(help="auto (small on synthetic, paper otherwise), small or paper.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
-    config: Annotated[Optional[Path], typer.Option(help="TOML/JSON file of options (dotted keys or tables).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override an option: key=value "
+    config: Annotated[Path | None, typer.Option(help="TOML/JSON file of options (dotted keys or tables).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override an option: key=value "
                                                                     "(repeatable; prefix 'msa.' to scope).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted cell from its last epoch.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Re-run cells that are already complete.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model parts.")] = False,
-    progress: Annotated[Optional[bool], typer.Option(help="Progress bars (default: on a terminal).")] = None,
+    progress: Annotated[bool | None, typer.Option(help="Progress bars (default: on a terminal).")] = None,
+    launcher: Annotated[str, typer.Option(help="local (here, one cell after another) or slurm (one "
+                                                 "submitit job per cell; docs/cluster.md).")] = "local",
+    partition: Annotated[str | None, typer.Option(help="SLURM partition (--launcher slurm).")] = None,
+    gpus_per_job: Annotated[int, typer.Option(help="GPUs (DDP processes) per cell job (--launcher slurm).")] = 1,
+    time_limit: Annotated[str, typer.Option("--time", help="Job time limit: minutes or H:MM:SS "
+                                                            "(--launcher slurm).")] = "4:00:00",
+    slurm_folder: Annotated[Path | None, typer.Option(help="submitit logs/pickles (default <out>/.submitit).")] = None,
 ) -> None:
-    """Train each (method, dataset, seed), select on val, evaluate on test, write results/."""
+    """Train each (method, dataset, seed), select on val, evaluate on test, write results/.
+
+    Safe to run again after a crash (finished cells are skipped, interrupted ones resume) and to run
+    several times at once on one results folder (each cell is locked by the process running it).
+    """
     from .config import load_config_file, parse_set_options
-    from .datasets import get_dataset_info, load_dataset
+    from .datasets import get_dataset_info
     from .device import pick_device
     from .methods.registry import get_method_spec
-    from .results import cell_dir, is_complete, load_cell
+    from .results import cell_dir
     from .runconfig import resolve_config
-    from .runner import run_cell
 
     method_list = _split_list(methods, "methods")
     dataset_list = _split_list(dataset, "dataset")
@@ -74,43 +91,165 @@ def run(
     # Resolve every config before any training, so a typo fails fast.
     cfgs = {(m, d, s): resolve_config(m, d, s, preset, file_keys, cli_train, overrides)
             for d in dataset_list for m in method_list for s in seed_list}
-    dev = pick_device(device)
+    _check_out(out)
+    for (m, d, s), cfg in cfgs.items():  # a resumed or finished cell must have been run with this config
+        _preflight(cell_dir(out, get_dataset_info(d).name, m, s), cfg, resume, overwrite)
+    if launcher != "local":  # one submitit job per cell (rsbench.launch); nothing is trained here
+        from .launch import submit_from_cli
+
+        return submit_from_cli(launcher, cfgs, out, data_root, ann_file, image_dir, device, resume, overwrite,
+                               partition, gpus_per_job, time_limit, slurm_folder)
+    from . import distributed as dist
+
+    dev = dist.setup(pick_device(device))  # under torchrun: one DDP process per GPU/CPU rank
     show = sys.stderr.isatty() if progress is None else progress
-    summary = []
+    summary: list[_Row] = []
     for d in dataset_list:
         root = data_root
         if data_root is not None and len(dataset_list) > 1 and (data_root / d).is_dir():
             root = data_root / d
-        data = load_dataset(d, data_root=root, ann_file=ann_file, image_dir=image_dir)
-        typer.echo(f"{d}: train {data.train.n_images} / val {data.val.n_images} / test {data.test.n_images} images "
-                   f"on {dev}")
+        data = _load_data(d, root, ann_file, image_dir)
+        typer.echo(f"{d}: train {data.train.n_images} / val {data.val.n_images} / test {data.test.n_images} "
+                   f"images on {dev}")
         for m in method_list:
             for s in seed_list:
-                cell = cell_dir(out, d, m, s)
-                if is_complete(cell) and not overwrite:
-                    typer.echo(f"skip {cell} (complete; --overwrite to redo)")
-                    summary.append((m, d, s, load_cell(cell).metrics, 0.0, "skipped"))
-                    continue
-                if overwrite and cell.exists():
-                    shutil.rmtree(cell)
-                typer.echo(f"run {m} on {d}, seed {s} -> {cell}")
-                t0 = time.time()
-                res = run_cell(cfgs[(m, d, s)], data, cell, dev, resume=resume, progress=show, log=typer.echo)
-                summary.append((m, d, s, res.metrics, time.time() - t0, "done"))
+                summary.append(_run_one(cfgs[(m, d, s)], data, cell_dir(out, data.name, m, s), dev, resume,
+                                        overwrite, show))
+    if not dist.is_main():  # DDP: rank 0 reports
+        return
     _print_summary(summary)
+    _write_leaderboard(out)
+    if any(r.status == "failed" for r in summary):
+        sys.exit(2)
 
 
-def _print_summary(rows: list) -> None:
+@dataclass
+class _Row:
+    method: str
+    dataset: str
+    seed: int
+    status: str  # done | skipped | busy (run by another process) | failed
+    metrics: dict[str, Any] = field(default_factory=dict)
+    wall: float = 0.0
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the results folder ({e.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: results folder is not writable")
+
+
+def _preflight(cell: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Fail before any training if a cell to skip or resume was made with another config."""
+    from .results import is_complete
+    from .runner import check_cell_config
+
+    if not overwrite and (resume or is_complete(cell)):
+        check_cell_config(cell, cfg)
+
+
+def _load_data(name: str, root: Path | None, ann_file: Path | None, image_dir: Path | None) -> DatasetSplits:
+    from .datasets import load_dataset
+
+    return load_dataset(name, data_root=root, ann_file=ann_file, image_dir=image_dir)
+
+
+def _run_one(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device, resume: bool,
+             overwrite: bool, show: bool) -> _Row:
+    """One cell under its lock: skip it (finished, or run by another process), or train/resume it.
+
+    A failure of this cell alone (diverged, out of memory, refused checkpoint or config) is printed
+    and the grid goes on; data and write errors stop the run (they would hit every cell).
+    """
+    from . import distributed as dist
+    from .errors import DataError
+    from .io import WriteError
+    from .launch import clear_failure, record_failure
+    from .locks import cell_lock
+    from .results import is_complete, load_cell
+    from .runner import check_cell_config, clear_cell, one_line, run_cell
+
+    row = _Row(cfg.method, data.name, cfg.seed, "failed")
+    lock = cell_lock(cell)
+    if not dist.acquire_on_main(lock):  # DDP: rank 0 holds the lock for all ranks
+        typer.echo(f"cell {cell} is being run by another process ({lock.describe_owner()}); skipping")
+        row.status = "busy"
+        return row
+    try:
+        if is_complete(cell) and not overwrite:
+            check_cell_config(cell, cfg)
+            typer.echo(f"skip {cell} (complete; --overwrite to redo)")
+            row.status, row.metrics = "skipped", load_cell(cell).metrics
+            return row
+        if overwrite and dist.is_main():
+            clear_cell(cell)
+        clear_failure(cell)
+        typer.echo(f"run {cfg.method} on {data.name}, seed {cfg.seed} -> {cell}")
+        t0 = time.time()
+        res = run_cell(cfg, data, cell, dev, resume=resume, progress=show, log=typer.echo)
+        row.status, row.metrics, row.wall = "done", res.metrics, time.time() - t0
+    except (DataError, WriteError) as e:
+        raise type(e)(one_line(e)) from None
+    except UserError as e:
+        typer.echo(f"error: {one_line(e)}", err=True)
+        record_failure(cell, e)  # failed.json, read by `bench status`
+        _free_device_memory(dev)
+    finally:
+        lock.release()
+    return row
+
+
+def _free_device_memory(dev: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if dev.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def _write_leaderboard(out: Path) -> None:
+    """Write <out>/leaderboard.{csv,md} from every complete cell (serialised between processes)."""
+    from .locks import PathLock
+    from .results import write_leaderboard
+
+    lock = PathLock(out / ".leaderboard.lock")
+    if not lock.acquire(timeout=120):
+        typer.echo(f"leaderboard not written: another process is writing it ({lock.describe_owner()})")
+        return
+    try:
+        write_leaderboard(out)
+    except UserError:
+        typer.echo(f"no complete result cells in {out} yet; no leaderboard written")
+        return
+    finally:
+        lock.release()
+    typer.echo(f"leaderboard: {out / 'leaderboard.md'} (and leaderboard.csv)")
+
+
+def _print_summary(rows: list[_Row]) -> None:
     typer.echo("")
     typer.echo(f"{'method':<10} {'dataset':<10} {'seed':>4} {'test mR':>8} {'chance':>7} {'val mR':>7} "
                f"{'epoch':>5} {'time':>7}")
-    for m, d, s, met, wall, status in rows:
+    for r in rows:
+        if r.status in ("busy", "failed"):
+            note = "running in another process" if r.status == "busy" else "FAILED (see the error above)"
+            typer.echo(f"{r.method:<10} {r.dataset:<10} {r.seed:>4} {'-':>8} {'-':>7} {'-':>7} {'-':>5} "
+                       f"{'-':>7}  {note}")
+            continue
+        met = r.metrics
         val = (met.get("val") or {}).get("mR")
         val_s = f"{val:7.2f}" if isinstance(val, (int, float)) else f"{'-':>7}"
         ep = met.get("selected_epoch")
-        typer.echo(f"{m:<10} {d:<10} {s:>4} {met['mR']:8.2f} {met.get('chance_mR', float('nan')):7.2f} {val_s} "
-                   f"{ep if ep is not None else '-':>5} {wall if status == 'done' else 0:6.0f}s"
-                   + ("  (skipped)" if status == "skipped" else ""))
+        typer.echo(f"{r.method:<10} {r.dataset:<10} {r.seed:>4} {met['mR']:8.2f} "
+                   f"{met.get('chance_mR', float('nan')):7.2f} {val_s} {ep if ep is not None else '-':>5} "
+                   f"{r.wall:6.0f}s" + ("  (skipped: complete)" if r.status == "skipped" else ""))
 
 
 @app.command("methods")

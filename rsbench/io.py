@@ -1,39 +1,82 @@
 """Atomic file writes: a reader never sees a half-written result, checkpoint or table.
 
-Every writer goes through a temp file in the same folder, fsync, then os.replace.
+Every writer goes through a temp file in the same folder (`.<name>.<random>.tmp`), fsync, then
+os.replace, then an fsync of the folder. A crash at any moment leaves either the old file or the
+new one under the real name, plus at worst a stale hidden `.tmp` file that no reader opens (the
+runner removes those from a cell it resumes). A failed write (disk full, permissions) raises
+WriteError naming the file; the previous version of the file is left untouched.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import UserError
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp makes 0600 files; results are shared with the group like any file the user creates.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
+class WriteError(UserError):
+    """A file could not be written (disk full, read-only folder...). The old file is unchanged."""
+
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
     """Open a temp file next to `path`; on clean exit fsync and rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     binary = "b" in mode
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        kill_point(f"write:{path.name}")  # test-only crash hook: temp written, not yet renamed
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        err = _os_error_in(e) if isinstance(e, Exception) and not isinstance(e, UserError) else None
+        if err is not None:
+            raise WriteError(f"{path}: cannot write ({err.strerror or err}); "
+                             "the previous version, if any, is unchanged") from None
         raise
     _fsync_dir(path.parent)
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind `e` (itself, or its cause/context: torch.save wraps write errors)."""
+    seen = 0
+    cur: BaseException | None = e
+    while cur is not None and seen < 5:
+        if isinstance(cur, OSError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -82,8 +125,6 @@ def write_with(path: str | Path, writer: Callable[[IO[bytes]], None]) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    from .errors import UserError
-
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -91,3 +132,43 @@ def read_json(path: str | Path) -> Any:
         raise UserError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def stale_temp_files(folder: str | Path) -> list[Path]:
+    """Temp files left in `folder` by writers that died before their rename."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)
+                  and p.is_file())
+
+
+def remove_stale_temp_files(folder: str | Path) -> int:
+    """Delete `stale_temp_files(folder)`; only call while holding the folder's lock. Returns the count."""
+    n = 0
+    for p in stale_temp_files(folder):
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+# ---- TEST ONLY: crash injection -----------------------------------------------------------------
+# RSBENCH_TEST_KILL_AT=<point>[#n] makes the process SIGKILL itself the n-th time (default 1st) it
+# reaches <point>. Points: write:<file name> (temp file written, before the rename), step:<epoch>:<step>
+# (after an optimiser step), eval:<split> (during an evaluation). Used by tests/test_reliability.py
+# to prove that a run killed anywhere resumes to the same result. Unset in normal use: a no-op.
+KILL_ENV = "RSBENCH_TEST_KILL_AT"
+_kill_hits: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """Test-only: SIGKILL this process here if $RSBENCH_TEST_KILL_AT names this point."""
+    want = os.environ.get(KILL_ENV)
+    if not want:
+        return
+    point, _, nth = want.partition("#")
+    if point != name:
+        return
+    _kill_hits[name] = _kill_hits.get(name, 0) + 1
+    if _kill_hits[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,8 +1,12 @@
 """Train one (method, dataset, seed) cell, select on validation, evaluate on test once.
 
 Honest protocol: the checkpoint is chosen on the val split only; test is scored exactly once,
-with the selected weights. Resumable per epoch: every epoch's RNG comes from (seed, epoch), so a
-resumed run on CPU reproduces an uninterrupted one.
+with the selected weights. Resumable per epoch: every epoch's RNG comes from (seed, epoch) and
+last.pt holds model, optimiser, scheduler, scaler, best-so-far and the log, so a run killed at any
+moment and resumed on CPU ends with the same result as an uninterrupted one (docs/bad_inputs.md
+lists what can differ on GPU). Write order within an epoch: train_log.csv, last.pt, then
+best.safetensors; a resume repairs a best checkpoint that the kill prevented from being written.
+The caller holds the cell lock (rsbench.locks) while run_cell runs.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ import csv
 import io
 import json
 import math
+import os
 import platform
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -23,18 +29,37 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import load_best, load_resume, restore_model, save_best, save_resume
-from .config import RunConfig, to_dict
+from . import distributed as dist
+from .checkpoint import (
+    RESUME_FILE,
+    CheckpointError,
+    best_epoch_on_disk,
+    load_best,
+    load_resume,
+    restore_model,
+    save_best,
+    save_resume,
+)
+from .config import RunConfig, flatten, to_dict
 from .datasets.base import DatasetSplits, Split
 from .device import Precision, auto_workers, pick_precision
 from .errors import UserError
-from .io import write_json, write_text
+from .io import kill_point, remove_stale_temp_files, write_json, write_text
 from .methods.base import Batch, MethodContext, RetrievalMethod
 from .methods.registry import create_method
 
+CONFIG_FILE = "config.json"
+# Options that change how fast a cell runs, not what it computes: a resumed cell may change them.
+# (num_workers changes which random stream feeds the augmentations; see docs/bad_inputs.md.)
+IGNORED_ON_RESUME = frozenset({"train.num_workers", "train.eval_batch_size", "train.compile"})
+
 
 class TrainingDiverged(UserError):
-    """A non-finite loss: stop, keep the last good checkpoint, say where it happened."""
+    """A non-finite loss or weights: stop, keep the last good checkpoint, say where it happened."""
+
+
+class ConfigMismatch(UserError):
+    """The cell on disk was started with another config; resuming it would mix two experiments."""
 
 
 @dataclass
@@ -56,25 +81,101 @@ def seed_everything(s: int) -> None:
 
 
 def cache_root() -> Path:
-    import os
-
     return Path(os.environ.get("RSBENCH_CACHE", Path.home() / ".cache" / "rsbench")).expanduser()
+
+
+def one_line(e: BaseException) -> str:
+    """A one-line message for an error; a DataLoader worker's re-raised error carries the worker's
+    traceback in its message, of which the last line ('pkg.DataError: file: problem') is kept."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(e).__name__
+    last = lines[-1]
+    head, sep, rest = last.partition(": ")
+    if sep and head.replace(".", "").replace("_", "").isalnum() and head.split(".")[-1] == type(e).__name__:
+        return rest
+    return last
+
+
+# ---- the cell folder -----------------------------------------------------------------------------
+
+def config_record(cfg: RunConfig) -> dict[str, Any]:
+    """What config.json holds for a trained cell."""
+    return {**to_dict(cfg), "external": False}
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'key: old in the cell, new now' for every result-changing key that differs."""
+    missing = object()
+    a = flatten(old)
+    b = flatten(json.loads(json.dumps(new, default=str)))
+    out = []
+    for k in sorted((set(a) | set(b)) - IGNORED_ON_RESUME):
+        va, vb = a.get(k, missing), b.get(k, missing)
+        if va != vb:
+            out.append(f"{k}: {'(absent)' if va is missing else repr(va)} in the cell, "
+                       f"{'(absent)' if vb is missing else repr(vb)} now")
+    return out
+
+
+def check_cell_config(cell: Path, cfg: RunConfig) -> None:
+    """Refuse (ConfigMismatch) when the cell's config.json differs from `cfg` in a result-changing key."""
+    path = cell / CONFIG_FILE
+    if not path.is_file():
+        if (cell / "checkpoint" / RESUME_FILE).exists():
+            raise ConfigMismatch(f"{cell} has a resume checkpoint but no {CONFIG_FILE}, so its config is "
+                                 "unknown; pass --overwrite to discard it and start again")
+        return
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ConfigMismatch(f"{path}: unreadable config of an existing cell; pass --overwrite to discard "
+                             "the cell and start again") from None
+    diffs = config_differences(old if isinstance(old, dict) else {}, config_record(cfg))
+    if diffs:
+        more = f"; and {len(diffs) - 2} more" if len(diffs) > 2 else ""
+        raise ConfigMismatch(f"{cell} was started with a different config ({'; '.join(diffs[:2])}{more}); "
+                             "pass --overwrite to discard it and start again, or use another --out")
+
+
+def clear_cell(cell: Path) -> None:
+    """Empty a cell folder (the caller holds its lock; the lock file lives outside the folder).
+
+    The folder is first renamed to a hidden `.seed<k>.trash-*` sibling, so a kill during the delete
+    never leaves a half-deleted cell (say metrics.json without ranks.npz, or last.pt without its
+    config.json) under the real name.
+    """
+    if cell.exists():
+        trash = cell.with_name(f".{cell.name}.trash-{os.getpid()}-{time.time_ns()}")
+        os.rename(cell, trash)
+    remove_trash(cell)
+    cell.mkdir(parents=True, exist_ok=True)
+
+
+def remove_trash(cell: Path) -> None:
+    """Delete what `clear_cell` renamed away, including leftovers of a killed run (lock held)."""
+    for old in cell.parent.glob(f".{cell.name}.trash-*"):
+        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---- data ------------------------------------------------------------------------------------
 
 def _loader(dataset: Any, batch_size: int, shuffle: bool, collate: Any, workers: int, device: torch.device,
-            seed: int, drop_last: bool = False) -> torch.utils.data.DataLoader:
+            seed: int, drop_last: bool = False, sampler: Any = None) -> torch.utils.data.DataLoader:
     g = torch.Generator()
     g.manual_seed(seed)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, num_workers=workers,
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        collate_fn=collate, num_workers=workers,
         pin_memory=device.type == "cuda", drop_last=drop_last, generator=g,
         worker_init_fn=_worker_init if workers else None, persistent_workers=False,
     )
 
 
 def _worker_init(worker_id: int) -> None:
+    from .locks import close_inherited_lock_fds
+
+    close_inherited_lock_fds()  # a killed run's cell lock must not live on in its workers
     s = torch.initial_seed() % (2**32)
     np.random.seed(s)
     random.seed(s)
@@ -137,7 +238,18 @@ def evaluate(method: RetrievalMethod, split: Split, cfg: RunConfig, device: torc
              precision: Precision, progress: bool = False) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     from .metrics import metrics_from_ranks
 
-    i2t, t2i = rank_split(method, split, cfg, device, precision, progress)
+    try:
+        i2t, t2i = rank_split(method, split, cfg, device, precision, progress)
+    except ValueError as e:
+        if not str(e).startswith("NaN scores"):
+            raise
+        raise UserError(f"the model gives NaN scores on the {split.name} split ({e}); non-finite weights or "
+                        "an fp16 overflow (try --set train.amp=bf16 or off)") from None
+    except torch.OutOfMemoryError:
+        bs = cfg.train.eval_batch_size
+        raise UserError(f"out of memory on {device} while evaluating the {split.name} split with eval batch "
+                        f"size {bs}; try --set train.eval_batch_size={max(1, bs // 2)}") from None
+    kill_point(f"eval:{split.name}")  # test-only crash hook
     return metrics_from_ranks(i2t, t2i), i2t, t2i
 
 
@@ -172,17 +284,92 @@ def _log_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+@dataclass
+class _TrainState:
+    """What last.pt carries besides the model/optimiser/scheduler/scaler tensors."""
+
+    epoch: int = 0  # completed epochs
+    best_val: float = -math.inf
+    best_epoch: int | None = None
+    best_val_metrics: dict[str, Any] | None = None
+    rows: list[dict[str, Any]] | None = None
+    bad_evals: int = 0
+    early_stopped: bool = False
+    resumed_from: int | None = None
+
+
+def _diverged(what: str, epoch: int, step: int | None, saved_epoch: int, last_path: Path,
+              lr: float) -> TrainingDiverged:
+    """The message: where it happened, which checkpoint is kept, what to try."""
+    where = f"epoch {epoch}, step {step}" if step is not None else f"the end of epoch {epoch}"
+    kept = (f"the last good checkpoint (epoch {saved_epoch}) is kept in {last_path}" if saved_epoch > 0
+            and last_path.is_file() else "no checkpoint had been written yet")
+    return TrainingDiverged(f"{what} at {where}; {kept} (try a lower train.lr, now {lr:g})")
+
+
+def _resume(method: RetrievalMethod, opt: torch.optim.Optimizer, sched: Any, scaler: Any,
+            precision: Precision, cfg: RunConfig, last_path: Path, ckpt_dir: Path, log: Any) -> _TrainState:
+    """Restore everything from last.pt; repair a best checkpoint a kill prevented from being written."""
+    state = load_resume(last_path, cfg.method)
+    restore_model(method, state["model"], last_path)
+    try:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if "scaler" in state and precision.use_scaler:
+            scaler.load_state_dict(state["scaler"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{last_path}: optimiser/scheduler state does not match this config "
+                              f"({one_line(e)[:120]}); pass --no-resume to train this cell from the "
+                              "start") from None
+    st = _TrainState(epoch=int(state["epoch"]), best_val=float(state["best_val"]),
+                     best_epoch=state["best_epoch"], best_val_metrics=state.get("best_val_metrics"),
+                     rows=list(state["log"]), bad_evals=int(state.get("bad_evals", 0)),
+                     early_stopped=bool(state.get("early_stopped")), resumed_from=int(state["epoch"]))
+    on_disk = best_epoch_on_disk(ckpt_dir)
+    if st.best_epoch is not None and on_disk != st.best_epoch:
+        if st.best_epoch == st.epoch and st.best_val_metrics is not None:
+            # killed after last.pt, before best.safetensors: the restored weights are the best ones
+            save_best(ckpt_dir, method, {"epoch": st.epoch, "val": st.best_val_metrics,
+                                         "text_state": method.extra_state_json()}, cfg.method)
+        else:
+            raise CheckpointError(f"{ckpt_dir}: best checkpoint is from epoch {on_disk}, resume state says "
+                                  f"{st.best_epoch}; pass --no-resume to train this cell from the start")
+    log(f"  resuming {last_path.parent.parent} from epoch {st.epoch}")
+    return st
+
+
+def _weights_finite(method: torch.nn.Module) -> bool:
+    """Parameters and float buffers (e.g. BatchNorm running stats) are all finite."""
+    return all(bool(torch.isfinite(v).all()) for v in method.state_dict().values()
+               if v.is_floating_point())
+
+
 def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.device, *, resume: bool = True,
              progress: bool = False, log: Any = print) -> CellResult:
-    """Train, select on val, evaluate on test; write the cell folder (see docs/DESIGN.md)."""
+    """Train, select on val, evaluate on test; write the cell folder (see docs/DESIGN.md).
+
+    resume=True continues from checkpoint/last.pt if present (refusing a cell whose config.json
+    differs); resume=False empties the cell first. The caller holds the cell's lock.
+    """
     from tqdm.auto import tqdm
 
     from .datasets.torchdata import PairDataset, build_transform, make_collate
     from .results import write_eval_outputs
 
     t0 = time.time()
-    cell.mkdir(parents=True, exist_ok=True)
     ckpt_dir = cell / "checkpoint"
+    last_path = ckpt_dir / RESUME_FILE
+    if resume:
+        dist.on_main(check_cell_config, cell, cfg)  # DDP: rank 0 checks and writes, the others wait
+    elif dist.is_main():
+        clear_cell(cell)
+    if dist.is_main():
+        cell.mkdir(parents=True, exist_ok=True)
+        remove_trash(cell)
+        removed = remove_stale_temp_files(cell) + remove_stale_temp_files(ckpt_dir)
+        if removed:
+            log(f"  removed {removed} temp file(s) left by an interrupted run")
+    dist.barrier()
     t = cfg.train
     seed_everything(cfg.seed)
     precision = pick_precision(t.amp, device)
@@ -193,64 +380,60 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
     method = create_method(cfg.method, cfg.model, context).to(device)
     if device.type == "cuda" and t.channels_last and method.is_cnn:
         method = method.to(memory_format=torch.channels_last)
-    write_json(cell / "config.json", {**to_dict(cfg), "external": False})
+    if dist.is_main():
+        write_json(cell / CONFIG_FILE, config_record(cfg))
 
     opt = build_optimizer(method, cfg)
     sched = build_scheduler(opt, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
-    start_epoch, best_val, best_epoch, rows, bad_evals = 0, -math.inf, None, [], 0
-    last_path = ckpt_dir / "last.pt"
+    st = _TrainState(rows=[])
     if resume and last_path.exists():
-        state = load_resume(last_path)
-        restore_model(method, state["model"], last_path)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if "scaler" in state and precision.use_scaler:
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, best_val, best_epoch = state["epoch"], state["best_val"], state["best_epoch"]
-        rows, bad_evals = list(state["log"]), state.get("bad_evals", 0)
-        log(f"  resuming {cell} from epoch {start_epoch}")
+        st = _resume(method, opt, sched, scaler, precision, cfg, last_path, ckpt_dir, log)
+    rows = st.rows if st.rows is not None else []
 
     train_step = method.training_loss
     if t.compile:
         for child in method.children():
             child.compile()
+    train_step = dist.training_step(method, device)  # DDP-wrapped under torchrun, else unchanged
 
     mean, std = method.image_mean_std()
-    pairs = PairDataset(data.train, build_transform(t, mean, std, train=True), sampling=t.sampling, seed=cfg.seed)
+    pairs = PairDataset(data.train, build_transform(t, mean, std, train=True), sampling=t.sampling,
+                        seed=cfg.seed)
     collate = make_collate(method.tokenizer())
     workers = auto_workers(t.num_workers, device)
     select = t.select_metric
 
     if t.epochs == 0:  # zero-shot: evaluate the initial weights; nothing is selected on test
-        val_metrics, _, _ = evaluate(method, data.val, cfg, device, precision, progress)
-        save_best(ckpt_dir, method, {"epoch": 0, "val": val_metrics, "text_state": method.extra_state_json()})
-        best_epoch = 0
+        val_metrics, _, _ = dist.on_main(evaluate, method, data.val, cfg, device, precision, progress)
+        if dist.is_main():
+            save_best(ckpt_dir, method, {"epoch": 0, "val": val_metrics,
+                                         "text_state": method.extra_state_json()}, cfg.method)
 
-    for epoch in range(start_epoch, t.epochs):
+    first = t.epochs if st.early_stopped else st.epoch
+    for epoch in range(first, t.epochs):
         e0 = time.time()
         seed_everything(epoch_seed(cfg.seed, epoch))
         if hasattr(pairs, "set_epoch"):
             pairs.set_epoch(epoch)
-        drop_last = len(pairs) > t.batch_size
+        drop_last = -(-len(pairs) // dist.world_size()) > t.batch_size  # per-rank share (DDP)
         loader = _loader(pairs, t.batch_size, True, collate, workers, device, epoch_seed(cfg.seed, epoch),
-                         drop_last=drop_last)
+                         drop_last=drop_last, sampler=dist.train_sampler(pairs, cfg.seed, epoch))
         method.train()
         total, n = 0.0, 0
         bar = tqdm(loader, desc=f"{cfg.method}/{cfg.dataset}/seed{cfg.seed} epoch {epoch + 1}/{t.epochs}",
                    disable=not progress, leave=False)
         for step, batch in enumerate(bar):
-            batch: Batch = batch.to(device, non_blocking=True)
-            if device.type == "cuda" and t.channels_last and method.is_cnn:
-                batch.images = batch.images.contiguous(memory_format=torch.channels_last)
             try:
+                batch: Batch = batch.to(device, non_blocking=True)
+                if device.type == "cuda" and t.channels_last and method.is_cnn:
+                    batch.images = batch.images.contiguous(memory_format=torch.channels_last)
                 with precision.autocast(device):
                     out = train_step(batch)
                 loss = out.loss
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                        f"last good checkpoint kept in {ckpt_dir} (try a lower train.lr)")
+                if not dist.all_finite(loss):
+                    raise _diverged(f"non-finite loss ({loss.item()})", epoch + 1, step + 1, epoch, last_path,
+                                    t.lr)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if t.grad_clip > 0:
@@ -259,46 +442,61 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
                 scaler.step(opt)
                 scaler.update()
             except torch.OutOfMemoryError:
-                raise UserError(f"GPU out of memory at epoch {epoch + 1}, step {step + 1} with batch size "
-                                f"{t.batch_size}; try --set train.batch_size={max(2, t.batch_size // 2)}") from None
+                raise UserError(f"out of memory on {device} at epoch {epoch + 1}, step {step + 1} with batch "
+                                f"size {t.batch_size}; try --set train.batch_size={max(2, t.batch_size // 2)} "
+                                "(or a smaller train.image_size)") from None
             total += loss.item()
             n += 1
             bar.set_postfix(loss=f"{total / n:.4f}")
+            kill_point(f"step:{epoch + 1}:{step + 1}")  # test-only crash hook
+        if not _weights_finite(method):
+            raise _diverged("non-finite weights", epoch + 1, None, epoch, last_path, t.lr)
+        total, n = dist.sum_across(total, n)  # DDP: the epoch's mean loss over all ranks
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        row: dict[str, Any] = {"epoch": epoch + 1, "loss": round(total / max(n, 1), 6), "val_mR": "", "lr": lr}
+        row: dict[str, Any] = {"epoch": epoch + 1, "loss": round(total / max(n, 1), 6), "val_mR": "",
+                               "lr": lr}
+        improved = False
         if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
-            val_metrics, _, _ = evaluate(method, data.val, cfg, device, precision, progress)
+            val_metrics, _, _ = dist.on_main(evaluate, method, data.val, cfg, device, precision, progress)
             row["val_mR"] = round(val_metrics[select], 4)
-            if val_metrics[select] > best_val:
-                best_val, best_epoch, bad_evals = val_metrics[select], epoch + 1, 0
-                save_best(ckpt_dir, method, {"epoch": epoch + 1, "val": val_metrics,
-                                             "text_state": method.extra_state_json()})
+            if val_metrics[select] > st.best_val:
+                st.best_val, st.best_epoch, st.best_val_metrics, st.bad_evals = \
+                    val_metrics[select], epoch + 1, val_metrics, 0
+                improved = True
             else:
-                bad_evals += 1
+                st.bad_evals += 1
         row["seconds"] = round(time.time() - e0, 2)
         rows.append(row)
-        write_text(cell / "train_log.csv", _log_csv(rows))
-        save_resume(last_path, {
+        stop = bool(t.patience and st.bad_evals >= t.patience)
+        dist.on_main(write_text, cell / "train_log.csv", _log_csv(rows))  # DDP: rank 0 writes
+        dist.on_main(save_resume, last_path, {
             "model": method.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch + 1, "best_val": best_val, "best_epoch": best_epoch,
-            "log": rows, "bad_evals": bad_evals,
-        })
+            "scaler": scaler.state_dict(), "epoch": epoch + 1, "best_val": st.best_val,
+            "best_epoch": st.best_epoch, "best_val_metrics": st.best_val_metrics, "log": rows,
+            "bad_evals": st.bad_evals, "early_stopped": stop,
+        }, cfg.method)
+        if improved:
+            dist.on_main(save_best, ckpt_dir, method, {"epoch": epoch + 1, "val": st.best_val_metrics,
+                                                       "text_state": method.extra_state_json()}, cfg.method)
         log(f"  epoch {epoch + 1}/{t.epochs}  loss {row['loss']:.4f}  val {select} {row['val_mR']}  "
             f"({row['seconds']}s)")
-        if t.patience and bad_evals >= t.patience:
+        if stop:
             log(f"  early stop: no val improvement in {t.patience} validations")
             break
 
-    best_meta = load_best(ckpt_dir, method)
+    best_meta = load_best(ckpt_dir, method, cfg.method)
     method.load_extra_state_json(best_meta.get("text_state", {}))
-    test_metrics, i2t, t2i = evaluate(method, data.test, cfg, device, precision, progress)
+    _, i2t, t2i = dist.on_main(evaluate, method, data.test, cfg, device, precision, progress)
     wall = time.time() - t0
-    write_json(cell / "run.json", run_record(cfg, data, device, precision, wall))
-    metrics = write_eval_outputs(cell, i2t, t2i, data.test.cap2img, {
+    record = run_record(cfg, data, device, precision, wall)
+    record["resumed_from_epoch"] = st.resumed_from
+    record["world_size"] = dist.world_size()  # DDP processes; global batch = train.batch_size x this
+    record["train_seconds"] = round(sum(float(r.get("seconds") or 0) for r in rows), 2)
+    dist.on_main(write_json, cell / "run.json", record)
+    metrics = dist.on_main(write_eval_outputs, cell, i2t, t2i, data.test.cap2img, {
         "split": "test", "n_images": data.test.n_images, "n_captions": data.test.n_captions,
         "selected_epoch": best_meta.get("epoch"), "selection": f"val {select}", "val": best_meta.get("val"),
-        "wall_s": round(wall, 2),
     })
     return CellResult(cell, metrics, False, wall)
 
@@ -314,8 +512,8 @@ def run_record(cfg: RunConfig, data: DatasetSplits, device: torch.device, precis
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
-    hw = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": __import__("os").cpu_count(),
-          "device": str(device)}
+    hw = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+          "device": str(device), "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
         hw["cuda"] = torch.version.cuda

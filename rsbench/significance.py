@@ -43,18 +43,25 @@ set is the same) and ``n_seeds`` is 0.
 Wins / ties / losses are counted at the cluster level (per image, on the cluster's contribution
 to the metric's difference, seed-averaged), so wins + ties + losses = n_clusters.
 
+Std over seeds (``std_a``/``std_b``, ddof=1) is also over the shared seeds. Only cells of one
+split are compared (default "test"; metrics.json "split").
+
 Implementation choice
 ---------------------
 The statistics are ratios of cluster sums with clusters of unequal size and two directions mixed
 in mR; `scipy.stats.permutation_test` / `bootstrap` would call a Python statistic per batch and
 cannot express "flip an image and all its captions together" without that wrapper anyway. We
 therefore resample matrix-wise in numpy: a (resamples x n_clusters) matrix of random signs
-(permutation) and of multinomial counts (bootstrap), and one matrix product with the per-cluster
-differences gives all resampled statistics for all seven metrics at once. The random matrices are
-generated in fixed-size chunks from `numpy.random.default_rng([seed, crc32(dataset/split)])`, so
-results are reproducible, identical for a pair whatever other methods are present, and memory
-stays bounded. At RSICD size (1093 images, 5465 captions) 10,000 resamples take a fraction of a
-second per pair.
+(permutation) and one of multinomial counts (bootstrap); one matrix product each with the six
+per-cluster recall differences gives every resampled statistic of all seven metrics at once.
+The differences are integers after scaling by lcm(number of seeds averaged), so the products run
+in float32 exactly (ties with the observed value, common for R@K, are counted exactly).
+The random matrices are drawn once per test set, in fixed-size blocks, from
+`numpy.random.SeedSequence([seed, crc32("dataset/split")])`, and shared by all pairs: results are
+reproducible, a pair's result does not depend on which other methods are present, and the draws
+are paid once. Timing at RSICD size (1093 images, 5465 captions), 10,000 resamples, measured on
+a shared, heavily loaded 2-core machine: drawing < 1 s once per dataset, then 0.1-0.25 s per pair
+for all seven metrics (a 5-method comparison, 10 pairs, in ~4.5 s including reading the cells).
 """
 
 from __future__ import annotations

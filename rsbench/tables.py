@@ -221,10 +221,10 @@ def _tex_value(r: Row, m: str, best: dict[str, float]) -> str:
     v = f"{r.mean[m]:.2f}"
     if m in best and round(r.mean[m], 2) == best[m]:
         v = rf"\textbf{{{v}}}"
+    if r.marks.get(m):  # marks sit on the mean, before the std
+        v += rf"\textsuperscript{{{','.join(r.marks[m])}}}"
     if not math.isnan(r.std.get(m, math.nan)):
         v += rf"{{\scriptsize$\pm${r.std[m]:.2f}}}"
-    if r.marks.get(m):
-        v += rf"\textsuperscript{{{','.join(r.marks[m])}}}"
     return v
 
 
@@ -289,10 +289,10 @@ def _md_value(r: Row, m: str, best: dict[str, float]) -> str:
     v = f"{r.mean[m]:.2f}"
     if m in best and round(r.mean[m], 2) == best[m]:
         v = f"**{v}**"
-    if not math.isnan(r.std.get(m, math.nan)):
-        v += f" ± {r.std[m]:.2f}"
     if r.marks.get(m):
         v += f"<sup>{','.join(r.marks[m])}</sup>"
+    if not math.isnan(r.std.get(m, math.nan)):
+        v += f" ± {r.std[m]:.2f}"
     return v
 
 

@@ -80,6 +80,7 @@ def test_score_matches_per_pair_definition(context, variant) -> None:
         assert (model.score(v, t) - want).abs().max() < 1e-5
         for i, j in [(slice(0, 1), slice(0, 11)), (slice(2, 7), slice(4, 5)), (slice(3, 6), slice(1, 9))]:
             assert (model.score(v[i], t[j]) - want[i, j]).abs().max() < 1e-5  # runner's blocks
+        assert model.score(v[:0], t).shape == (0, 11) and model.score(v, t[:0]).shape == (7, 0)
 
 
 def test_triplet_loss_masks_same_image_pairs() -> None:
@@ -138,13 +139,13 @@ def test_short_training_lowers_loss(context) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch = _batch(model, [0, 2, 4, 6, 1, 3], size=32)
     losses = []
-    for _ in range(12):
+    for _ in range(6):
         loss = model.training_loss(batch).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert min(losses[-3:]) < 0.5 * losses[0]
+    assert min(losses[-2:]) < 0.5 * losses[0]
 
 
 def test_text_encoder_ignores_padding(context) -> None:

@@ -76,9 +76,9 @@ def test_tex_structure_bold_and_marks(tables):
     assert best.startswith("(a)") and worst.startswith("(d)")
     cells = best.rstrip(" \\").split(" & ")
     assert all(c.startswith(r"\textbf{") for c in cells[3:])  # best in every metric column
-    assert cells[-1].endswith(r"\textsuperscript{b,c,d}")  # mR of best beats all three
+    assert cells[-1].split("{\\scriptsize")[0].endswith(r"\textsuperscript{b,c,d}")  # mR beats all three
     mid_mr = _row(tex, "mid").rstrip(" \\").split(" & ")[-1]
-    assert mid_mr.endswith(r"\textsuperscript{d}")  # beats worst, not its twin open_clip
+    assert r"\textsuperscript{d}{\scriptsize$\pm$" in mid_mr  # beats worst, not its twin open_clip
     assert r"\textsuperscript" not in worst
     assert "open\\_clip" in tex  # names are escaped
     assert r"\alpha=0.05" in tex and "Holm" in tex and "randomisation" in tex
@@ -103,7 +103,7 @@ def test_markdown(tables):
     md = tables["md"]
     assert md.startswith("### RSICD (test)")
     best = _row(md, "best")
-    assert "**" in best and best.rstrip(" |").endswith("<sup>b,c,d</sup>")
+    assert "**" in best and best.rstrip(" |").split(" | ")[-1].startswith("**") and "<sup>b,c,d</sup> ± " in best
     assert "***reported in papers***" in md and "PIR †" in md and "† checkpoint selected on test." in md
     header = next(line for line in md.splitlines() if line.startswith("|  | Method"))
     assert all(line.count("|") == header.count("|") for line in md.splitlines() if line.startswith("|"))

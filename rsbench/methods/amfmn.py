@@ -154,6 +154,8 @@ class TextAttention(nn.Module):
     def score(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(Ni, D) x (Nt, D) -> (Ni, Nt) cosine(F_v_i, T'_ij), never an Ni x Nt x D tensor at once."""
         v, t = v.float(), t.float()
+        if len(v) == 0 or len(t) == 0:
+            return v.new_zeros(len(v), len(t))
         v_norm = v.norm(dim=1).clamp(min=_EPS)
         if self.variant == "soft":
             # cos(v, g*t) = ((v*g) . t) / (|v| sqrt((g*g) . (t*t)))
@@ -180,7 +182,7 @@ class TextAttention(nn.Module):
                 num = torch.einsum("id,ijd->ij", v[i], tp)
                 cols.append(num / tp.norm(dim=2).clamp(min=_EPS) / v_norm[i, None])
             rows.append(torch.cat(cols, 1))
-        return torch.cat(rows, 0) if rows else v.new_zeros(0, len(t))
+        return torch.cat(rows, 0)
 
     def _chunks(self, n_img: int, n_txt: int, dim: int) -> tuple[int, int]:
         """Chunk sizes so that ~4 float32 (ni, nt, D) intermediates fit in chunk_bytes."""
@@ -198,7 +200,7 @@ class TextAttention(nn.Module):
         "small": {
             "pretrained": False, "embed_dim": 256, "word_dim": 128, "hidden_dim": 256,
             "train.image_size": 64, "train.resize": 72, "train.augment": "crop,flip",
-            "train.epochs": 12, "train.batch_size": 32, "train.optimizer": "adam", "train.lr": 5e-4,
+            "train.epochs": 8, "train.batch_size": 32, "train.optimizer": "adam", "train.lr": 5e-4,
             "train.lr_step": 0,
         },
         "paper": {

@@ -36,6 +36,7 @@ class ClipConfig:
     backbone_weights: str = ""  # local weights file for the backbone (.safetensors / state dict)
     text_model: str = DEFAULT_TEXT_MODEL  # 'minilm' (offline), a local folder or a hub name
     text_pretrained: bool = True  # False: same text architecture, random weights
+    text_trainable_layers: int = -1  # -1: fine-tune the whole text model; 0: freeze it; k: only its top k layers
     text_pool: str = "mean"  # mean (over real tokens) | cls
     max_len: int = 32  # text tokens, including [CLS]/[SEP]
     embed_dim: int = 512  # joint embedding size
@@ -52,18 +53,34 @@ def _is_transformer(model: nn.Module) -> bool:
     return hasattr(model, "patch_embed")
 
 
+def _freeze_text(model: nn.Module, trainable_layers: int) -> bool:
+    """Freeze all (0) or all but the top k transformer layers of a BERT-family model; True if all frozen."""
+    if trainable_layers < 0:
+        return False
+    model.requires_grad_(False)
+    if trainable_layers == 0:
+        return True
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UserError("text_trainable_layers > 0 needs a BERT-style text model (encoder.layer); use -1 or 0")
+    for layer in list(layers)[-trainable_layers:]:
+        layer.requires_grad_(True)
+    return False
+
+
 @register_method(
     "clip",
     "CLIP-style dual encoder: timm image tower + MiniLM/BERT text tower, symmetric InfoNCE with learnable "
     "temperature",
     presets={
-        # CPU-sized: random ResNet-18 on 64 px + the offline MiniLM text model, a few minutes on 2 cores.
+        # CPU-sized: random ResNet-18 on 64 px + the offline MiniLM text model kept frozen (its mean-pooled
+        # sentence vectors already separate the captions; skipping its backward makes a step ~3x cheaper).
         "small": {
             "backbone": "resnet18",
             "pretrained": False,
+            "text_trainable_layers": 0,
             "embed_dim": 256,
-            "tower_lr_scale": 0.1,  # MiniLM is pretrained: keep it close to its sentence space
-            "train.epochs": 8,
+            "train.epochs": 5,
             "train.batch_size": 32,
             "train.optimizer": "adamw",
             "train.lr": 1e-3,
@@ -106,6 +123,7 @@ class ClipMethod(RetrievalMethod):
         self._hf_tokenizer, self.text_model = load_text_model(config.text_model, pretrained=config.text_pretrained)
         self.image_proj = nn.Linear(self.backbone.num_features, config.embed_dim, bias=False)
         self.text_proj = nn.Linear(self.text_model.config.hidden_size, config.embed_dim, bias=False)
+        self._text_frozen = _freeze_text(self.text_model, config.text_trainable_layers)
         self.logit_scale = LogitScale(config.init_temperature, config.max_logit_scale, config.learn_temperature)
 
     # ---- data side -------------------------------------------------------------------------
@@ -122,9 +140,16 @@ class ClipMethod(RetrievalMethod):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         return self.image_proj(self.backbone(images))
 
+    def train(self, mode: bool = True) -> ClipMethod:
+        super().train(mode)
+        if self._text_frozen:
+            self.text_model.eval()  # a frozen tower keeps its inference behaviour (no dropout)
+        return self
+
     def encode_texts(self, text: dict[str, torch.Tensor]) -> torch.Tensor:
         mask = text["attention_mask"]
-        states = self.text_model(input_ids=text["input_ids"], attention_mask=mask).last_hidden_state
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._text_frozen):
+            states = self.text_model(input_ids=text["input_ids"], attention_mask=mask).last_hidden_state
         if self.config.text_pool == "cls":
             pooled = states[:, 0]
         else:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..errors import UserError
 from .base import same_image_mask
 
@@ -56,7 +57,9 @@ def info_nce(
 
     Embeddings are L2-normalised here. Loss = (CE(image->text) + CE(text->image)) / 2 on the logits
     scale * img @ txt.T. `image_ids` marks rows showing the same image (see the module doc).
+    Under DDP the rows of every rank are gathered first (with gradients): negatives span the global batch.
     """
+    image_emb, text_emb, image_ids = distributed.gather_batch(image_emb, text_emb, image_ids)
     img = F.normalize(image_emb.float(), dim=-1)
     txt = F.normalize(text_emb.float(), dim=-1)
     logits = img @ txt.T * logit_scale

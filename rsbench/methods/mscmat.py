@@ -113,9 +113,11 @@ def mscma_loss(logits: list[torch.Tensor], same: torch.Tensor) -> torch.Tensor:
 def csmmc_loss(matrices: list[torch.Tensor], tau: float = 2.0) -> torch.Tensor:
     """Cross-scale consistency: the deepest scale (detached) teaches each shallower one.
 
-    Softmax over images (column-wise, one distribution per text) at temperature tau; the KL
-    divergence sum_i P_deep log(P_deep / P_k) is averaged over all B x B entries (torch's
-    reduction='mean', the authors' choice, not 'batchmean'), then summed over the scales.
+    Softmax over images (column-wise, one distribution per text) at temperature tau. The spec's
+    KL(P_k || P_deep) lists the arguments in torch's kl_div(input=log P_k, target=P_deep) order,
+    which computes sum P_deep log(P_deep / P_k): the usual teacher -> student distillation, and
+    what we compute. Its terms are averaged over all B x B entries (torch's reduction='mean', the
+    authors' choice, not 'batchmean'), then summed over the shallower scales.
     """
     teacher = (matrices[-1].detach().float() / tau).softmax(dim=0)
     return sum(F.kl_div((m.float() / tau).log_softmax(dim=0), teacher, reduction="none").mean()

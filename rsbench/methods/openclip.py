@@ -134,8 +134,8 @@ def _normalise_keys(model: nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, 
     for resize in (resize_pos_embed, resize_text_pos_embed):
         try:  # a different input size / context length: interpolate, as open_clip does
             resize(sd, model)
-        except Exception:  # widths differ: the shape check below reports it
-            pass
+        except (AssertionError, RuntimeError, ValueError) as e:  # widths differ: the shape check reports it
+            logging.getLogger(__name__).debug("position embedding not resized: %s", e)
     return sd
 
 
@@ -172,6 +172,9 @@ def build_openclip_model(cfg: OpenClipConfig) -> tuple[nn.Module, str]:
         kwargs["force_image_size"] = cfg.force_image_size
     if cfg.checkpoint and not Path(cfg.checkpoint).expanduser().is_file():
         raise UserError(f"{cfg.checkpoint}: checkpoint file not found")
+    prev_disable = logging.root.manager.disable
+    if cfg.checkpoint:  # open_clip would warn "initialized randomly" although our weights follow
+        logging.disable(logging.WARNING)
     try:
         model = open_clip.create_model(name, pretrained=cfg.pretrained or None, **kwargs)
     except (RuntimeError, OSError, ValueError) as e:
@@ -181,6 +184,8 @@ def build_openclip_model(cfg: OpenClipConfig) -> tuple[nn.Module, str]:
                             f"({str(e).splitlines()[0][:160]}); known tags: {', '.join(tags) or 'none'}; "
                             "or pass checkpoint=PATH") from None
         raise UserError(f"cannot build open_clip model '{name}': {str(e).splitlines()[0][:200]}") from None
+    finally:
+        logging.disable(prev_disable)
     if cfg.checkpoint:
         load_openclip_weights(model, Path(cfg.checkpoint).expanduser(), strict=cfg.strict)
     return model, name

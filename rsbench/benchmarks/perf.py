@@ -1,0 +1,869 @@
+"""Performance harness: our vectorised code against naive references, side by side.
+
+    python -m rsbench.benchmarks.perf [--quick] [--only 1,3] [--out benchmarks/RESULTS.md]
+
+Items (targets from the performance issue):
+ 1. ranks + metrics of an RSICD-size test set vs a per-query argsort loop: equal, >= 50x faster.
+ 2. AMFMN test-set scoring (soft; fusion/similarity as extra rows) vs 128 x 128 per-pair shards:
+    >= 10x faster, max |diff| < 1e-5, lower peak memory.
+ 3. MSCMAT per-scale B x B matrices, forward + backward, vs a per-image MultiheadAttention loop:
+    >= 3x faster, same values and gradients.
+ 4. one data-loading epoch from the ImageCache vs decoding the files: >= 3x faster.
+ 5. training-step overhead of each method over its image backbone's forward + backward: < 25%.
+ 6. blockwise ranks of 50,000 x 250,000 random 256-d embeddings within 2 GiB peak memory.
+
+Method. Both sides run in this process on the same inputs, interleaved (ours, ref, ours, ref...)
+so that load changes hit both; one warm-up call each, then the median of up to `repeats` calls
+(fewer for slow calls, so that a side spends about `budget` seconds; `n` is shown). Ratios are
+ref / ours. Peak memory (items 2 and 6) is measured in a fresh subprocess per side: inputs are
+built (item 2: the same code runs once on small inputs, so lazy one-time setup is not counted),
+the kernel's peak-RSS counter is reset (`/proc/self/clear_refs` = 5), the computation runs once
+and VmHWM - VmRSS(before) is the peak it added. A fresh process means neither side inherits the
+other's freed heap; glibc's mmap threshold is fixed at 64 KiB there so freed tensors leave RSS.
+Item 4 runs with one torch thread, as a DataLoader worker does; `--threads N` sets the others
+(default: torch's default). `--quick` shrinks every size (about a minute).
+A full run of all items writes the report to benchmarks/RESULTS.md; `--quick` or `--only` write
+only where `--out` says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import references as ref
+
+DEFAULT_OUT = Path("benchmarks/RESULTS.md")
+ITEMS = (1, 2, 3, 4, 5, 6)
+METHODS = ("vsepp", "amfmn", "msa", "clip")
+MSCMAT_CHANNELS = (64, 128, 256, 512)  # ResNet-18 stages, the MSA small preset's backbone
+MSCMAT_DIM, MSCMAT_HEADS, MSCMAT_TOKENS = 384, 12, 30  # small preset: MiniLM width; max_len 31 - [CLS]
+GIB = 2**30
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Problem sizes of one run (full or --quick)."""
+
+    metrics: tuple[int, int] = (1093, 5465)
+    amfmn: tuple[int, int, int] = (1093, 5465, 512)
+    amfmn_memory_variants: tuple[str, ...] = ("soft", "fusion", "similarity")
+    mscmat_batches: tuple[int, ...] = (32, 100)
+    loading_images: int = 300
+    loading_formats: tuple[str, ...] = ("png", "jpeg", "tiff")
+    train_batch: int = 0  # 0: the preset's batch size
+    scale: tuple[int, int, int] = (50_000, 250_000, 256)
+    repeats: int = 5
+    budget_s: float = 20.0  # time one side may spend in timed repeats
+
+
+FULL = Sizes()
+QUICK = Sizes(metrics=(200, 1000), amfmn=(100, 500, 64), amfmn_memory_variants=("soft",),
+              mscmat_batches=(4, 8), loading_images=12, train_batch=4, scale=(2_000, 10_000, 256),
+              repeats=3, budget_s=0.5)
+
+
+# ---- measurement helpers -------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    """Median wall time of `n` timed calls; `reused`: the only sample is the warm-up call itself."""
+
+    median: float
+    n: int
+    reused: bool = False
+
+    def __str__(self) -> str:
+        return f"{fmt_seconds(self.median)} (n={self.n}{'*' if self.reused else ''})"
+
+
+def fmt_seconds(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.0f} us"
+    if s < 1.0:
+        return f"{s * 1e3:.1f} ms"
+    return f"{s:.2f} s"
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+class _Side:
+    """One side of a comparison: warm-up, then up to `repeats` timed calls within `budget_s`.
+
+    A call slower than the whole budget is timed once: its warm-up call is that sample (marked *).
+    """
+
+    def __init__(self, fn: Callable[[], Any], repeats: int, budget_s: float):
+        self.fn = fn
+        warm, self.out = _timed(fn)
+        self.reused = warm > budget_s
+        self.times = [warm] if self.reused else []
+        self.n = 1 if self.reused else max(1, min(repeats, int(budget_s / max(warm, 1e-9))))
+
+    def step(self) -> None:
+        if len(self.times) < self.n:
+            dt, self.out = _timed(self.fn)
+            self.times.append(dt)
+
+    def timing(self) -> Timing:
+        return Timing(statistics.median(self.times), self.n, self.reused)
+
+
+def side_by_side(ours: Callable[[], Any], reference: Callable[[], Any], repeats: int, budget_s: float
+                 ) -> tuple[Timing, Timing, Any, Any]:
+    """Warm up each side, then interleave timed calls; (ours, ref, ours' result, ref's result)."""
+    a, b = _Side(ours, repeats, budget_s), _Side(reference, repeats, budget_s)
+    for _ in range(max(a.n, b.n)):
+        a.step()
+        b.step()
+    return a.timing(), b.timing(), a.out, b.out
+
+
+def time_alone(fn: Callable[[], Any], repeats: int, budget_s: float) -> Timing:
+    side = _Side(fn, repeats, budget_s)
+    for _ in range(side.n):
+        side.step()
+    return side.timing()
+
+
+def proc_status() -> dict[str, int]:
+    """VmRSS / VmHWM of this process in bytes (empty where /proc is missing)."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return {}
+    out = {}
+    for key in ("VmRSS", "VmHWM"):
+        m = re.search(rf"^{key}:\s+(\d+)\s+kB", text, re.MULTILINE)
+        if m:
+            out[key] = int(m.group(1)) * 1024
+    return out
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_peak(fn: Callable[[], Any], warmup: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Run fn once; its wall time and the RSS peak it added (needs a fresh process to be fair).
+
+    `warmup` (the same code on small inputs) runs first so that one-time lazy initialisation
+    (BLAS buffers, kernel selection) is not counted.
+    """
+    import gc
+
+    if warmup is not None:
+        warmup()
+    gc.collect()
+    reset = reset_peak_rss()
+    before = proc_status()
+    dt, _ = _timed(fn)
+    after = proc_status()
+    if not before or not after:
+        return {"seconds": dt, "peak_delta": None, "hwm": None, "rss_before": None, "reset": reset}
+    return {"seconds": dt, "peak_delta": after["VmHWM"] - before["VmRSS"], "hwm": after["VmHWM"],
+            "rss_before": before["VmRSS"], "reset": reset}
+
+
+# glibc: a fixed mmap threshold (64 KiB) makes every tensor-sized allocation its own mapping, returned
+# to the OS when freed, so RSS follows live memory (no freed-but-resident heap hiding a peak).
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def run_child(task: dict[str, Any], timeout: float = 3600.0) -> dict[str, Any]:
+    """Run one `--child` task in a fresh interpreter (same torch threads); its JSON answer or {'error': ...}."""
+    cmd = [sys.executable, "-m", "rsbench.benchmarks.perf", "--threads", str(torch.get_num_threads()),
+           "--child", json.dumps(task)]
+    env = {**os.environ, **CHILD_ENV}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"child exit {proc.returncode}: {tail[:200]}"}
+    return json.loads(lines[-1])
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def fmt_mib(b: float | None) -> str:
+    return "n/a" if b is None else f"{b / MIB:.0f} MiB"
+
+
+# ---- the table ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the results table. `ok` is the identical-values check (None: no such check)."""
+
+    item: str
+    name: str
+    ours: str
+    reference: str = "-"
+    ratio: str = "-"
+    memory: str = "-"
+    check: str = "-"
+    target: str = "-"
+    result: str = "-"  # PASS | FAIL | - (no target)
+    ok: bool | None = None
+
+
+COLUMNS = ("#", "item", "ours", "reference", "ratio", "peak memory", "check", "target", "result")
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    for r in rows:
+        cells = (r.item, r.name, r.ours, r.reference, r.ratio, r.memory, r.check, r.target, r.result)
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(*conditions: bool) -> str:
+    return "PASS" if all(conditions) else "FAIL"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def machine_description() -> dict[str, str]:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    mem = "n/a"
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        kb = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0])
+        mem = f"{kb / 2**20:.0f} GiB"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (no GPU in this session)"
+    return {
+        "CPU": f"{cpu_model()} ({cpus} cores usable, {os.cpu_count()} online)",
+        "memory": mem,
+        "GPU": gpu,
+        "python": platform.python_version(),
+        "torch": f"{torch.__version__} ({torch.get_num_threads()} intra-op threads)",
+        "numpy": np.__version__,
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "load average (1/5/15 min) at start": load_average(),
+    }
+
+
+# ---- workspace: temp folder and the synthetic data set shared by items 4 and 5 ---------------------
+
+
+@dataclass
+class Workspace:
+    sizes: Sizes
+    root: Path
+    notes: list[str] = field(default_factory=list)
+    extra_sections: list[str] = field(default_factory=list)
+    _data: Any = None
+
+    def synthetic(self) -> Any:
+        """A synthetic data set at 256 px (generated once per run)."""
+        if self._data is None:
+            from ..datasets.registry import load_dataset
+            from ..datasets.synthetic import generate_synthetic
+
+            folder = self.root / "synthetic"
+            generate_synthetic(folder, n_images=self.sizes.loading_images, image_size=256)
+            self._data = load_dataset("synthetic", data_root=folder)
+        return self._data
+
+
+# ---- item 1: ranks + metrics ----------------------------------------------------------------------
+
+
+def item_metrics(ws: Workspace) -> list[Row]:
+    from ..metrics import compute_ranks, metrics_from_ranks
+
+    ni, nt = ws.sizes.metrics
+    sims = torch.rand(ni, nt, generator=torch.Generator().manual_seed(0))  # float32: ties do occur
+    c2i = np.repeat(np.arange(ni), -(-nt // ni))[:nt]
+    arr = sims.numpy()
+
+    def ours() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        i2t, t2i = compute_ranks(sims, c2i)
+        return i2t, t2i, metrics_from_ranks(i2t, t2i)
+
+    def reference() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        i2t, t2i = ref.ranks_argsort_loop(arr, c2i)
+        return i2t, t2i, metrics_from_ranks(i2t, t2i)
+
+    t_o, t_r, a, b = side_by_side(ours, reference, ws.sizes.repeats, ws.sizes.budget_s)
+    equal = bool(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2])
+    ratio = t_r.median / t_o.median
+    return [Row("1", f"ranks+metrics {ni} x {nt} (float32, stable ties)", str(t_o), str(t_r), f"{ratio:.1f}x",
+                check=f"ranks+metrics equal: {equal}", target=">= 50x, equal", result=verdict(ratio >= 50, equal),
+                ok=equal)]
+
+
+# ---- item 2: AMFMN scoring ------------------------------------------------------------------------
+
+
+def amfmn_inputs(variant: str, ni: int, nt: int, dim: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Seeded TextAttention and image/text features (the same in every process)."""
+    from ..methods.amfmn import TextAttention
+
+    torch.manual_seed(0)
+    attention = TextAttention(variant, dim).eval()
+    g = torch.Generator().manual_seed(1)
+    return attention, torch.randn(ni, dim, generator=g), torch.randn(nt, dim, generator=g)
+
+
+def amfmn_fns(variant: str, ni: int, nt: int, dim: int) -> dict[str, Callable[[], torch.Tensor]]:
+    attention, v, t = amfmn_inputs(variant, ni, nt, dim)
+
+    @torch.no_grad()
+    def ours() -> torch.Tensor:
+        return attention.score(v, t)
+
+    @torch.no_grad()
+    def reference() -> torch.Tensor:
+        return ref.amfmn_score_sharded(attention, v, t, shard=128)
+
+    return {"ours": ours, "ref": reference}
+
+
+def child_amfmn(task: dict[str, Any]) -> dict[str, Any]:
+    ni, nt, dim = task["shape"]
+    small = amfmn_fns(task["variant"], min(ni, 64), min(nt, 256), dim)[task["side"]]
+    return measure_peak(amfmn_fns(task["variant"], ni, nt, dim)[task["side"]], warmup=small)
+
+
+def item_amfmn(ws: Workspace) -> list[Row]:
+    ni, nt, dim = ws.sizes.amfmn
+    rows = []
+    for variant in ("soft", "fusion", "similarity"):
+        fns = amfmn_fns(variant, ni, nt, dim)
+        t_o, t_r, a, b = side_by_side(fns["ours"], fns["ref"], ws.sizes.repeats, ws.sizes.budget_s)
+        diff = float((a - b).abs().max())
+        close = diff < 1e-5
+        ratio = t_r.median / t_o.median
+        mem, less = "-", True
+        if variant in ws.sizes.amfmn_memory_variants:
+            peaks = {side: run_child({"task": "amfmn", "variant": variant, "shape": [ni, nt, dim], "side": side})
+                     for side in ("ours", "ref")}
+            errs = [p["error"] for p in peaks.values() if "error" in p]
+            if errs:
+                mem, less = f"error: {errs[0]}", False
+            else:
+                po, pr = peaks["ours"]["peak_delta"], peaks["ref"]["peak_delta"]
+                mem = f"ours {fmt_mib(po)} / ref {fmt_mib(pr)}"
+                less = po is not None and pr is not None and po < pr
+        soft = variant == "soft"
+        rows.append(Row(
+            "2" if soft else "2+", f"AMFMN score {variant}, {ni} x {nt}, D={dim}", str(t_o), str(t_r),
+            f"{ratio:.1f}x", mem, f"max abs diff {diff:.1e} < 1e-5: {close}",
+            ">= 10x, < 1e-5, less memory" if soft else "(none; < 1e-5)",
+            verdict(ratio >= 10, close, less) if soft else "-", ok=close))
+    return rows
+
+
+# ---- item 3: MSCMAT forward + backward -------------------------------------------------------------
+
+
+def mscmat_setup(batch: int) -> dict[str, Any]:
+    """Seeded MSCMAT (LayerNorms moved off their trivial init) and inputs with padded texts."""
+    from ..methods.mscmat import MSCMAT
+
+    torch.manual_seed(0)
+    model = MSCMAT(list(MSCMAT_CHANNELS), MSCMAT_DIM, MSCMAT_HEADS).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(1)
+    length = MSCMAT_TOKENS
+    lengths = torch.randint(3, length + 1, (batch,), generator=g)
+    return {
+        "model": model,
+        "pooled": [torch.randn(batch, c, generator=g).requires_grad_() for c in MSCMAT_CHANNELS],
+        "tokens": torch.randn(batch, length, MSCMAT_DIM, generator=g).requires_grad_(),
+        "pad": torch.arange(length)[None, :] >= lengths[:, None],
+        "g_t": torch.randn(batch, MSCMAT_DIM, generator=g).requires_grad_(),
+        "weights": [torch.randn(batch, batch, generator=g) for _ in MSCMAT_CHANNELS],
+    }
+
+
+def mscmat_forward_backward(s: dict[str, Any], forward: Callable[..., list[torch.Tensor]]
+                            ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(the B x B matrices, every gradient: parameters then inputs) of sum_k <M_k, W_k>."""
+    inputs = [*s["pooled"], s["tokens"], s["g_t"]]
+    params = list(s["model"].parameters())
+    for x in params + inputs:
+        x.grad = None
+    outs = forward(s["model"], s["pooled"], s["tokens"], s["pad"], s["g_t"])
+    loss = sum((o * w).sum() for o, w in zip(outs, s["weights"], strict=True))
+    loss.backward()
+    grads = [torch.zeros_like(x) if x.grad is None else x.grad.clone() for x in params + inputs]
+    return [o.detach() for o in outs], grads
+
+
+def _scaled_diff(x: torch.Tensor, y: torch.Tensor) -> float:
+    """max |x - y| relative to the tensor's scale: gradients summed over B x B pairs grow with B, and
+    float32 sums in another order differ by ~1e-7 of their magnitude, not by a fixed amount."""
+    return float((x - y).abs().max()) / max(1.0, float(y.abs().max()))
+
+
+def _batched(model: torch.nn.Module, *inputs: Any) -> list[torch.Tensor]:
+    return model(*inputs)
+
+
+def item_mscmat(ws: Workspace) -> list[Row]:
+    rows = []
+    for batch in ws.sizes.mscmat_batches:
+        s = mscmat_setup(batch)
+
+        def ours(s: dict[str, Any] = s) -> Any:
+            return mscmat_forward_backward(s, _batched)
+
+        def reference(s: dict[str, Any] = s) -> Any:
+            return mscmat_forward_backward(s, ref.mscmat_loop)
+
+        t_o, t_r, a, b = side_by_side(ours, reference, ws.sizes.repeats, ws.sizes.budget_s)
+        vdiff = max(float((x - y).abs().max()) for x, y in zip(a[0], b[0], strict=True))
+        gdiff = max(_scaled_diff(x, y) for x, y in zip(a[1], b[1], strict=True))
+        same = vdiff < 1e-5 and gdiff < 1e-5
+        ratio = t_r.median / t_o.median
+        rows.append(Row(
+            "3", f"MSCMAT 4 scales fwd+bwd, B={batch}, D={MSCMAT_DIM}, L={MSCMAT_TOKENS}", str(t_o), str(t_r),
+            f"{ratio:.1f}x", check=f"values max abs diff {vdiff:.1e}, grads max diff / max(1, max abs grad) "
+            f"{gdiff:.1e}; both < 1e-5: {same}", target=">= 3x, same values+grads",
+            result=verdict(ratio >= 3, same), ok=same))
+    return rows
+
+
+# ---- item 4: data loading -------------------------------------------------------------------------
+
+_PIL_FORMAT = {"png": ("PNG", ".png", {}), "jpeg": ("JPEG", ".jpg", {"quality": 95}),
+               "tiff": ("TIFF", ".tif", {})}
+
+
+def format_copy(split: Any, fmt: str, folder: Path) -> Any:
+    """The split with every image re-saved as `fmt` (TIFF uncompressed, JPEG quality 95)."""
+    from PIL import Image
+
+    if fmt == "png":
+        return split
+    name, ext, opts = _PIL_FORMAT[fmt]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for p in split.image_paths:
+        out = folder / (Path(p).stem + ext)
+        with Image.open(p) as im:
+            im.convert("RGB").save(out, format=name, **opts)
+        paths.append(out)
+    return dataclasses.replace(split, image_paths=paths, image_names=[p.name for p in paths])
+
+
+def _stack_images(items: list[tuple[torch.Tensor, str, int, int]]) -> torch.Tensor:
+    return torch.stack([it[0] for it in items])
+
+
+def loading_epoch(split: Any, transform: Any, cache: Any, batch_size: int = 32) -> float:
+    """One epoch of training pairs (shuffled, caption sampling, seeded); a cheap checksum of the batches
+    (every 8th pixel, so that the check adds almost nothing to the timed epoch)."""
+    from ..datasets.torchdata import PairDataset
+
+    ds = PairDataset(split, transform, sampling="caption", seed=0, cache=cache,
+                     image_loader=None if cache is not None else ref.decode_loader())
+    torch.manual_seed(0)  # the same crops and flips on both sides
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=0,
+                                         collate_fn=_stack_images, generator=torch.Generator().manual_seed(0))
+    return float(sum(float(b[:, :, ::8, ::8].double().sum()) for b in loader))
+
+
+def item_loading(ws: Workspace) -> list[Row]:
+    from ..config import TrainConfig
+    from ..datasets.cache import ImageCache, train_resize_size
+    from ..datasets.torchdata import build_transform
+    from ..methods.base import IMAGENET_MEAN, IMAGENET_STD
+
+    train = ws.synthetic().train
+    tcfg = TrainConfig(image_size=256, resize=278, augment="crop,flip")
+    transform = build_transform(tcfg, IMAGENET_MEAN, IMAGENET_STD, train=True)
+    rows = []
+    with torch_threads(1):
+        for fmt in ws.sizes.loading_formats:
+            split = format_copy(train, fmt, ws.root / f"images_{fmt}")
+            t0 = time.perf_counter()
+            cache = ImageCache.build(split, train_resize_size(256, 278), cache_root=ws.root / "cache",
+                                     fingerprint=f"perf-{fmt}", workers=1)
+            build_s = time.perf_counter() - t0
+            t_o, t_r, a, b = side_by_side(lambda s=split, c=cache: loading_epoch(s, transform, c),
+                                          lambda s=split: loading_epoch(s, transform, None),
+                                          ws.sizes.repeats, ws.sizes.budget_s)
+            same = a == b
+            ratio = t_r.median / t_o.median
+            rows.append(Row(
+                "4", f"epoch {split.n_captions} pairs ({split.n_images} {fmt.upper()} 256 px), "
+                f"cache build {fmt_seconds(build_s)} once", str(t_o), str(t_r), f"{ratio:.1f}x",
+                check=f"same batches (checksum): {same}", target=">= 3x", result=verdict(ratio >= 3, same),
+                ok=same))
+    ws.notes.append("Item 4: transform = train Resize(278) -> RandomCrop(256) -> flip -> normalise on both sides "
+                    "(cache rows are stored at 278 px); DataLoader num_workers=0, 1 torch thread (as in a "
+                    "worker); PNG as generated (compress level 3), JPEG quality 95, TIFF uncompressed.")
+    return rows
+
+
+# ---- item 5: training-step overhead ----------------------------------------------------------------
+
+_BACKBONE_ATTR = {"vsepp": "cnn", "amfmn": "image_encoder.backbone", "msa": "image.body", "clip": "backbone"}
+
+
+def image_backbone(method: torch.nn.Module, name: str) -> torch.nn.Module:
+    obj: Any = method
+    for part in _BACKBONE_ATTR[name].split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_method(name: str, ws: Workspace, device: torch.device) -> dict[str, Any]:
+    """A method from its small preset, its optimiser and one seeded batch."""
+    from ..methods import Batch, MethodContext, create_method
+    from ..runconfig import resolve_config
+    from ..runner import build_optimizer
+
+    split = ws.synthetic().train
+    cfg = resolve_config(name, "synthetic")
+    bs = ws.sizes.train_batch or cfg.train.batch_size
+    size = cfg.train.image_size
+    ctx = MethodContext(train_captions=split.captions, train_cap2img=split.cap2img, cache_dir=ws.root / "methods",
+                        dataset_fingerprint="perf", device=device)
+    torch.manual_seed(0)
+    method = create_method(name, cfg.model, ctx).to(device).train()
+    g = torch.Generator().manual_seed(0)
+    caps = torch.randperm(split.n_captions, generator=g)[:bs].numpy()
+    batch = Batch(images=torch.randn(bs, 3, size, size, generator=g),
+                  text=method.tokenizer()([split.captions[int(c)] for c in caps]),
+                  image_ids=torch.from_numpy(split.cap2img[caps].astype(np.int64)),
+                  caption_ids=torch.from_numpy(caps.astype(np.int64))).to(device)
+    return {"method": method, "opt": build_optimizer(method, cfg), "batch": batch, "bs": bs, "size": size,
+            "backbone": image_backbone(method, name)}
+
+
+def train_step_fns(m: dict[str, Any]) -> dict[str, Callable[[], None]]:
+    method, opt, batch, backbone = m["method"], m["opt"], m["batch"], m["backbone"]
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        method.training_loss(batch).loss.backward()
+        opt.step()
+
+    def backbone_only() -> None:
+        backbone.zero_grad(set_to_none=True)
+        ref.backbone_step(backbone, batch.images)
+
+    def text_only() -> None:  # accumulates into .grad: the optimiser timing below needs real gradients
+        out = method.encode_texts(batch.text)
+        if out.requires_grad:
+            out.float().mean().backward()
+
+    def optimizer_only() -> None:
+        opt.step()
+
+    return {"step": step, "backbone": backbone_only, "text": text_only, "opt": optimizer_only}
+
+
+def _profile_table(fn: Callable[[], None], rows: int = 15) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40)
+
+
+_BREAKDOWN_HEAD = ("| method | batch x px | step | backbone fwd+bwd | text tower fwd(+bwd) | optimizer step | "
+                   "rest (heads, losses, glue) |")
+
+
+def _breakdown_line(name: str, m: dict[str, Any], step: float, parts: list[float]) -> str:
+    """One table line: each part's time and its share of the step; `rest` = step - parts."""
+    cells = [*parts, max(step - sum(parts), 0.0)]
+    shares = " | ".join(f"{fmt_seconds(x)} ({100 * x / step:.0f}%)" for x in cells)
+    return f"| {name} | {m['bs']} x {m['size']} | {fmt_seconds(step)} | {shares} |"
+
+
+def item_train_step(ws: Workspace) -> list[Row]:
+    rows: list[Row] = []
+    breakdown = [_BREAKDOWN_HEAD, "|---|---|---|---|---|---|---|"]
+    profiles: list[str] = []
+    full = ws.sizes is FULL
+    for name in METHODS:
+        m = build_method(name, ws, torch.device("cpu"))
+        fns = train_step_fns(m)
+        t_m, t_b, _, _ = side_by_side(fns["step"], fns["backbone"], ws.sizes.repeats, ws.sizes.budget_s)
+        overhead = t_m.median / t_b.median - 1
+        rows.append(Row("5", f"{name} train step, batch {m['bs']} x {m['size']} px (small preset)", str(t_m),
+                        f"{t_b} (backbone)", f"{100 * overhead:+.0f}%", target="overhead < 25%",
+                        result=verdict(overhead < 0.25)))
+        if full:
+            fns["step"]()  # gradients in place so that the optimiser step below is a real one
+            parts = [time_alone(fns[k], ws.sizes.repeats, ws.sizes.budget_s).median for k in ("text", "opt")]
+            breakdown.append(_breakdown_line(name, m, t_m.median, [t_b.median, *parts]))
+            if overhead >= 0.25:
+                profiles.append(f"#### {name}: one training step, top ops by self CPU time\n\n```\n"
+                                f"{_profile_table(fns['step'])}\n```")
+        del m, fns
+    if full:
+        ws.extra_sections.append("### Item 5: where a training step's time goes (CPU, each part timed alone)\n\n"
+                                 + "\n".join(breakdown))
+    if profiles:
+        ws.extra_sections.append("### Item 5: torch.profiler of the methods over the 25% target\n\n"
+                                 + "\n\n".join(profiles))
+    rows += gpu_rows(ws)
+    return rows
+
+
+def gpu_rows(ws: Workspace) -> list[Row]:
+    """Training images/second on the GPU, when there is one."""
+    if not torch.cuda.is_available():
+        ws.notes.append("GPU images/second rows: left out, no GPU in this session.")
+        return []
+    dev = torch.device("cuda")
+    rows = []
+    for name in METHODS:
+        m = build_method(name, ws, dev)
+        step = train_step_fns(m)["step"]
+
+        def synced(step: Callable[[], None] = step) -> None:
+            step()
+            torch.cuda.synchronize()
+
+        t = time_alone(synced, ws.sizes.repeats, ws.sizes.budget_s)
+        rows.append(Row("5g", f"{name} train step on {torch.cuda.get_device_name(0)}", str(t),
+                        ratio=f"{m['bs'] / t.median:.0f} images/s"))
+        del m
+    return rows
+
+
+# ---- item 6: blockwise ranks at scale ---------------------------------------------------------------
+
+
+def child_scale(task: dict[str, Any]) -> dict[str, Any]:
+    """Blockwise ranks of random L2-normalised embeddings; peak RSS, time and a spot check."""
+    from ..metrics import compute_ranks_blockwise, metrics_from_ranks
+
+    ni, nt, dim = task["shape"]
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(ni, dim, generator=g), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(nt, dim, generator=g), dim=1)
+    c2i = np.repeat(np.arange(ni), -(-nt // ni))[:nt]
+    bi, bc = 1024, 16384  # compute_ranks_blockwise's defaults, named so the spot check uses the same tiles
+
+    def score_block(i: slice, c: slice) -> torch.Tensor:
+        return img[i] @ txt[c].T
+
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        i2t, t2i = compute_ranks_blockwise(score_block, ni, nt, c2i, block_images=bi, block_captions=bc)
+        result.update(i2t=i2t, t2i=t2i, mR=metrics_from_ranks(i2t, t2i)["mR"])
+
+    out = measure_peak(run)
+    out["spot_equal"], out["spot_n"] = _scale_spot_check(score_block, ni, nt, c2i, bi, bc, result)
+    out["mR"] = result["mR"]
+    return out
+
+
+def _scale_spot_check(score_block: Callable[[slice, slice], torch.Tensor], ni: int, nt: int, c2i: np.ndarray,
+                      bi: int, bc: int, result: dict[str, Any], k: int = 16) -> tuple[bool, int]:
+    """Ranks of k images and k captions by a full stable argsort of scores from the same tiles."""
+    rng = np.random.default_rng(0)
+    ib, cb = int(rng.integers(-(-ni // bi))), int(rng.integers(-(-nt // bc)))
+    i0, c0 = ib * bi, cb * bc
+    rows = np.sort(rng.choice(np.arange(i0, min(i0 + bi, ni)), size=min(k, min(i0 + bi, ni) - i0), replace=False))
+    cols = np.sort(rng.choice(np.arange(c0, min(c0 + bc, nt)), size=min(k, min(c0 + bc, nt) - c0), replace=False))
+    row_scores = torch.cat([score_block(slice(i0, min(i0 + bi, ni)), slice(c, min(c + bc, nt)))[rows - i0]
+                            for c in range(0, nt, bc)], dim=1)
+    col_scores = torch.cat([score_block(slice(i, min(i + bi, ni)), slice(c0, min(c0 + bc, nt)))[:, cols - c0]
+                            for i in range(0, ni, bi)], dim=0)
+    ok = True
+    for r, i in enumerate(rows):
+        order = np.argsort(-row_scores[r].numpy(), kind="stable")
+        ok &= int(np.flatnonzero(c2i[order] == i)[0]) + 1 == int(result["i2t"][i])
+    for r, j in enumerate(cols):
+        order = np.argsort(-col_scores[:, r].numpy(), kind="stable")
+        ok &= int(np.flatnonzero(order == c2i[j])[0]) + 1 == int(result["t2i"][j])
+    return bool(ok), len(rows) + len(cols)
+
+
+def item_scale(ws: Workspace) -> list[Row]:
+    ni, nt, dim = ws.sizes.scale
+    out = run_child({"task": "scale", "shape": [ni, nt, dim]})
+    name = f"blockwise ranks {ni:,} x {nt:,}, {dim}-d"
+    if "error" in out:
+        return [Row("6", name, "error", memory=out["error"], target="peak <= 2 GiB", result="FAIL", ok=False)]
+    hwm = out["hwm"]
+    ok = bool(out["spot_equal"])
+    within = hwm is not None and hwm <= 2 * GIB
+    return [Row("6", name, fmt_seconds(out["seconds"]),
+                memory=f"peak RSS {fmt_mib(hwm)} (+{fmt_mib(out['peak_delta'])} over inputs)",
+                check=f"spot check {out['spot_n']} queries = full argsort: {ok}", target="peak RSS <= 2 GiB",
+                result=verdict(within, ok), ok=ok)]
+
+
+# ---- driver ----------------------------------------------------------------------------------------
+
+RUNNERS: dict[int, Callable[[Workspace], list[Row]]] = {
+    1: item_metrics, 2: item_amfmn, 3: item_mscmat, 4: item_loading, 5: item_train_step, 6: item_scale,
+}
+CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"amfmn": child_amfmn, "scale": child_scale}
+
+
+def parse_only(text: str | None) -> list[int]:
+    if not text:
+        return list(ITEMS)
+    try:
+        items = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise SystemExit(f"--only: expected item numbers such as 1,3 (from {ITEMS}), got '{text}'") from None
+    bad = [i for i in items if i not in ITEMS]
+    if bad or not items:
+        raise SystemExit(f"--only: no item {bad or text}; choose from {', '.join(map(str, ITEMS))}")
+    return items
+
+
+def load_notes(machine: dict[str, str]) -> list[str]:
+    """A warning when the machine was oversubscribed, and which thread setting that calls for."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = float(load_average().split()[0])
+    except ValueError:
+        return []
+    if load <= cpus:
+        return []
+    threads = torch.get_num_threads()
+    return [(f"The machine was oversubscribed (load average {load:.1f} on {cpus} cores; start: "
+            f"{machine.get('load average (1/5/15 min) at start', 'n/a')}): absolute times are inflated. "
+            f"This run used {threads} torch thread(s). With several threads on a loaded machine every "
+            "parallel region waits for descheduled threads, which slows many small torch ops far more than "
+            "single-threaded numpy loops; `--threads 1` gives ratios that measure the code, not the scheduler.")]
+
+
+METHOD_NOTE = (
+    "Ratios are reference / ours, timed side by side in one process (warm-up, then the median of n "
+    "interleaved calls; n=1* means a single call slower than the time budget, timed without a separate "
+    "warm-up); item 5's ratio is the step's overhead over the backbone's forward+backward. Peak memory: a "
+    "fresh subprocess per side, VmHWM reset before the computation (see rsbench/benchmarks/perf.py). On a "
+    "shared machine absolute times are inflated; ratios are what count.")
+
+
+def render_report(rows: list[Row], ws: Workspace, machine: dict[str, str], argv: list[str], wall: float) -> str:
+    head = ["# rsbench performance results", "",
+            "`" + " ".join(["python -m rsbench.benchmarks.perf", *argv]) + "`", "",
+            *[f"- {k}: {v}" for k, v in machine.items()],
+            f"- load average (1/5/15 min) at end: {load_average()}",
+            f"- harness wall time: {fmt_seconds(wall)}", "",
+            METHOD_NOTE, "", format_table(rows), ""]
+    notes = [f"- {n}" for n in [*load_notes(machine), *ws.notes]]
+    tail = (["Notes:", "", *notes, ""] if notes else []) + [s + "\n" for s in ws.extra_sections]
+    return "\n".join(head + tail).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rsbench.benchmarks.perf", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="shrink every size (about a minute)")
+    p.add_argument("--only", help="comma list of item numbers (1-6)")
+    p.add_argument("--out", type=Path, help=f"report file (default {DEFAULT_OUT} for a full run of all items; "
+                   "--quick / --only write no file unless --out is given)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads for every item but 4 (default: torch's default)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    with torch_threads(args.threads if args.threads > 0 else torch.get_num_threads()):
+        if args.child:
+            task = json.loads(args.child)
+            print(json.dumps(CHILDREN[task["task"]](task)), flush=True)
+            return 0
+        return run(args, list(sys.argv[1:] if argv is None else argv))
+
+
+def run(args: argparse.Namespace, argv_shown: list[str]) -> int:
+    """Run the chosen items, print the report and write it where asked; 1 if a value check failed."""
+    items = parse_only(args.only)
+    out = args.out if args.out is not None else (DEFAULT_OUT if not args.quick and not args.only else None)
+    machine = machine_description()
+    t0 = time.perf_counter()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="rsbench-perf-") as tmp:
+        old_cache = os.environ.get("RSBENCH_CACHE")
+        os.environ["RSBENCH_CACHE"] = str(Path(tmp) / "rsbench-cache")  # never touch the user's cache
+        try:
+            ws = Workspace(QUICK if args.quick else FULL, Path(tmp))
+            for item in items:
+                t_item = time.perf_counter()
+                new = RUNNERS[item](ws)
+                rows += new
+                print(format_table(new).split("\n", 2)[2] + f"   [{fmt_seconds(time.perf_counter() - t_item)}]",
+                      flush=True)
+        finally:
+            if old_cache is None:
+                os.environ.pop("RSBENCH_CACHE", None)
+            else:
+                os.environ["RSBENCH_CACHE"] = old_cache
+    report = render_report(rows, ws, machine, argv_shown, time.perf_counter() - t0)
+    print("\n" + report, flush=True)
+    if out is not None:
+        from ..io import write_text
+
+        write_text(out, report)
+        print(f"wrote {out}")
+    return 1 if any(r.ok is False for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Per-cell locks: two `bench run` processes on one results folder never write the same cell.
+
+The lock is an OS-level `flock` (filelock) on `<out>/<dataset>/<method>/.seed<k>.lock`, a sibling of
+the cell folder (so `--overwrite` can empty the cell while holding it). The kernel releases it when
+the holder exits in any way, SIGKILL included, so a killed run never leaves a lock that blocks.
+A flock belongs to the open file, which forked children (DataLoader workers) share: they would keep
+a killed run's lock alive until they notice their parent is gone (up to ~5 s). filelock >= 4 closes
+the copies at fork time; for older filelock the runner's worker_init calls
+`close_inherited_lock_fds()`. Who holds a lock is recorded beside it in `.seed<k>.lock.owner` (pid, host, start time) for the message the
+other process prints; that file is informative only, never trusted for mutual exclusion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+# lock descriptors this process holds -> (st_dev, st_ino) of the lock file, for forked children
+_held_fds: dict[int, tuple[int, int]] = {}
+
+
+def close_inherited_lock_fds() -> None:
+    """In a forked child: close its copies of the parent's lock descriptors, so that the locks are
+    released as soon as the parent dies (the parent keeps them; closing a copy does not unlock).
+
+    filelock >= 4 already does this at fork time, after which the number may name another file:
+    a descriptor is closed only if it still refers to the lock file.
+    """
+    for fd, ident in list(_held_fds.items()):
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == ident:
+                os.close(fd)
+        except OSError:
+            pass
+    _held_fds.clear()
+
+
+def lock_path(cell: str | Path) -> Path:
+    """The lock file of a cell folder (a hidden sibling: `.seed0.lock`)."""
+    cell = Path(cell)
+    return cell.parent / f".{cell.name}.lock"
+
+
+class PathLock:
+    """A non-blocking (or bounded-wait) exclusive lock on `path`, with an owner note beside it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.owner_path = self.path.with_name(self.path.name + ".owner")
+        self._lock = FileLock(str(self.path), thread_local=False)
+
+    def acquire(self, timeout: float = 0.0) -> bool:
+        """Take the lock, waiting at most `timeout` seconds; False if another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=timeout, poll_interval=0.2)
+        except Timeout:
+            return False
+        fd = self._fd()
+        if fd is not None:
+            st = os.fstat(fd)
+            _held_fds[fd] = (st.st_dev, st.st_ino)
+        from .io import write_json
+
+        write_json(self.owner_path, {"pid": os.getpid(), "host": socket.gethostname(),
+                                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv})
+        return True
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            _held_fds.pop(self._fd() or -1, None)
+            self.owner_path.unlink(missing_ok=True)
+            self._lock.release()
+
+    def _fd(self) -> int | None:
+        """The OS descriptor filelock holds (private filelock state; None if it is not where expected)."""
+        fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
+        return fd if isinstance(fd, int) else None
+
+    @property
+    def held(self) -> bool:
+        return self._lock.is_locked
+
+    def owner(self) -> dict[str, Any]:
+        """What the holder wrote about itself ({} if unknown: it may not have written it yet)."""
+        try:
+            data = json.loads(self.owner_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def describe_owner(self) -> str:
+        """'pid 123' or 'pid 123 on host gpu7' (host named only when it is not this one)."""
+        info = self.owner()
+        pid = info.get("pid", "unknown")
+        host = info.get("host")
+        return f"pid {pid}" + (f" on host {host}" if host and host != socket.gethostname() else "")
+
+    def __enter__(self) -> PathLock:  # noqa: PYI034
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def cell_lock(cell: str | Path) -> PathLock:
+    """The lock of one result cell (not yet acquired)."""
+    return PathLock(lock_path(cell))

@@ -1,0 +1,175 @@
+"""User errors through the real `bench` executable: one line on stderr starting with 'error:', exit 2,
+never a traceback. Each case is one row of docs/bad_inputs.md.
+
+The subprocesses are started together (a few at a time) by one module fixture, so the file stays
+fast on a small machine; each test then checks its own case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fakedata import make_karpathy
+
+BENCH = str(Path(sys.executable).with_name("bench"))
+RUN = ["run", "--methods", "vsepp", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu"]
+
+
+@dataclass
+class Case:
+    argv: list[str]
+    expect: str  # substring of the stderr line
+    code: int = 2
+    one_line: bool = True  # `bench data check` prints progress on stderr before its problem lines
+
+
+def _cases(tmp: Path) -> dict[str, Case]:
+    """Build the inputs (files, folders) and the command line of every case."""
+    out = ["--out", str(tmp / "results")]
+    bad_toml = tmp / "bad.toml"
+    bad_toml.write_text("[train\nlr = 1\n", encoding="utf-8")
+    unknown_key = tmp / "unknown.toml"
+    unknown_key.write_text("[train]\nlearning_rate = 0.1\n", encoding="utf-8")
+    not_a_dir = tmp / "results.txt"
+    not_a_dir.write_text("x", encoding="utf-8")
+
+    def ucm(name: str, edit) -> Path:
+        """A tiny UCM copy whose dataset.json is changed by `edit(images_list)` (or raw bytes)."""
+        fs = make_karpathy(tmp / name, "ucm", per_class=2)
+        obj = json.loads(fs.ann_file.read_text(encoding="utf-8"))
+        res = edit(obj["images"], fs.image_dir)
+        data = res if isinstance(res, bytes) else json.dumps(obj).encode()
+        fs.ann_file.write_bytes(data)
+        return fs.root
+
+    def absolute(images, _d):
+        images[1]["filename"] = "/etc/hostname"
+
+    def dotdot(images, _d):
+        images[1]["filename"] = "../../outside.tif"
+
+    def symlink(images, d):
+        outside = d.parent.parent / "outside.tif"
+        outside.write_bytes((d / images[0]["filename"]).read_bytes())
+        os.symlink(outside, d / "link.tif")
+        images[1]["filename"] = "link.tif"
+
+    def non_utf8(images, _d):
+        images[1]["sentences"][0]["raw"] = "caf\u00e9 PLACEHOLDER"
+        return json.dumps({"images": images}, ensure_ascii=False).encode().replace(
+            "caf\u00e9 PLACEHOLDER".encode(), b"caf\xe9 latin-1")
+
+    roots = {k: ucm(k, f) for k, f in
+             {"absolute": absolute, "dotdot": dotdot, "symlink": symlink, "non_utf8": non_utf8}.items()}
+    ucm_run = ["run", "--methods", "vsepp", "--dataset", "ucm", "--preset", "small", "--device", "cpu", *out]
+    data_msgs = {"absolute": "is an absolute path", "dotdot": "escapes the image folder ('..')",
+                 "symlink": "resolves outside the image folder", "non_utf8": "not valid UTF-8 at byte offset"}
+
+    cases = {
+        "unknown_method": Case(["run", "--methods", "vsepq", "--dataset", "synthetic", *out],
+                               "unknown method 'vsepq' (did you mean 'vsepp'?)"),
+        "unknown_dataset": Case(["run", "--methods", "vsepp", "--dataset", "rsicdd", *out],
+                                "unknown dataset 'rsicdd' (did you mean 'rsicd'?)"),
+        "empty_methods": Case(["run", "--methods", ",", "--dataset", "synthetic", *out], "--methods is empty"),
+        "missing_data_root": Case([*RUN, "--data-root", str(tmp / "nope"), *out],
+                                  f"{tmp / 'nope'}: data root folder not found"),
+        "bad_set_value": Case([*RUN, "--set", "train.lr=fast", *out],
+                              "bad value for 'lr': 'fast' is not a valid float"),
+        "unknown_set_key": Case([*RUN, "--set", "train.learning_rate=0.1", *out],
+                                "unknown option 'learning_rate'"),
+        "set_without_equals": Case([*RUN, "--set", "train.lr", *out], "bad --set 'train.lr': expected key=value"),
+        "config_missing": Case([*RUN, "--config", str(tmp / "none.toml"), *out], "config file not found"),
+        "config_unparsable": Case([*RUN, "--config", str(bad_toml), *out], "cannot parse config"),
+        "config_unknown_key": Case([*RUN, "--config", str(unknown_key), *out],
+                                   "unknown option 'learning_rate' in config file"),
+        "bad_seeds": Case([*RUN, "--seeds", "0,one", *out], "--seeds must be comma-separated integers, got '0,one'"),
+        "unknown_preset": Case([*RUN, "--preset", "tiny", *out], "unknown preset 'tiny'"),
+        "negative_epochs": Case([*RUN, "--epochs", "-1", *out], "train.epochs must be >= 0"),
+        "batch_size_one": Case([*RUN, "--batch-size", "1", *out], "train.batch_size must be >= 2"),
+        "unknown_device": Case([*RUN, "--device", "tpu", *out], "unknown device 'tpu'"),
+        "out_is_a_file": Case([*RUN, "--out", str(not_a_dir)], "exists and is not a folder"),
+        "ann_file_missing": Case([*RUN, "--ann-file", str(tmp / "none.json"), *out], "annotation file not found"),
+    }
+    if not _cuda_available():
+        cases["cuda_without_gpu"] = Case([*RUN, "--device", "cuda", *out], "no CUDA GPU is visible")
+    for k, msg in data_msgs.items():
+        cases[f"run_{k}"] = Case([*ucm_run, "--data-root", str(roots[k])], msg)
+        cases[f"check_{k}"] = Case(["data", "check", "ucm", "--data-root", str(roots[k])], msg, code=1,
+                                   one_line=False)
+    return cases
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+CASE_IDS = [
+    "unknown_method", "unknown_dataset", "empty_methods", "missing_data_root", "bad_set_value",
+    "unknown_set_key", "set_without_equals", "config_missing", "config_unparsable", "config_unknown_key",
+    "bad_seeds", "unknown_preset", "negative_epochs", "batch_size_one", "unknown_device", "out_is_a_file",
+    "ann_file_missing", "cuda_without_gpu",
+    "run_absolute", "run_dotdot", "run_symlink", "run_non_utf8",
+    "check_absolute", "check_dotdot", "check_symlink", "check_non_utf8",
+]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, tuple[Case, subprocess.CompletedProcess]]:
+    tmp = tmp_path_factory.mktemp("cli_errors")
+    cases = _cases(tmp)
+    env = {**os.environ, "RSBENCH_CACHE": str(tmp / "cache"), "NO_COLOR": "1"}
+    env.pop("RSBENCH_TEST_KILL_AT", None)
+
+    def one(item: tuple[str, Case]) -> tuple[str, tuple[Case, subprocess.CompletedProcess]]:
+        name, case = item
+        proc = subprocess.run([BENCH, *case.argv], capture_output=True, text=True, env=env, cwd=tmp, timeout=300,
+                              check=False)
+        return name, (case, proc)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(one, cases.items()))
+
+
+@pytest.mark.parametrize("name", CASE_IDS)
+def test_user_error_is_one_line(results, name):
+    if name not in results:
+        pytest.skip("needs a machine without a CUDA GPU")
+    case, proc = results[name]
+    err_lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    assert proc.returncode == case.code, (proc.returncode, proc.stderr)
+    errors = [ln for ln in err_lines if ln.startswith("error:")]
+    assert len(errors) == 1, err_lines
+    assert case.expect in errors[0], errors[0]
+    if case.one_line:
+        assert err_lines == errors, err_lines
+
+
+def test_no_result_files_after_user_errors(results):
+    """A refused command writes nothing that could be taken for a result."""
+    for case, _proc in results.values():
+        if "--out" in case.argv:
+            out = Path(case.argv[case.argv.index("--out") + 1])
+            if out.is_dir():
+                assert not list(out.rglob("metrics.json"))
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["run", "--methods", "vsepp"], "Missing"),
+    ([*RUN, "--epochs", "three"], "--epochs"),
+])
+def test_usage_errors_have_no_traceback(tmp_path, argv, expect):
+    proc = subprocess.run([BENCH, *argv, "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 2
+    assert expect in proc.stderr

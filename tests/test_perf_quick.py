@@ -1,0 +1,65 @@
+"""The perf harness runs end to end in --quick mode: every item prints numbers, value checks hold.
+
+Timing targets are NOT asserted here (they depend on the machine); only that the harness completes,
+reports every item with timings, and that our code gives the same values as the references.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rsbench.benchmarks import perf
+
+NUMBER = re.compile(r"\d+(\.\d+)?\s*(us|ms|s)\b")
+
+
+def _rows(report: str) -> list[list[str]]:
+    """Cells of the results table's body rows."""
+    lines = [ln for ln in report.splitlines() if ln.startswith("| ") and not ln.startswith("| # ")]
+    rows = [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines]
+    return [r for r in rows if len(r) == len(perf.COLUMNS)]
+
+
+def test_side_by_side_and_table_helpers():
+    calls = []
+    t_o, t_r, a, b = perf.side_by_side(lambda: calls.append("o") or 1, lambda: calls.append("r") or 2, 3, 10.0)
+    assert (a, b) == (1, 2) and t_o.n == 3 and t_r.n == 3
+    assert calls[:2] == ["o", "r"] and calls[2:] == ["o", "r"] * 3  # warm-up, then interleaved
+    table = perf.format_table([perf.Row("1", "x|y", "1.0 ms", ok=True)])
+    assert "x/y" in table and table.count("\n") == 2
+    assert perf.parse_only("3,1") == [1, 3]
+    with pytest.raises(SystemExit):
+        perf.parse_only("9")
+
+
+@pytest.mark.slow
+def test_quick_harness_prints_every_item(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    out = tmp_path / "RESULTS.md"
+    code = perf.main(["--quick", "--threads", "1", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = out.read_text()
+    assert report in printed  # the printed report is what was written
+    for key in ("CPU:", "torch:", "date:", "load average"):
+        assert key in report
+    rows = _rows(report)
+    items = {r[0].rstrip("+g") for r in rows}
+    assert items == {str(i) for i in perf.ITEMS}, items
+    for r in rows:
+        item, ours, check = r[0], r[2], r[6]
+        assert NUMBER.search(ours), r  # a timing for every row
+        if item != "6":
+            assert r[5] == "-" or "MiB" in r[5], r
+        assert r[8] in ("PASS", "FAIL", "-"), r
+        if item.startswith(("1", "2", "3", "4", "6")):  # items with an identical-values check
+            assert check.endswith("True"), r
+            assert "False" not in check, r
+        if item in ("1", "2", "3", "4"):
+            assert NUMBER.search(r[3]) and r[4].endswith("x"), r  # reference time and ratio
+    assert any(r[0] == "2" and "ours" in r[5] and "ref" in r[5] for r in rows)  # peak memory, both sides
+    assert any(r[0] == "6" and "peak RSS" in r[5] for r in rows)
+    assert sum(r[0] == "5" for r in rows) == len(perf.METHODS)
+    assert all(r[4].endswith("%") for r in rows if r[0] == "5")

@@ -1,0 +1,370 @@
+"""The runner's guards, in process: divergence, out of memory, interrupted checkpoint writes, early stop,
+config checks, locks, atomic writes, and dirty datasets through `bench run` / `bench data check`."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fakedata import make_karpathy, write_image
+
+from rsbench import io as rio
+from rsbench.checkpoint import load_resume
+from rsbench.errors import DataError, UserError
+from rsbench.results import is_complete
+
+TINY_SET = {"train.image_size": "32", "backbone": "test_resnet", "embed_dim": "32", "hidden_dim": "32",
+            "word_dim": "16"}
+TINY_ARGS = [a for k, v in TINY_SET.items() for a in ("--set", f"{k}={v}")]
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> Path:
+    from rsbench.datasets.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("runner") / "syn"
+    generate_synthetic(root, n_images=40, image_size=32, seed=0)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(rio.KILL_ENV, raising=False)
+
+
+def tiny(epochs: int = 2, **train: object):
+    from rsbench.runconfig import resolve_config
+
+    return resolve_config("vsepp", "synthetic", 0, "small", {}, {"epochs": epochs, "batch_size": 8},
+                          {**TINY_SET, **{f"train.{k}": str(v) for k, v in train.items()}})
+
+
+def run(cfg, syn: Path, cell: Path, **kw):
+    from rsbench.datasets import load_dataset
+    from rsbench.runner import run_cell
+
+    return run_cell(cfg, load_dataset("synthetic", data_root=syn), cell, torch.device("cpu"), log=lambda *_: None,
+                    **kw)
+
+
+@pytest.fixture(scope="module")
+def finished(syn, tmp_path_factory) -> Path:
+    """One uninterrupted 2-epoch cell."""
+    cell = tmp_path_factory.mktemp("finished") / "seed0"
+    os.environ["RSBENCH_CACHE"] = str(cell.parent / "cache")
+    try:
+        run(tiny(), syn, cell)
+    finally:
+        os.environ.pop("RSBENCH_CACHE", None)
+    return cell
+
+
+def main(args: list[str], capsys) -> tuple[int, str, str]:
+    from rsbench.cli import main as cli_main
+
+    try:
+        cli_main(args)
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def patch_loss(monkeypatch, fail_at_call: int, make):
+    """Wrap every created method's training_loss: call number `fail_at_call` returns/raises
+    make(loss) (or make(loss, method) when make takes two arguments)."""
+    from rsbench import runner
+
+    real = runner.create_method
+    calls = {"n": 0}
+
+    def create(*a, **k):
+        m = real(*a, **k)
+        loss = m.training_loss
+
+        def patched(batch):
+            calls["n"] += 1
+            out = loss(batch)
+            if calls["n"] == fail_at_call:
+                out.loss = make(out.loss, m) if make.__code__.co_argcount == 2 else make(out.loss)
+            return out
+
+        m.training_loss = patched
+        return m
+
+    monkeypatch.setattr(runner, "create_method", create)
+
+
+# ---- training guards ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(syn, tmp_path, monkeypatch):
+    from rsbench.runner import TrainingDiverged
+
+    patch_loss(monkeypatch, 4, lambda loss: loss * float("nan"))  # 3 steps per epoch: epoch 2, step 1
+    cell = tmp_path / "seed0"
+    with pytest.raises(TrainingDiverged) as e:
+        run(tiny(), syn, cell)
+    assert str(e.value) == (f"non-finite loss (nan) at epoch 2, step 1; the last good checkpoint (epoch 1) is kept "
+                            f"in {cell / 'checkpoint' / 'last.pt'} (try a lower train.lr, now 0.0005)")
+    state = load_resume(cell / "checkpoint" / "last.pt")
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not is_complete(cell)
+
+
+@pytest.mark.slow
+def test_huge_lr_diverges_with_one_line_through_the_cli(syn, tmp_path, capsys):
+    args = ["run", "--methods", "vsepp", "--dataset", "synthetic", "--data-root", str(syn), "--epochs", "1",
+            "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "res"), *TINY_ARGS,
+            "--set", "train.lr=1e30"]
+    code, out, err = main(args, capsys)
+    assert code == 2
+    assert re.fullmatch(r"error: non-finite loss \((nan|inf|-inf)\) at epoch 1, step \d+; no checkpoint had been "
+                        r"written yet \(try a lower train\.lr, now 1e\+30\)\n", err), err
+    assert "FAILED" in out and "no leaderboard written" in out
+    assert not is_complete(tmp_path / "res" / "synthetic" / "vsepp" / "seed0")
+
+
+def test_non_finite_weights_are_never_saved_as_last_good(syn, tmp_path, monkeypatch):
+    """A finite loss but a model gone non-finite (here a BatchNorm buffer) stops before last.pt is written."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from rsbench.runner import TrainingDiverged
+
+    handles = []
+
+    def poison(loss, method):
+        bn = next(m for m in method.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        handles.append(register_optimizer_step_post_hook(lambda *_: bn.running_mean.fill_(float("nan"))))
+        return loss
+
+    patch_loss(monkeypatch, 3, poison)  # after the optimiser step of the last step of epoch 1
+    cell = tmp_path / "seed0"
+    try:
+        with pytest.raises(TrainingDiverged, match=r"^non-finite weights at the end of epoch 1; no checkpoint "
+                                                   r"had been written yet \(try a lower train.lr, now 0.0005\)$"):
+            run(tiny(epochs=1), syn, cell)
+    finally:
+        for h in handles:
+            h.remove()
+    assert not (cell / "checkpoint" / "last.pt").exists()
+
+
+def test_nan_scores_in_evaluation_are_one_line(syn, tmp_path, monkeypatch):
+    from rsbench import runner
+
+    real = runner.create_method
+
+    def create(*a, **k):
+        m = real(*a, **k)
+        next(x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)).running_mean.fill_(float("nan"))
+        return m
+
+    monkeypatch.setattr(runner, "create_method", create)
+    with pytest.raises(UserError, match=r"^the model gives NaN scores on the val split \(NaN scores in block "
+                                        r"images 0:6 x captions 0:30\); non-finite weights or an fp16 overflow"):
+        run(tiny(epochs=0), syn, tmp_path / "seed0")
+
+
+def test_out_of_memory_in_training_suggests_a_smaller_batch(syn, tmp_path, monkeypatch):
+    def oom(_loss):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    patch_loss(monkeypatch, 1, oom)
+    with pytest.raises(UserError) as e:
+        run(tiny(epochs=1), syn, tmp_path / "seed0")
+    assert str(e.value) == ("out of memory on cpu at epoch 1, step 1 with batch size 8; try --set "
+                            "train.batch_size=4 (or a smaller train.image_size)")
+
+
+def test_out_of_memory_in_evaluation_suggests_a_smaller_eval_batch(syn, tmp_path, monkeypatch):
+    from rsbench import runner
+
+    def oom(*_a, **_k):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(runner, "rank_split", oom)
+    with pytest.raises(UserError, match=r"while evaluating the val split with eval batch size 256; "
+                                        r"try --set train.eval_batch_size=128$"):
+        run(tiny(epochs=0), syn, tmp_path / "seed0")
+
+
+# ---- interrupted runs (in process) ------------------------------------------------------------
+
+class Killed(BaseException):
+    """Stands in for SIGKILL inside the test process."""
+
+
+@pytest.mark.slow
+def test_kill_between_last_and_best_checkpoint_is_repaired(syn, finished, tmp_path, monkeypatch):
+    """last.pt of epoch 1 written, best.safetensors of epoch 1 not: the resume rebuilds best from last.pt."""
+    from rsbench import runner
+
+    def die(*_a, **_k):
+        raise Killed
+
+    monkeypatch.setattr(runner, "save_best", die)
+    cell = tmp_path / "seed0"
+    with pytest.raises(Killed):
+        run(tiny(), syn, cell)
+    monkeypatch.undo()
+    assert load_resume(cell / "checkpoint" / "last.pt")["epoch"] == 1
+    assert not (cell / "checkpoint" / "best.safetensors").exists()
+    run(tiny(), syn, cell)
+    assert (cell / "metrics.json").read_bytes() == (finished / "metrics.json").read_bytes()
+    with np.load(cell / "ranks.npz") as a, np.load(finished / "ranks.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+@pytest.mark.slow
+def test_early_stopped_cell_is_not_trained_further_on_resume(syn, finished, tmp_path):
+    cell = tmp_path / "seed0"
+    shutil.copytree(finished, cell)
+    (cell / "metrics.json").unlink()
+    last = cell / "checkpoint" / "last.pt"
+    state = load_resume(last)
+    state.update(epoch=1, log=state["log"][:1], early_stopped=True, best_epoch=1)
+    torch.save(state, last)
+    meta = json.loads((cell / "checkpoint" / "best.json").read_text())
+    from safetensors.torch import load_file, save_file
+
+    header = {"format": "rsbench-best-v1", "method": "vsepp", "meta": json.dumps({**meta, "epoch": 1})}
+    save_file(load_file(str(cell / "checkpoint" / "best.safetensors")), str(cell / "checkpoint" / "best.safetensors"),
+              metadata=header)
+    lines: list[str] = []
+    from rsbench.datasets import load_dataset
+    from rsbench.runner import run_cell
+
+    run_cell(tiny(), load_dataset("synthetic", data_root=syn), cell, torch.device("cpu"), log=lines.append)
+    assert not any("epoch 2/2" in ln for ln in lines), lines
+    assert json.loads((cell / "metrics.json").read_text())["selected_epoch"] == 1
+
+
+def test_config_differences_ignore_speed_only_options():
+    from rsbench.runner import config_differences, config_record
+
+    a = config_record(tiny())
+    b = json.loads(json.dumps(a))
+    b["train"].update(num_workers=7, eval_batch_size=17, compile=True)
+    assert config_differences(a, b) == []
+    b["train"]["lr"] = 1.0
+    b["model"]["embed_dim"] = 8
+    assert config_differences(b, a) == ["model.embed_dim: 8 in the cell, 32 now",
+                                        "train.lr: 1.0 in the cell, 0.0005 now"]
+
+
+# ---- locks, atomic writes ---------------------------------------------------------------------
+
+def test_cell_lock_is_exclusive_and_names_its_holder(tmp_path):
+    from rsbench.locks import cell_lock, lock_path
+
+    cell = tmp_path / "res" / "ds" / "m" / "seed0"
+    a, b = cell_lock(cell), cell_lock(cell)
+    assert a.acquire()
+    assert lock_path(cell) == cell.parent / ".seed0.lock" and not cell.exists()
+    assert not b.acquire()
+    assert b.describe_owner() == f"pid {os.getpid()}"
+    a.release()
+    assert b.acquire()
+    b.release()
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    rio.write_json(target, {"old": 1})
+
+    def full(_fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rio.os, "fsync", full)
+    with pytest.raises(rio.WriteError, match=r"metrics.json: cannot write \(No space left on device\); "
+                                             r"the previous version, if any, is unchanged"):
+        rio.write_json(target, {"new": 2})
+    with pytest.raises(rio.WriteError):  # torch.save wraps the OSError in a RuntimeError
+        rio.write_with(tmp_path / "x.pt", lambda f: torch.save({"a": torch.zeros(10)}, f))
+    assert json.loads(target.read_text()) == {"old": 1}
+    assert rio.stale_temp_files(tmp_path) == []
+
+
+def test_written_files_follow_the_umask_and_kill_hook_is_inert(tmp_path):
+    rio.write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == rio._FILE_MODE
+    rio.kill_point("write:a.txt")  # RSBENCH_TEST_KILL_AT unset: nothing happens
+    (tmp_path / ".a.txt.abc.tmp").write_text("half")
+    assert rio.remove_stale_temp_files(tmp_path) == 1 and (tmp_path / "a.txt").read_text() == "x"
+
+
+def test_disk_full_during_a_run_is_one_line(syn, tmp_path, capsys, monkeypatch):
+    real = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("last.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(rio.os, "replace", replace)
+    args = ["run", "--methods", "vsepp", "--dataset", "synthetic", "--data-root", str(syn), "--epochs", "1",
+            "--batch-size", "8", "--device", "cpu", "--out", str(tmp_path / "res"), *TINY_ARGS]
+    code, _, err = main(args, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert re.fullmatch(r"error: \S+/checkpoint/last\.pt: cannot write \(No space left on device\); the previous "
+                        r"version, if any, is unchanged\n", err), err
+    assert rio.stale_temp_files(tmp_path / "res" / "synthetic" / "vsepp" / "seed0" / "checkpoint") == []
+
+
+# ---- dirty datasets, user-facing ---------------------------------------------------------------
+
+def test_worker_traceback_becomes_one_line():
+    from rsbench.runner import one_line
+
+    e = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                  '  File "x.py", line 1, in f\nrsbench.errors.DataError: /d/img.png: corrupt or truncated image (x)\n')
+    assert one_line(e) == "/d/img.png: corrupt or truncated image (x)"
+    assert one_line(UserError("plain message")) == "plain message"
+
+
+@pytest.mark.slow
+def test_corrupt_images_in_run_and_check(syn, tmp_path, capsys):
+    """A truncated image and a non-image: `bench run` stops with one line naming the file (here raised
+    in a DataLoader worker); `bench data check` lists both."""
+    root = tmp_path / "syn"
+    shutil.copytree(syn, root)
+    ann = json.loads((root / "dataset.json").read_text())
+    first = {im["split"]: im["filename"] for im in reversed(ann["images"])}
+    truncated, garbage = root / "images" / first["val"], root / "images" / first["train"]
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    garbage.write_bytes(b"this is not an image")
+    args = ["run", "--methods", "vsepp", "--dataset", "synthetic", "--data-root", str(root), "--epochs", "0",
+            "--device", "cpu", "--out", str(tmp_path / "res"), *TINY_ARGS, "--set", "train.num_workers=1"]
+    code, _, err = main(args, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err == f"error: {truncated.resolve()}: corrupt or truncated image (image file is truncated)\n", err
+    code, _, err = main(["data", "check", "synthetic", "--data-root", str(root)], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert f"error: {truncated.resolve()}: corrupt or truncated image (image file is truncated)" in err
+    assert f"error: {garbage.resolve()}: not a readable image (unknown format or corrupt header)" in err
+
+
+@pytest.mark.slow
+def test_odd_tiffs_train_and_check(tmp_path, capsys):
+    """16-bit (1- and 3-band), 4-band 16-bit and 8-bit greyscale TIFFs: checked clean, train end to end."""
+    fs = make_karpathy(tmp_path / "sydney", "sydney")
+    write_image(fs.image_dir / fs.splits["train"][0], np.random.default_rng(0), 32, "grey16")
+    code, out, err = main(["data", "check", "sydney", "--data-root", str(fs.root)], capsys)
+    assert code == 0, err
+    assert "no problems found" in out
+    assert all(m in out for m in ("I;16", "L x", "RGB (16-bit)", "RGB (16-bit, 4 bands)")), out
+    args = ["run", "--methods", "vsepp", "--dataset", "sydney", "--data-root", str(fs.root), "--preset", "small",
+            "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--out", str(tmp_path / "res"), *TINY_ARGS]
+    code, out, err = main(args, capsys)
+    assert code == 0, err
+    assert is_complete(tmp_path / "res" / "sydney" / "vsepp" / "seed0")
