@@ -112,11 +112,21 @@ def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             out = (True, fn(*args, **kwargs))
         except Exception as e:  # noqa: BLE001 (re-raised on every rank below)
-            out = (False, e)
+            out = (False, e if _picklable(e) else RuntimeError(f"{type(e).__name__}: {e}"))
     ok, value = broadcast(out)
     if not ok:
         raise value
     return value
+
+
+def _picklable(obj: Any) -> bool:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(obj))
+    except Exception:  # noqa: BLE001 (any failure means: send a plain copy instead)
+        return False
+    return True
 
 
 def acquire_on_main(lock: Any) -> bool:

@@ -11,6 +11,9 @@ recorded in `<out>/.jobs.json`. Both are read by `bench status`.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
 from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
@@ -121,9 +124,8 @@ def run_cell_job(cfg: dict[str, Any], data: dict[str, Any], out: str, device: st
         ds = _load_data(run_cfg.dataset, _path(args.data_root), _path(args.ann_file), _path(args.image_dir))
         cell = cell_dir(out, ds.name, run_cfg.method, run_cfg.seed)
         row = _run_one(run_cfg, ds, cell, dev, resume, overwrite, False)
-    except BaseException as e:
-        if not isinstance(e, SystemExit) or e.code:
-            record_failure(cell, e)
+    except Exception as e:  # a timeout/preemption (signal, SystemExit) leaves the cell incomplete instead
+        record_failure(cell, e)
         raise
     if row.status == "failed" and not (cell / FAILED_FILE).exists():
         record_failure(cell, "failed (see the job's log)")
@@ -178,6 +180,9 @@ def make_executor(launcher: str, folder: Path, partition: str | None, gpus_per_j
     if launcher == "slurm":
         if not partition:
             raise UserError("--launcher slurm needs --partition")
+        if not (shutil.which("sbatch") and shutil.which("srun")):
+            raise UserError("--launcher slurm: SLURM not found here (no sbatch/srun on PATH); run this on the "
+                            "cluster's login node, or use --launcher local")
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params: dict[str, Any] = {"slurm_partition": partition}
     elif launcher == "submitit-local":
@@ -201,8 +206,14 @@ def submit_grid(launcher: str, specs: list[JobSpec], out: Path, *, device: str, 
     folder = Path(slurm_folder) if slurm_folder else out / ".submitit"
     ex = make_executor(launcher, folder, partition, gpus_per_job, parse_time(time_limit), cpus_per_task)
     jobs = []
-    for spec in specs:
-        jobs.append(ex.submit(run_cell_job, spec.cfg, spec.data, str(out), device, resume, overwrite))
+    try:
+        for spec in specs:
+            jobs.append(ex.submit(run_cell_job, spec.cfg, spec.data, str(out), device, resume, overwrite))
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:  # sbatch refused: one line
+        record_jobs(out, [(s.cell, j.job_id) for s, j in zip(specs, jobs)], launcher, folder)
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        raise UserError(f"job submission failed after {len(jobs)} of {len(specs)} cell(s): "
+                        f"{lines[-1] if lines else type(e).__name__}") from None
     record_jobs(out, [(s.cell, j.job_id) for s, j in zip(specs, jobs)], launcher, folder)
     return jobs
 
@@ -247,7 +258,7 @@ def wait_and_report(jobs: list[Any], echo: Any = print) -> int:
     failed = 0
     for job in jobs:
         try:
-            res = job.result()
+            res = job.results()[0]  # task 0 (rank 0) of a multi-GPU job reports
             echo(f"job {job.job_id}: {res['status']} {res['cell']}"
                  + (f" (test mR {res['mR']:.2f})" if isinstance(res.get("mR"), float) else ""))
             failed += res["status"] == "failed"
@@ -282,13 +293,19 @@ def submit_from_cli(launcher: str, cfgs: dict[tuple[str, str, int], Any], out: P
             root = data_root / d
         data = DataArgs(d, _abs(root), _abs(ann_file), _abs(image_dir))
         specs.append(JobSpec(to_dict(cfg), data.__dict__, cell_dir(out, get_dataset_info(d).name, m, s)))
+    cpus = os.environ.get("RSBENCH_SLURM_CPUS_PER_TASK", "")
+    if cpus and not cpus.isdigit():
+        raise UserError(f"RSBENCH_SLURM_CPUS_PER_TASK='{cpus}': expected a whole number")
     jobs = submit_grid(launcher, specs, out, device=device, resume=resume, overwrite=overwrite,
                        partition=partition, gpus_per_job=gpus_per_job, time_limit=time_limit,
-                       slurm_folder=slurm_folder)
+                       slurm_folder=slurm_folder, cpus_per_task=int(cpus) if cpus else None)
     for spec, job in zip(specs, jobs):
         typer.echo(f"submitted job {job.job_id}: {spec.cell}")
     if launcher == "submitit-local":
         failed = wait_and_report(jobs, typer.echo)
+        from .cli_run import _write_leaderboard
+
+        _write_leaderboard(out)
         if failed:
             raise SystemExit(2)
     else:

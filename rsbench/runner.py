@@ -397,6 +397,13 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
             child.compile()
     train_step = dist.training_step(method, device)  # DDP-wrapped under torchrun, else unchanged
 
+    cache = None  # train.image_cache: decode + resize every image once into a memory-mapped array
+    if t.image_cache:
+        from .datasets.cache import ImageCache, train_resize_size
+
+        cache = ImageCache.build(data, train_resize_size(t.image_size, t.resize), fingerprint=data.fingerprint)
+    for split in (data.train, data.val, data.test):  # the splits are shared by the cells of a run: reset
+        split.image_cache = cache
     mean, std = method.image_mean_std()
     pairs = PairDataset(data.train, build_transform(t, mean, std, train=True), sampling=t.sampling,
                         seed=cfg.seed)

@@ -95,7 +95,7 @@ def test_decay_groups_exclude_gains_and_temperature():
 def tiny_clip(tmp_path_factory):
     from rsbench.methods.clip import ClipConfig, ClipMethod
 
-    cfg = ClipConfig(backbone="resnet10t", pretrained=False, embed_dim=32, max_len=16)
+    cfg = ClipConfig(backbone="resnet10t", pretrained=False, embed_dim=32, max_len=16, text_trainable_layers=1)
     torch.manual_seed(0)
     return ClipMethod(cfg, _ctx(tmp_path_factory.mktemp("clip")))
 
@@ -144,6 +144,8 @@ def test_clip_trains_a_few_steps_lowering_the_loss(tiny_clip):
     batch = Batch(images, tiny_clip.tokenizer()(caps), torch.arange(6), torch.arange(6))
     opt = torch.optim.AdamW(tiny_clip.param_groups(1e-3, 0.0))
     tiny_clip.train()
+    layers = tiny_clip.text_model.encoder.layer
+    frozen, top = layers[0].output.dense.weight.clone(), layers[-1].output.dense.weight.clone()
     losses = []
     for _ in range(6):
         out = tiny_clip.training_loss(batch)
@@ -152,6 +154,9 @@ def test_clip_trains_a_few_steps_lowering_the_loss(tiny_clip):
         opt.step()
         losses.append(out.loss.item())
     assert losses[-1] < losses[0] - 0.1, losses
+    # text_trainable_layers=1: only the top text layer moves
+    assert torch.equal(layers[0].output.dense.weight, frozen)
+    assert not torch.equal(layers[-1].output.dense.weight, top)
     tiny_clip.eval()
     with torch.no_grad():
         s = tiny_clip.score(tiny_clip.encode_images(images), tiny_clip.encode_texts(batch.text))

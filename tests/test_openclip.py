@@ -128,6 +128,10 @@ def test_config_errors(arch, tmp_path):
     bad.write_text('{"embed_dim": 4}')
     with pytest.raises(UserError, match="bad.json: not an open_clip model config"):
         _method(tmp_path, model_config=str(bad))
+    with pytest.raises(UserError, match=r"unknown open_clip pretrained tag 'opneai'.*did you mean 'openai'"):
+        _method(tmp_path, model="RN50", pretrained="opneai")
+    with pytest.raises(UserError, match="is a file: pass it as checkpoint=PATH"):
+        _method(tmp_path, model_config=str(arch["config"]), pretrained=str(arch["ckpt"]))
     with pytest.raises(UserError, match="not both"):
         _method(tmp_path, model_config=str(arch["config"]), checkpoint=str(arch["ckpt"]), pretrained="openai")
 

@@ -158,3 +158,17 @@ def test_cache_rebuilt_when_images_change_and_for_splits_and_paths(tmp_path):
     assert c3.row(paths[2]) == 2 and len(c3) == 4
     with pytest.raises(UserError, match="bad cache image size"):
         ImageCache.build(paths, 0, cache_root=tmp_path / "c")
+
+
+def test_runner_image_cache_option_trains_from_the_cache(tmp_path, monkeypatch):
+    """train.image_cache=true builds the memmap cache and the training/eval datasets read from it."""
+    from rsbench.cli import main
+    from rsbench.datasets.synthetic import generate_synthetic
+
+    monkeypatch.setenv("RSBENCH_CACHE", str(tmp_path / "cache"))
+    generate_synthetic(tmp_path / "data", n_images=24, image_size=32, seed=0)
+    main(["run", "--methods", "vsepp", "--dataset", "synthetic", "--data-root", str(tmp_path / "data"),
+          "--epochs", "1", "--out", str(tmp_path / "res"), "--set", "train.image_cache=true",
+          "--set", "train.image_size=32", "--set", "train.batch_size=8", "--set", "backbone=test_resnet"])
+    assert list((tmp_path / "cache" / "images").glob("*.u8")), "no image cache was built"
+    assert (tmp_path / "res" / "synthetic" / "vsepp" / "seed0" / "metrics.json").is_file()

@@ -627,19 +627,20 @@ def _profile_table(fn: Callable[[], None], rows: int = 15) -> str:
 
 
 _BREAKDOWN_HEAD = ("| method | batch x px | step | backbone fwd+bwd | text tower fwd(+bwd) | optimizer step | "
-                   "rest (heads, losses, glue) |")
+                   "rest (heads, losses, glue) | overhead over backbone + text tower |")
 
 
 def _breakdown_line(name: str, m: dict[str, Any], step: float, parts: list[float]) -> str:
     """One table line: each part's time and its share of the step; `rest` = step - parts."""
     cells = [*parts, max(step - sum(parts), 0.0)]
     shares = " | ".join(f"{fmt_seconds(x)} ({100 * x / step:.0f}%)" for x in cells)
-    return f"| {name} | {m['bs']} x {m['size']} | {fmt_seconds(step)} | {shares} |"
+    towers = step / (parts[0] + parts[1]) - 1
+    return f"| {name} | {m['bs']} x {m['size']} | {fmt_seconds(step)} | {shares} | {100 * towers:+.0f}% |"
 
 
 def item_train_step(ws: Workspace) -> list[Row]:
     rows: list[Row] = []
-    breakdown = [_BREAKDOWN_HEAD, "|---|---|---|---|---|---|---|"]
+    breakdown = [_BREAKDOWN_HEAD, "|---|---|---|---|---|---|---|---|"]
     profiles: list[str] = []
     full = ws.sizes is FULL
     for name in METHODS:

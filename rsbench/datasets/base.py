@@ -19,6 +19,9 @@ class Split:
     captions: list[str]  # raw caption text, in the dataset's order
     cap2img: np.ndarray  # int64 (n_captions,), index into image_paths
     image_classes: list[str] = field(default_factory=list)  # scene class per image ('' if unknown)
+    # Optional decoded-image cache (rsbench.datasets.cache.ImageCache) the torch datasets read from
+    # instead of the files; attached by the runner when train.image_cache is on.
+    image_cache: Any = field(default=None, repr=False, compare=False)
 
     @property
     def n_images(self) -> int:

@@ -74,6 +74,7 @@ class _ImageSource:
     def __init__(self, split: Split, image_loader: ImageLoader | None, cache: ImageCache | None):
         self.paths = list(split.image_paths)
         self.loader = image_loader or load_image
+        cache = cache if cache is not None else split.image_cache  # attached by the runner (train.image_cache)
         self.cache = cache
         self.rows = cache.rows_for(split) if cache is not None else None
 
