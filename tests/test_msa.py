@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from rsbench.config import set_key
 from rsbench.errors import UserError
 from rsbench.methods import Batch, MethodContext, create_method
-from rsbench.methods.msa import MSAConfig, ImageTower, pick_levels
+from rsbench.methods.msa import ImageTower, MSAConfig, pick_levels
 from rsbench.methods.mscmat import MSCMATBranch, csmmc_loss, hardest_triplet, mscma_loss
 from rsbench.runconfig import resolve_config
 
@@ -189,8 +189,12 @@ def test_minilm_text_encoder_offline(msa):
 
 
 def test_text_projection_when_sizes_differ():
-    m = create_method("msa", _tiny_config(embed_dim=64, num_heads=4, text_pretrained=False), _ctx())
+    m = create_method("msa", _tiny_config(embed_dim=64, num_heads=4, text_pretrained=False, text_lr_mult=0.0,
+                                          backbone_lr_mult=0.5), _ctx())
     assert isinstance(m.text.proj, torch.nn.Linear)
+    # text_lr_mult=0 freezes the encoder; the backbone gets half the lr, the new heads the full one
+    assert not any(p.requires_grad for p in m.text.model.parameters())
+    assert [g["lr"] for g in m.param_groups(1.0, 0.1)] == [0.5, 1.0]
     out = m.training_loss(_batch(m, 4))
     assert torch.isfinite(out.loss)
     with pytest.raises(UserError, match="must divide"):
@@ -241,10 +245,11 @@ def test_mscma_logits_option(msa):
 def test_short_training_lowers_loss(msa):
     torch.manual_seed(0)
     m = copy.deepcopy(msa).train()
+    m.text.model.requires_grad_(False)  # keeps the test fast; the heads and the backbone still learn
     batch = _batch(m, 8)
     opt = torch.optim.AdamW(m.param_groups(1e-3, 0.0))
     losses = []
-    for _ in range(6):
+    for _ in range(5):
         opt.zero_grad()
         out = m.training_loss(batch)
         out.loss.backward()

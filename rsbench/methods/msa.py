@@ -75,7 +75,7 @@ class MSAConfig:
     embed_dim: int = 768  # joint embedding size (= MSCMAT width)
     num_heads: int = 12  # MSCMAT attention heads; must divide embed_dim
     attn_dropout: float = 0.0
-    backbone_lr_mult: float = 1.0  # lr multipliers per part (paper: one lr for all)
+    backbone_lr_mult: float = 1.0  # lr multipliers per part (paper: one lr for all; 0: frozen)
     text_lr_mult: float = 1.0
     loss: MSALossConfig = field(default_factory=MSALossConfig)
 
@@ -182,8 +182,9 @@ class TextTower(nn.Module):
         "small": {
             "backbone": "resnet18", "pretrained": False, "text_model": "minilm", "text_pretrained": True,
             "embed_dim": 384, "num_heads": 12, "text_lr_mult": 0.1,
-            "train.image_size": 64, "train.optimizer": "adamw", "train.lr": 5e-4,
-            "train.weight_decay": 1e-4, "train.batch_size": 32, "train.epochs": 12,
+            "train.image_size": 64, "train.augment": "flip", "train.sampling": "image",
+            "train.optimizer": "adamw", "train.lr": 5e-4, "train.weight_decay": 1e-4,
+            "train.batch_size": 32, "train.epochs": 20,
         },
         "paper": {
             "backbone": "resnet50", "pretrained": True, "text_model": "bert-base-uncased",
@@ -214,6 +215,9 @@ class MSA(RetrievalMethod):
         self.fusion = GatedFusion(self.image.channels, c.embed_dim)
         self.text = TextTower(c.text_model, c.text_pretrained, c.embed_dim)
         self.mscmat = MSCMAT(self.image.channels, c.embed_dim, c.num_heads, c.attn_dropout)
+        for part, mult in ((self.image, c.backbone_lr_mult), (self.text.model, c.text_lr_mult)):
+            if mult == 0:  # frozen: no gradient at all (and none in the clipping norm)
+                part.requires_grad_(False)
 
     # ---- data side ---------------------------------------------------------------------------
     def image_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -43,7 +43,7 @@ class VSEConfig:
     "VSE++: CNN + GRU dual encoder, hinge triplet on hardest negatives (Faghri et al. 2018)",
     presets={
         "small": {"backbone": "resnet18", "pretrained": False, "embed_dim": 256, "word_dim": 128,
-                  "hidden_dim": 256, "hardest_after_steps": 150, "train.image_size": 64, "train.epochs": 10,
+                  "hidden_dim": 256, "hardest_after_steps": 150, "train.image_size": 64, "train.epochs": 5,
                   "train.batch_size": 32, "train.lr": 5e-4, "train.augment": "flip"},
         "paper": {"backbone": "resnet152", "pretrained": True, "train.image_size": 224, "train.resize": 256,
                   "train.epochs": 30, "train.batch_size": 128, "train.lr": 2e-4, "train.lr_step": 15,
