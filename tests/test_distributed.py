@@ -15,7 +15,7 @@ import pytest
 import torch
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
-TINY_SET = {"train.image_size": "32", "backbone": "test_resnet", "embed_dim": "32", "hidden_dim": "32",
+TINY_SET = {"train.sampling": "image", "train.image_size": "32", "backbone": "test_resnet", "embed_dim": "32", "hidden_dim": "32",
             "word_dim": "16"}
 
 

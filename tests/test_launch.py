@@ -14,7 +14,7 @@ import pytest
 from rsbench import io as rio
 
 TINY_ARGS = ["--epochs", "1", "--batch-size", "8", "--preset", "small", "--device", "cpu"] + [
-    a for kv in ("train.image_size=32", "backbone=test_resnet", "embed_dim=32", "hidden_dim=32", "word_dim=16")
+    a for kv in ("train.sampling=image", "train.image_size=32", "backbone=test_resnet", "embed_dim=32", "hidden_dim=32", "word_dim=16")
     for a in ("--set", kv)]
 
 

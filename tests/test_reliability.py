@@ -29,7 +29,7 @@ from rsbench.results import is_complete, scan_results
 BENCH = str(Path(sys.executable).with_name("bench"))
 CELL = ("synthetic", "vsepp", "seed0")
 TINY = ["--methods", "vsepp", "--dataset", "synthetic", "--epochs", "2", "--device", "cpu",
-        "--set", "train.image_size=32", "--set", "train.batch_size=8", "--set", "backbone=test_resnet",
+        "--set", "train.sampling=image", "--set", "train.image_size=32", "--set", "train.batch_size=8", "--set", "backbone=test_resnet",
         "--set", "embed_dim=32", "--set", "hidden_dim=32", "--set", "word_dim=16"]
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from rsbench.checkpoint import load_resume
 from rsbench.errors import DataError, UserError
 from rsbench.results import is_complete
 
-TINY_SET = {"train.image_size": "32", "backbone": "test_resnet", "embed_dim": "32", "hidden_dim": "32",
+TINY_SET = {"train.sampling": "image", "train.image_size": "32", "backbone": "test_resnet", "embed_dim": "32", "hidden_dim": "32",
             "word_dim": "16"}
 TINY_ARGS = [a for k, v in TINY_SET.items() for a in ("--set", f"{k}={v}")]
 

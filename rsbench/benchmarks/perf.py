@@ -19,7 +19,8 @@ ref / ours. Peak memory (items 2 and 6) is measured in a fresh subprocess per si
 built (item 2: the same code runs once on small inputs, so lazy one-time setup is not counted),
 the kernel's peak-RSS counter is reset (`/proc/self/clear_refs` = 5), the computation runs once
 and VmHWM - VmRSS(before) is the peak it added. A fresh process means neither side inherits the
-other's freed heap; glibc's mmap threshold is fixed at 64 KiB there so freed tensors leave RSS.
+other's freed heap; for item 2 glibc's mmap threshold is fixed at 64 KiB so that freed tensors
+leave RSS (live memory); item 6 reports the whole process's VmHWM with the default allocator.
 Item 4 runs with one torch thread, as a DataLoader worker does; `--threads N` sets the others
 (default: torch's default). `--quick` shrinks every size (about a minute).
 A full run of all items writes the report to benchmarks/RESULTS.md; `--quick` or `--only` write
@@ -196,17 +197,19 @@ def measure_peak(fn: Callable[[], Any], warmup: Callable[[], Any] | None = None)
 
 
 # glibc: a fixed mmap threshold (64 KiB) makes every tensor-sized allocation its own mapping, returned
-# to the OS when freed, so RSS follows live memory (no freed-but-resident heap hiding a peak).
-CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+# to the OS when freed, so RSS follows live memory (no freed-but-resident heap hiding a peak). Used
+# to compare two algorithms' live memory (item 2); item 6 keeps the default allocator, as users do.
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
-def run_child(task: dict[str, Any], timeout: float = 3600.0) -> dict[str, Any]:
-    """Run one `--child` task in a fresh interpreter (same torch threads); its JSON answer or {'error': ...}."""
+def run_child(task: dict[str, Any], env: dict[str, str] | None = None, timeout: float = 3600.0) -> dict[str, Any]:
+    """Run one `--child` task in a fresh interpreter (same torch threads, `env` added to the environment);
+    its JSON answer or {'error': ...}."""
     cmd = [sys.executable, "-m", "rsbench.benchmarks.perf", "--threads", str(torch.get_num_threads()),
            "--child", json.dumps(task)]
-    env = {**os.environ, **CHILD_ENV}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                              env={**os.environ, **(env or {})})
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -394,8 +397,8 @@ def item_amfmn(ws: Workspace) -> list[Row]:
         ratio = t_r.median / t_o.median
         mem, less = "-", True
         if variant in ws.sizes.amfmn_memory_variants:
-            peaks = {side: run_child({"task": "amfmn", "variant": variant, "shape": [ni, nt, dim], "side": side})
-                     for side in ("ours", "ref")}
+            peaks = {side: run_child({"task": "amfmn", "variant": variant, "shape": [ni, nt, dim], "side": side},
+                                     LIVE_MEMORY_ENV) for side in ("ours", "ref")}
             errs = [p["error"] for p in peaks.values() if "error" in p]
             if errs:
                 mem, less = f"error: {errs[0]}", False
