@@ -29,7 +29,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             sd = load_file(str(path))
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle refusals, truncated files, foreign formats
+    except Exception as e:  # noqa: BLE001 - any failure to read (pickle refusal, truncation, foreign format) is a refusal
         raise UserError(f"{path}: cannot read weights safely ({str(e).splitlines()[0][:200]})") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
@@ -59,7 +59,7 @@ def create_backbone(name: str, pretrained: bool = False, weights: str | None = N
         raise
     if weights:
         sd = load_state_dict_file(weights)
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        _missing, unexpected = model.load_state_dict(sd, strict=False)
         loaded = len(sd) - len(unexpected)
         if loaded == 0:
             raise UserError(f"{weights}: no tensor matches backbone '{name}' (is it the right architecture?)")

@@ -49,7 +49,7 @@ class Batch:
     image_ids: torch.Tensor
     caption_ids: torch.Tensor
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
         return Batch(
             images=self.images.to(device, non_blocking=non_blocking),
             text={k: v.to(device, non_blocking=non_blocking) for k, v in self.text.items()},

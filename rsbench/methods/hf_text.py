@@ -63,7 +63,7 @@ def _is_bert(path: str) -> bool:
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(path).model_type == "bert"
-    except Exception:
+    except (OSError, ValueError, KeyError):
         return False
 
 

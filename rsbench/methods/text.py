@@ -28,7 +28,7 @@ class Vocabulary:
         self.stoi = {w: i for i, w in enumerate(self.itos)}
 
     @classmethod
-    def build(cls, captions: Iterable[str], min_count: int = 1) -> "Vocabulary":
+    def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocabulary:
         counts = Counter(w for c in captions for w in words(c))
         kept = sorted(w for w, n in counts.items() if n >= min_count)
         return cls([PAD, UNK, BOS, EOS, *kept])
@@ -44,7 +44,7 @@ class Vocabulary:
         return {"itos": self.itos}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Vocabulary":
+    def from_json(cls, d: dict) -> Vocabulary:
         return cls(d["itos"])
 
 
