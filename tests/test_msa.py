@@ -25,11 +25,13 @@ CAPTIONS = ["a plane is parked near the terminal", "green trees beside a river",
 
 
 def _ctx() -> MethodContext:
-    return MethodContext(train_captions=CAPTIONS, train_cap2img=np.arange(len(CAPTIONS)), cache_dir=Path("/tmp"))
+    return MethodContext(train_captions=CAPTIONS, train_cap2img=np.arange(len(CAPTIONS)),
+                         cache_dir=Path("/tmp"))
 
 
 def _tiny_config(**keys: object) -> MSAConfig:
-    cfg = MSAConfig(backbone="test_resnet", pretrained=False, text_model="minilm", embed_dim=384, num_heads=12)
+    cfg = MSAConfig(backbone="test_resnet", pretrained=False, text_model="minilm", embed_dim=384,
+                    num_heads=12)
     for k, v in keys.items():
         set_key(cfg, k.replace("__", "."), v)
     return cfg
@@ -110,7 +112,8 @@ def test_heads_must_divide_embed_dim():
 def test_triplet_by_hand():
     sim = torch.tensor([[0.8, 0.3], [0.6, 0.5]])
     eye = torch.eye(2, dtype=torch.bool)
-    # image0: [0.5-0.8+0.3]+ = 0; image1: 0.5-0.5+0.6 = 0.6; text0: 0.5-0.8+0.6 = 0.3; text1: 0.5-0.5+0.3 = 0.3
+    # hardest negatives: image0 [0.5-0.8+0.3]+ = 0, image1 0.5-0.5+0.6 = 0.6,
+    #                    text0 0.5-0.8+0.6 = 0.3, text1 0.5-0.5+0.3 = 0.3
     assert hardest_triplet(sim, eye, 0.5).item() == pytest.approx(1.2)
     assert hardest_triplet(sim, eye, 0.5, reduction="mean").item() == pytest.approx(0.6)
     # both rows show the same image: no negatives at all
@@ -204,7 +207,8 @@ def test_text_projection_when_sizes_differ():
 def test_loss_logs_and_duplicates(msa):
     out = msa.training_loss(_batch(msa, 6, image_ids=[0, 0, 1, 2, 3, 3]))
     assert set(out.logs) == {"triplet", "mscma", "csmmc", "loss"}
-    assert out.logs["loss"] == pytest.approx(out.logs["triplet"] + out.logs["mscma"] + out.logs["csmmc"], rel=1e-5)
+    parts = out.logs["triplet"] + out.logs["mscma"] + out.logs["csmmc"]
+    assert out.logs["loss"] == pytest.approx(parts, rel=1e-5)
     assert torch.isfinite(out.loss)
 
 

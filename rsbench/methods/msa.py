@@ -207,7 +207,8 @@ class MSA(RetrievalMethod):
         if lc.mscma_logits not in ("sigmoid", "logits"):
             raise UserError(f"msa: loss.mscma_logits must be 'sigmoid' or 'logits', not '{lc.mscma_logits}'")
         if lc.triplet_reduction not in ("sum", "mean"):
-            raise UserError(f"msa: loss.triplet_reduction must be 'sum' or 'mean', not '{lc.triplet_reduction}'")
+            raise UserError(f"msa: loss.triplet_reduction must be 'sum' or 'mean', "
+                            f"not '{lc.triplet_reduction}'")
         if c.max_len < 3:
             raise UserError(f"msa: max_len={c.max_len} leaves no word token")
         self.image = ImageTower(c.backbone, c.pretrained, c.backbone_weights, c.backbone_img_size)
@@ -240,6 +241,12 @@ class MSA(RetrievalMethod):
 
     # ---- loss --------------------------------------------------------------------------------
     def training_loss(self, batch: Batch) -> LossOutput:
+        """Weighted sum of the enabled parts; logs hold each weighted part and the total.
+
+        Rows showing the same image (batch.image_ids) are positives: the triplet never takes them
+        as negatives and MSCMA drops them from each row's softmax (see mscmat.mscma_loss); CSMMC
+        matches whole distributions, so it needs no masking.
+        """
         lc = self.config.loss
         pooled = self.image(batch.images)
         g_v = self.fusion(pooled)
