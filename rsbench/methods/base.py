@@ -6,6 +6,7 @@ methods (AMFMN) override `score` because it needs both sides. The runner only ta
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,7 @@ class LossOutput:
     logs: dict[str, float] = field(default_factory=dict)
 
 
-class RetrievalMethod(nn.Module):
+class RetrievalMethod(nn.Module, ABC):
     """Base class. Subclasses set `config_cls` and implement the encoders and the loss."""
 
     config_cls: ClassVar[type]
@@ -80,23 +81,26 @@ class RetrievalMethod(nn.Module):
     def image_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return IMAGENET_MEAN, IMAGENET_STD
 
+    @abstractmethod
     def tokenizer(self) -> Tokenizer:
         """A picklable callable: list of captions -> dict of tensors (runs in DataLoader workers)."""
-        raise NotImplementedError
 
     # ---- model side ------------------------------------------------------------------------
+    @abstractmethod
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """(N, 3, H, W) -> image features (N, ...), the input of score()."""
 
+    @abstractmethod
     def encode_texts(self, text: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """Tokenizer output -> text features (N, ...), the input of score()."""
 
     def score(self, image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
         """(Ni, ...) x (Nt, ...) -> (Ni, Nt) similarity. Default: cosine of embeddings."""
         return F.normalize(image_feats.float(), dim=-1) @ F.normalize(text_feats.float(), dim=-1).T
 
+    @abstractmethod
     def training_loss(self, batch: Batch) -> LossOutput:
-        raise NotImplementedError
+        """The method's own loss on a training batch."""
 
     # ---- optimisation / state ------------------------------------------------------------------
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
