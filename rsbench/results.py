@@ -27,19 +27,7 @@ CONFIG_FILE = "config.json"
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
 # leaderboard metrics, in column order (each followed by its _std column)
-LEADERBOARD_METRICS = (
-    "mR",
-    "i2t_r1",
-    "i2t_r5",
-    "i2t_r10",
-    "t2i_r1",
-    "t2i_r5",
-    "t2i_r10",
-    "i2t_medr",
-    "i2t_meanr",
-    "t2i_medr",
-    "t2i_meanr",
-)
+LEADERBOARD_METRICS = ("mR", *(k for k in METRIC_KEYS if k != "mR"))
 LEADERBOARD_COLUMNS = ["dataset", "method", "n_seeds"] + [
     c for m in LEADERBOARD_METRICS for c in (m, f"{m}_std")
 ]
