@@ -83,13 +83,106 @@ def compute_ranks(sims: Any, cap2img: Any) -> tuple[np.ndarray, np.ndarray]:
     if s.ndim != 2:
         raise ValueError(f"score matrix must be 2-D, got shape {tuple(s.shape)}")
     n_images, n_captions = s.shape
-    return compute_ranks_blockwise(score_block, n_images, n_captions, cap2img)
+    c2i = _check_cap2img(cap2img, n_images, n_captions)
+    cols = np.arange(n_captions)
+    if isinstance(s, torch.Tensor):  # the positives are at hand: no first pass over the blocks
+        positives = s[torch.from_numpy(c2i).to(s.device), torch.from_numpy(cols).to(s.device)]
+    else:
+        positives = _as_tensor(np.asarray(s[c2i, cols]))
+    return compute_ranks_blockwise(score_block, n_images, n_captions, c2i, positives=positives)
 
 
 def _block_index_pairs(c2i: np.ndarray, block_images: int, block_captions: int) -> list[tuple[int, int]]:
     """(image block, caption block) pairs that contain at least one positive pair."""
     pairs = np.stack([c2i // block_images, np.arange(c2i.shape[0]) // block_captions], axis=1)
     return [(int(a), int(b)) for a, b in np.unique(pairs, axis=0)]
+
+
+def _nan_in(b: torch.Tensor) -> bool:
+    """True if the block holds a NaN. max() propagates NaN, costs one read and cannot overflow."""
+    if not b.is_floating_point() or b.numel() == 0:
+        return False
+    if b.device.type == "cpu" and b.dtype in (torch.float32, torch.float64):
+        return bool(np.isnan(b.numpy().max()))
+    return bool(torch.isnan(b).any())
+
+
+class _Counter:
+    """Counts, per query of one block, the candidates ranked above the query's positive.
+
+    rank - 1 = #(candidates scoring strictly higher) + #(equal scores at a lower index), with the
+    query's own positive excluded by index. On CPU the block is counted with numpy into a reused
+    bool buffer: a uint8 sum along one axis and a whole-block count_nonzero are several times
+    faster than torch's bool reductions, and the tie rule runs only when a block holds a tie
+    other than the queries' own positives (float scores rarely tie). Other devices use torch.
+    """
+
+    def __init__(self) -> None:
+        self._buf = np.empty(0, dtype=bool)
+
+    def _bool_buffer(self, shape: tuple[int, int]) -> np.ndarray:
+        n = shape[0] * shape[1]
+        if self._buf.size < n:
+            self._buf = np.empty(n, dtype=bool)
+        return self._buf[:n].reshape(shape)
+
+    def count(self, b: torch.Tensor, thr: torch.Tensor, own: torch.Tensor, axis: int, start: int) -> np.ndarray:
+        """Per-query counts (int64 numpy) for queries along the axis other than `axis`.
+
+        b: (rows, cols) block; candidates run along `axis` and start at global index `start`.
+        thr: each query's positive score; own: global index of each query's own positive.
+        """
+        if b.device.type == "cpu":
+            return self._count_numpy(b, thr, own.cpu().numpy(), axis, start)
+        return self._count_torch(b, thr.to(b.device), own.to(b.device), axis, start)
+
+    def _count_numpy(self, b: torch.Tensor, thr: torch.Tensor, own: np.ndarray, axis: int, start: int) -> np.ndarray:
+        if b.dtype in (torch.float16, torch.bfloat16):  # exact in float32: same order, same ties
+            b, thr = b.float(), thr.float()
+        a = b.numpy()
+        t = thr.to(b.dtype).numpy()
+        t = t[None, :] if axis == 0 else t[:, None]
+        n_cand = a.shape[axis]
+        acc = np.uint16 if n_cand < 2**16 else np.uint32
+        buf = self._bool_buffer(a.shape)
+
+        # queries whose own positive lies in this block: its index along the candidate axis
+        local = own - start
+        mine = np.flatnonzero((local >= 0) & (local < n_cand))
+        own_vals = a[local[mine], mine] if axis == 0 else a[mine, local[mine]]
+        own_thr = t[0, mine] if axis == 0 else t[mine, 0]
+
+        np.greater(a, t, out=buf)
+        above = buf.view(np.uint8).sum(axis=axis, dtype=acc).astype(np.int64)
+        above[mine] -= own_vals > own_thr  # own excluded by index (a scorer may not repeat itself)
+
+        np.equal(a, t, out=buf)
+        n_ties = np.count_nonzero(buf) - np.count_nonzero(own_vals == own_thr)
+        if n_ties == 0:
+            return above
+        if n_ties <= buf.size // 64:  # a few ties: visit them
+            cand, query = np.divmod(np.flatnonzero(buf), a.shape[1])
+            if axis == 1:
+                cand, query = query, cand
+            keep = cand < local[query]
+            above += np.bincount(query[keep], minlength=above.size)
+        else:  # many ties (quantised scores): one more masked pass
+            idx = np.arange(n_cand)
+            lower = idx[:, None] < local[None, :] if axis == 0 else idx[None, :] < local[:, None]
+            np.logical_and(buf, lower, out=buf)
+            above += buf.view(np.uint8).sum(axis=axis, dtype=acc)
+        return above
+
+    @staticmethod
+    def _count_torch(b: torch.Tensor, thr: torch.Tensor, own: torch.Tensor, axis: int, start: int) -> np.ndarray:
+        idx = torch.arange(start, start + b.shape[axis], device=b.device)
+        if axis == 0:
+            idx, thr, own = idx[:, None], thr[None, :], own[None, :]
+        else:
+            idx, thr, own = idx[None, :], thr[:, None], own[:, None]
+        thr = thr.to(b.dtype)
+        above = ((b > thr) & (idx != own)) | ((b == thr) & (idx < own))
+        return above.sum(axis).cpu().numpy().astype(np.int64)
 
 
 def compute_ranks_blockwise(
@@ -100,15 +193,17 @@ def compute_ranks_blockwise(
     block_images: int = 1024,
     block_captions: int = 16384,
     device: str | torch.device | None = None,
+    positives: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Same ranks as `compute_ranks`, holding at most one (block_images x block_captions) block.
 
     score_block(img_slice, cap_slice) returns the scores of those images x captions as a tensor.
     Pass 1 computes only the blocks holding positive pairs and keeps each caption's positive
-    score; pass 2 computes every block once and counts, per query, the candidates that beat
-    the positive. Both passes use the same tiling, so a deterministic scorer gives the same
-    values in both; a query's own positive is excluded by index, never by value. Counting runs
-    on `device` (default: wherever score_block returns its tensor). NaN scores raise ValueError.
+    score (skipped when `positives`, each caption's score with its own image, is given); pass 2
+    computes every block once and counts, per query, the candidates that beat the positive.
+    Both passes use the same tiling, so a deterministic scorer gives the same values in both; a
+    query's own positive is excluded by index, never by value. Counting runs on `device`
+    (default: wherever score_block returns its tensor). NaN scores raise ValueError.
     """
     if block_images < 1 or block_captions < 1:
         raise ValueError("block sizes must be >= 1")
@@ -125,25 +220,17 @@ def compute_ranks_blockwise(
             raise ValueError(f"score_block returned shape {tuple(b.shape)}, expected {(i1 - i0, c1 - c0)}")
         if dev is not None:
             b = b.to(dev)
-        if b.is_floating_point() and bool(torch.isnan(b).any()):
+        if _nan_in(b):
             raise ValueError(f"NaN scores in block images {i0}:{i1} x captions {c0}:{c1}")
         return b, i0, c0
 
     # ---- pass 1: the positive score of every caption (its own image) --------------------------
-    pos_parts: list[tuple[np.ndarray, torch.Tensor]] = []
-    dtype: torch.dtype | None = None
-    for ib, cb in _block_index_pairs(c2i, block_images, block_captions):
-        b, i0, c0 = block(ib, cb)
-        dtype = b.dtype
-        caps = np.arange(c0, min(c0 + block_captions, n_captions))
-        caps = caps[c2i[caps] // block_images == ib]
-        rows = torch.from_numpy(c2i[caps] - i0).to(b.device)
-        cols = torch.from_numpy(caps - c0).to(b.device)
-        pos_parts.append((caps, b[rows, cols].cpu()))
-    assert dtype is not None
-    pos = torch.empty(n_captions, dtype=dtype)
-    for caps, vals in pos_parts:
-        pos[torch.from_numpy(caps)] = vals
+    if positives is not None:
+        pos = positives.detach().cpu()
+        if tuple(pos.shape) != (n_captions,):
+            raise ValueError(f"positives has shape {tuple(pos.shape)}, expected ({n_captions},)")
+    else:
+        pos = _positives(block, c2i, n_captions, block_images, block_captions)
 
     # best positive per image: highest score, lowest caption index among ties
     order = torch.argsort(-pos.double(), stable=True).numpy()
@@ -157,32 +244,36 @@ def compute_ranks_blockwise(
     # ---- pass 2: count the candidates ranked above each query's positive ------------------------
     i2t_above = np.zeros(n_images, dtype=np.int64)
     t2i_above = np.zeros(n_captions, dtype=np.int64)
-    n_ib = -(-n_images // block_images)
-    n_cb = -(-n_captions // block_captions)
     c2i_t = torch.from_numpy(c2i)
     best_cap_t = torch.from_numpy(best_cap)
-    for ib in range(n_ib):
-        for cb in range(n_cb):
+    counter = _Counter()
+    for ib in range(-(-n_images // block_images)):
+        for cb in range(-(-n_captions // block_captions)):
             b, i0, c0 = block(ib, cb)
-            d = b.device
             i1, c1 = i0 + b.shape[0], c0 + b.shape[1]
-            img_idx = torch.arange(i0, i1, device=d)[:, None]
-            cap_idx = torch.arange(c0, c1, device=d)[None, :]
-
-            # text -> image: candidates are images (rows), query caption j's positive is pos[j]
-            p = pos[c0:c1].to(d)[None, :]
-            g = c2i_t[c0:c1].to(d)[None, :]
-            above = ((b > p) & (img_idx != g)) | ((b == p) & (img_idx < g))
-            t2i_above[c0:c1] += above.sum(0).cpu().numpy()
-
-            # image -> text: candidates are captions (columns), the query's best positive
-            q = best_score[i0:i1].to(d)[:, None]
-            qc = best_cap_t[i0:i1].to(d)[:, None]
-            above = ((b > q) & (cap_idx != qc)) | ((b == q) & (cap_idx < qc))
-            i2t_above[i0:i1] += above.sum(1).cpu().numpy()
-            del b, above
-
+            # text -> image: candidates are the block's images (axis 0), queries its captions
+            t2i_above[c0:c1] += counter.count(b, pos[c0:c1], c2i_t[c0:c1], axis=0, start=i0)
+            # image -> text: candidates are the block's captions (axis 1), queries its images
+            i2t_above[i0:i1] += counter.count(b, best_score[i0:i1], best_cap_t[i0:i1], axis=1, start=c0)
+            del b
     return i2t_above + 1, t2i_above + 1
+
+
+def _positives(block: Callable[[int, int], tuple[torch.Tensor, int, int]], c2i: np.ndarray, n_captions: int,
+               block_images: int, block_captions: int) -> torch.Tensor:
+    """Each caption's score with its own image, computing only the blocks that hold positives."""
+    parts: list[tuple[np.ndarray, torch.Tensor]] = []
+    for ib, cb in _block_index_pairs(c2i, block_images, block_captions):
+        b, i0, c0 = block(ib, cb)
+        caps = np.arange(c0, min(c0 + block_captions, n_captions))
+        caps = caps[c2i[caps] // block_images == ib]
+        rows = torch.from_numpy(c2i[caps] - i0).to(b.device)
+        cols = torch.from_numpy(caps - c0).to(b.device)
+        parts.append((caps, b[rows, cols].cpu()))
+    pos = torch.empty(n_captions, dtype=parts[0][1].dtype)
+    for caps, vals in parts:
+        pos[torch.from_numpy(caps)] = vals
+    return pos
 
 
 def _recall(ranks: np.ndarray, k: int) -> float:

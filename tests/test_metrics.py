@@ -56,6 +56,13 @@ def galleries() -> list[tuple[str, np.ndarray, np.ndarray]]:
     out.append(("good", good, c))
     out.append(("one_image", rng.standard_normal((1, 4)), np.zeros(4, dtype=np.int64)))
     out.append(("one_each", np.round(rng.standard_normal((7, 7)), 1), np.arange(7)))
+    # a few exact ties with positives in an otherwise tie-free float32 matrix (the sparse tie path)
+    few = rng.standard_normal((30, 150)).astype(np.float32)
+    for img, cap in ((3, 40), (10, 2), (29, 149), (0, 0)):
+        few[img, (cap + 17) % 150] = few[c5[cap], cap]  # ties the caption's positive in its row...
+        few[(c5[cap] + 5) % 30, cap] = few[c5[cap], cap]  # ...and in its column
+    out.append(("few_ties", few, c5))
+    out.append(("float16", np.round(rng.standard_normal((30, 150)), 2).astype(np.float16), c5))
     return out
 
 
@@ -87,6 +94,51 @@ def test_blockwise_equals_full(name: str, sims: np.ndarray, cap2img: np.ndarray,
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_array_equal(got[1], ref[1])
     assert max(a for a, _ in seen) <= bi and max(b for _, b in seen) <= bc
+
+
+@pytest.mark.parametrize("name,sims,cap2img", galleries(), ids=[g[0] for g in galleries()])
+def test_torch_counting_path_matches_naive(name: str, sims: np.ndarray, cap2img: np.ndarray) -> None:
+    """Non-CPU blocks are counted with torch ops: check that kernel on CPU against the reference."""
+    from rsbench import metrics
+
+    ref = naive_ranks(sims.astype(np.float64), cap2img)
+    counter = metrics._Counter()
+    orig = counter.count
+    counter.count = lambda b, thr, own, axis, start: counter._count_torch(b, thr, own, axis, start)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(metrics, "_Counter", lambda: counter)
+            got = compute_ranks_blockwise(lambda i, c: torch.from_numpy(sims)[i, c], *sims.shape, cap2img, 7, 11)
+    finally:
+        counter.count = orig
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_own_positive_excluded_by_index_not_value() -> None:
+    """A scorer that does not repeat itself (pass 2 scores the positives higher than pass 1) still
+    never counts a query's own positive as a candidate above it."""
+    rng = np.random.default_rng(5)
+    c = grouped_cap2img([3] * 10)
+    base = rng.standard_normal((10, 30))
+    calls = {"n": 0}
+
+    def score_block(i: slice, j: slice) -> torch.Tensor:
+        calls["n"] += 1
+        b = torch.from_numpy(base[i, j].copy())
+        if calls["n"] > 1:  # second pass: every positive jumps up
+            rows, cols = np.nonzero(c[None, j] == np.arange(i.start, i.stop)[:, None])
+            b[rows, cols] += 10.0
+        return b
+
+    got = compute_ranks_blockwise(score_block, 10, 30, c, block_images=10, block_captions=30)
+    # pass 1's positives against pass 2's other scores (other positives are +10 higher now)
+    raised = base.copy()
+    raised[c, np.arange(30)] += 10.0
+    pos = base[c, np.arange(30)]
+    t2i = 1 + np.array([(np.delete(raised[:, j], c[j]) > pos[j]).sum() for j in range(30)])
+    np.testing.assert_array_equal(got[1], t2i)
+    assert calls["n"] == 2
 
 
 def test_blockwise_dot_product_scorer() -> None:
