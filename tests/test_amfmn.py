@@ -81,6 +81,12 @@ def test_score_matches_per_pair_definition(context, variant) -> None:
         for i, j in [(slice(0, 1), slice(0, 11)), (slice(2, 7), slice(4, 5)), (slice(3, 6), slice(1, 9))]:
             assert (model.score(v[i], t[j]) - want[i, j]).abs().max() < 1e-5  # runner's blocks
         assert model.score(v[:0], t).shape == (0, 11) and model.score(v, t[:0]).shape == (7, 0)
+    # with autograd on (training), the differentiable form gives the same numbers
+    assert (model.score(v, t) - want).abs().max() < 1e-5
+    if variant == "soft":  # evaluation's in-place form, in row blocks that do not divide Ni
+        g_ = torch.sigmoid(model.attention.w(v)).detach()
+        got = model.attention._soft_inplace(v * g_, g_ * g_, t, v.norm(dim=1).clamp(min=1e-8), rows=3)
+        assert (got - want).abs().max() < 1e-5
 
 
 def test_triplet_loss_masks_same_image_pairs() -> None:

@@ -52,7 +52,7 @@ class AMFMNConfig:
     gamma: float = 0.2  # maximum margin (authors' config 0.2; paper ablates 0.2-0.8)
     beta: float = 1.0  # margin decay; paper: mR insensitive to it
     negatives: str = "sum"  # sum over in-batch negatives | hardest (max violation)
-    score_chunk_mb: int = 256  # memory bound of one fusion/similarity scoring chunk
+    score_chunk_mb: int = 0  # memory bound of one fusion/similarity scoring chunk; 0 = 16 on CPU, 256 on GPU
 
 
 class MVSA(nn.Module):
@@ -131,10 +131,12 @@ class TextEncoder(nn.Module):
 class TextAttention(nn.Module):
     """Visual-guided text attention T' = f(F_v, T) and the image x text cosine score matrix."""
 
-    def __init__(self, variant: str, dim: int, chunk_mb: int = 256):
+    def __init__(self, variant: str, dim: int, chunk_mb: int = 0):
         super().__init__()
         self.variant = variant
-        self.chunk_bytes = max(1, chunk_mb) * 2**20
+        # 0 = by device: on CPU small chunks stay in cache and reuse freed memory (6x faster than
+        # 256 MB ones at 1093 x 1093, D=512); a GPU wants big chunks to fill its cores
+        self.chunk_bytes = max(0, chunk_mb) * 2**20
         if variant == "soft":
             self.w = nn.Linear(dim, dim)
         elif variant == "fusion":  # W [v; t] = W_v v + W_t t: the image half carries the bias
@@ -160,16 +162,18 @@ class TextAttention(nn.Module):
         if self.variant == "soft":
             # cos(v, g*t) = ((v*g) . t) / (|v| sqrt((g*g) . (t*t)))
             g = torch.sigmoid(self.w(v))
-            num = (v * g) @ t.T
-            den = ((g * g) @ (t * t).T).clamp(min=0).sqrt().clamp(min=_EPS)
-            return num / den / v_norm[:, None]
+            if torch.is_grad_enabled():
+                num = (v * g) @ t.T
+                den = ((g * g) @ (t * t).T).clamp(min=0).sqrt().clamp(min=_EPS)
+                return num / den / v_norm[:, None]
+            return self._soft_inplace(v * g, g * g, t, v_norm)
         # fusion / similarity: sigmoid(a_i + b_j) and sigmoid(p_i * q_j) do not factor -> chunks
         if self.variant == "fusion":
             a, b = self.w1v(v), self.w1t(t)
             c, d = self.w2v(v), self.w2t(t)
         else:
             p, q = self.wv(v), self.wt(t)
-        ni, nt = self._chunks(len(v), len(t), v.shape[1])
+        ni, nt = self._chunks(len(v), len(t), v.shape[1], v.device)
         rows = []
         for i0 in range(0, len(v), ni):
             cols = []
@@ -184,9 +188,27 @@ class TextAttention(nn.Module):
             rows.append(torch.cat(cols, 1))
         return torch.cat(rows, 0)
 
-    def _chunks(self, n_img: int, n_txt: int, dim: int) -> tuple[int, int]:
+    @staticmethod
+    def _soft_inplace(vg: torch.Tensor, gg: torch.Tensor, t: torch.Tensor, v_norm: torch.Tensor,
+                      rows: int = 256) -> torch.Tensor:
+        """The soft score without autograd: one (Ni, Nt) output plus a (rows, Nt) denominator.
+
+        Evaluation scores 1093 x 5465 blocks and larger; the differentiable form holds three
+        full-size temporaries, this one divides into the output in place, a row block at a time.
+        """
+        out = vg @ t.T
+        tt = (t * t).T
+        for i0 in range(0, len(out), rows):
+            i = slice(i0, i0 + rows)
+            den = gg[i] @ tt
+            den.clamp_(min=0).sqrt_().clamp_(min=_EPS).mul_(v_norm[i, None])
+            out[i].div_(den)
+        return out
+
+    def _chunks(self, n_img: int, n_txt: int, dim: int, device: torch.device) -> tuple[int, int]:
         """Chunk sizes so that ~4 float32 (ni, nt, D) intermediates fit in chunk_bytes."""
-        pairs = max(1, self.chunk_bytes // (4 * 4 * dim))
+        budget = self.chunk_bytes or (16 if device.type == "cpu" else 256) * 2**20
+        pairs = max(1, budget // (4 * 4 * dim))
         nt = max(1, min(n_txt, pairs))
         ni = max(1, min(n_img, pairs // nt))
         return ni, nt
@@ -299,3 +321,5 @@ def _check_config(cfg: AMFMNConfig) -> None:
             raise UserError(f"amfmn: bad {key} '{getattr(cfg, key)}'; choose from: {', '.join(allowed)}")
     if cfg.embed_dim < 1 or cfg.mvsa_grid < 1 or cfg.mvsa_channels < 1:
         raise UserError("amfmn: embed_dim, mvsa_grid and mvsa_channels must be positive")
+    if cfg.score_chunk_mb < 0:
+        raise UserError("amfmn: score_chunk_mb must be >= 0 (0 = by device)")
