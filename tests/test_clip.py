@@ -163,6 +163,35 @@ def test_clip_trains_a_few_steps_lowering_the_loss(tiny_clip):
     assert s.shape == (6, 6)
 
 
+def test_frozen_text_tower_outputs_cached_per_caption(tmp_path):
+    """text_trainable_layers=0: the tower runs once per caption, later steps read the same vectors."""
+    from rsbench.methods.clip import ClipConfig, ClipMethod
+
+    caps = ["a red airport with planes", "a blue harbor with ships", "green farmland fields", "a dense forest"]
+    ctx = MethodContext(train_captions=caps, train_cap2img=np.arange(4), cache_dir=tmp_path)
+    torch.manual_seed(0)
+    m = ClipMethod(ClipConfig(backbone="resnet10t", pretrained=False, embed_dim=16, text_trainable_layers=0), ctx)
+    m.train()
+    calls = []
+    m.text_model.register_forward_hook(lambda mod, args, out: calls.append(1))
+    tok = m.tokenizer()
+    with torch.no_grad():
+        direct = m.encode_texts(tok(caps))
+    assert len(calls) == 1
+    first = m.training_texts(Batch(torch.zeros(2, 3, 32, 32), tok(caps[1:3]), torch.arange(2), torch.tensor([1, 2])))
+    assert len(calls) == 2 and torch.allclose(first, direct[1:3], atol=1e-5)
+    # caption 2 is cached, caption 0 is new: the tower runs on caption 0 alone
+    both = m.training_texts(Batch(torch.zeros(2, 3, 32, 32), tok([caps[2], caps[0]]), torch.arange(2),
+                                  torch.tensor([2, 0])))
+    assert len(calls) == 3 and torch.allclose(both, direct[[2, 0]], atol=1e-5)
+    again = m.training_texts(Batch(torch.zeros(3, 3, 32, 32), tok(caps[:3]), torch.arange(3), torch.arange(3)))
+    assert len(calls) == 3 and torch.allclose(again, direct[:3], atol=1e-5)
+    again.sum().backward()  # the projection still learns
+    assert m.text_proj.weight.grad is not None
+    # a tower being fine-tuned is never cached
+    assert ClipMethod(ClipConfig(backbone="resnet10t", pretrained=False, embed_dim=16), ctx)._text_cache is None
+
+
 def test_clip_bad_options(tmp_path):
     from rsbench.methods.clip import ClipConfig, ClipMethod
 

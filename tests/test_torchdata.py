@@ -16,7 +16,13 @@ from torchvision.transforms import v2
 from rsbench.config import TrainConfig
 from rsbench.datasets import load_dataset, load_image
 from rsbench.datasets.cache import ImageCache, train_resize_size
-from rsbench.datasets.torchdata import ImageDataset, PairDataset, build_transform, make_collate
+from rsbench.datasets.torchdata import (
+    ImageDataset,
+    PairDataset,
+    build_transform,
+    make_collate,
+    normalize_images,
+)
 from rsbench.errors import UserError
 from rsbench.methods.base import IMAGENET_MEAN, IMAGENET_STD, Batch
 
@@ -45,24 +51,39 @@ def cfg(**kw) -> TrainConfig:
 
 def test_transforms(rsicd):
     img = load_image(rsicd.train.image_paths[0])
-    ev = build_transform(cfg(), IMAGENET_MEAN, IMAGENET_STD, train=False)
+    ev = build_transform(cfg(), train=False)
     x = ev(img)
-    assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+    assert x.shape == (3, 16, 16) and x.dtype == torch.uint8  # normalised per batch, on the device
     assert torch.equal(x, ev(img))
-    tr = build_transform(cfg(augment="crop,flip,rotate"), IMAGENET_MEAN, IMAGENET_STD, train=True)
+    direct = torch.from_numpy(np.array(img.resize((16, 16), Image.BILINEAR))).permute(2, 0, 1)
+    assert (x.int() - direct.int()).abs().max() <= 1  # Pillow's resize, rounding aside
+    tr = build_transform(cfg(augment="crop,flip,rotate"), train=True)
     kinds = [type(t) for t in tr.transforms]
     assert kinds[:4] == [v2.Resize, v2.RandomRotation, v2.RandomCrop, v2.RandomHorizontalFlip]
     assert tr.transforms[0].size == [train_resize_size(16)] * 2 == [17, 17]
     assert tr(img).shape == (3, 16, 16)
-    assert build_transform(cfg(resize=20), IMAGENET_MEAN, IMAGENET_STD, train=True).transforms[0].size == [20, 20]
-    plain = build_transform(cfg(augment="none"), IMAGENET_MEAN, IMAGENET_STD, train=True)
+    assert build_transform(cfg(resize=20), train=True).transforms[0].size == [20, 20]
+    plain = build_transform(cfg(augment="none"), train=True)
     assert torch.equal(plain(img), x)  # no augmentation: the eval pipeline
     with pytest.raises(UserError, match="bad train.augment 'crop,zoom'"):
-        build_transform(cfg(augment="crop,zoom"), IMAGENET_MEAN, IMAGENET_STD, train=True)
+        build_transform(cfg(augment="crop,zoom"), train=True)
+
+
+def test_normalize_images_matches_per_image_pipeline() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, 9, 7), dtype=torch.uint8, generator=g)
+    per_image = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    want = torch.stack([per_image(im) for im in x])
+    got = normalize_images(x, IMAGENET_MEAN, IMAGENET_STD)
+    assert got.dtype == torch.float32 and (got - want).abs().max() < 1e-5
+    cl = normalize_images(x, IMAGENET_MEAN, IMAGENET_STD, channels_last=True)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, got)
+    with pytest.raises(TypeError, match="uint8"):
+        normalize_images(want, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def test_pair_dataset_caption_sampling_and_collate(rsicd):
-    tf = build_transform(cfg(), IMAGENET_MEAN, IMAGENET_STD, train=True)
+    tf = build_transform(cfg(), train=True)
     ds = PairDataset(rsicd.train, tf, sampling="caption", seed=0)
     assert len(ds) == rsicd.train.n_captions
     img, cap, img_id, cap_id = ds[7]
@@ -79,7 +100,7 @@ def test_pair_dataset_caption_sampling_and_collate(rsicd):
 
 def test_pair_dataset_image_sampling_is_deterministic_per_epoch(rsicd):
     split = rsicd.train
-    ev = build_transform(cfg(), IMAGENET_MEAN, IMAGENET_STD, train=False)
+    ev = build_transform(cfg(), train=False)
     ds = PairDataset(split, ev, sampling="image", seed=3)
     assert len(ds) == split.n_images
 
@@ -101,7 +122,7 @@ def test_pair_dataset_image_sampling_is_deterministic_per_epoch(rsicd):
 
 
 def test_image_dataset(rsicd):
-    ev = build_transform(cfg(), IMAGENET_MEAN, IMAGENET_STD, train=False)
+    ev = build_transform(cfg(), train=False)
     ds = ImageDataset(rsicd.test, ev)
     assert len(ds) == 3
     x, i = ds[2]
@@ -128,7 +149,7 @@ def test_cache_pixels_reuse_and_training_equivalence(rsicd, tmp_path):
     # the memmap is never pickled into DataLoader workers
     assert len(pickle.dumps(again)) < 10_000 and pickle.loads(pickle.dumps(again)).get(0).size == (size, size)
     # training through the cache gives the same tensors as decoding the files (same random draws)
-    tf = build_transform(cfg(augment="crop,flip,rotate"), IMAGENET_MEAN, IMAGENET_STD, train=True)
+    tf = build_transform(cfg(augment="crop,flip,rotate"), train=True)
     plain = PairDataset(rsicd.train, tf, seed=0)
     cached = PairDataset(rsicd.train, tf, seed=0, cache=again)
     for i in (0, 9, 20):
@@ -137,7 +158,7 @@ def test_cache_pixels_reuse_and_training_equivalence(rsicd, tmp_path):
         torch.manual_seed(i)
         b = cached[i][0]
         assert torch.equal(a, b)
-    ev = build_transform(cfg(), IMAGENET_MEAN, IMAGENET_STD, train=False)
+    ev = build_transform(cfg(), train=False)
     assert ImageDataset(rsicd.test, ev, cache=again)[1][0].shape == (3, 16, 16)
 
 

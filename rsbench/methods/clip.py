@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import UserError
 from .backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
-from .hf_text import DEFAULT_TEXT_MODEL, HFTokenizer, load_text_model
+from .hf_text import DEFAULT_TEXT_MODEL, FrozenTextCache, HFTokenizer, load_text_model
 from .losses import LogitScale, PromptTokenizer, check_same_image_mode, decay_param_groups, info_nce
 from .registry import register_method
 
@@ -124,6 +124,7 @@ class ClipMethod(RetrievalMethod):
         self.image_proj = nn.Linear(self.backbone.num_features, config.embed_dim, bias=False)
         self.text_proj = nn.Linear(self.text_model.config.hidden_size, config.embed_dim, bias=False)
         self._text_frozen = _freeze_text(self.text_model, config.text_trainable_layers)
+        self._text_cache = FrozenTextCache(len(context.train_captions)) if self._text_frozen else None
         self.logit_scale = LogitScale(config.init_temperature, config.max_logit_scale, config.learn_temperature)
 
     # ---- data side -------------------------------------------------------------------------
@@ -146,21 +147,30 @@ class ClipMethod(RetrievalMethod):
             self.text_model.eval()  # a frozen tower keeps its inference behaviour (no dropout)
         return self
 
-    def encode_texts(self, text: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _pooled_text(self, text: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The text tower's sentence vector (before the projection)."""
         mask = text["attention_mask"]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self._text_frozen):
             states = self.text_model(input_ids=text["input_ids"], attention_mask=mask).last_hidden_state
         if self.config.text_pool == "cls":
-            pooled = states[:, 0]
-        else:
-            w = mask.unsqueeze(-1).to(states.dtype)
-            pooled = (states * w).sum(1) / w.sum(1).clamp(min=1.0)
-        return self.text_proj(pooled)
+            return states[:, 0]
+        w = mask.unsqueeze(-1).to(states.dtype)
+        return (states * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+    def encode_texts(self, text: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.text_proj(self._pooled_text(text))
+
+    def training_texts(self, batch: Batch) -> torch.Tensor:
+        """Text embeddings of a training batch; a frozen tower's vectors come from the per-caption cache."""
+        if self._text_cache is None:
+            return self.encode_texts(batch.text)
+        pooled = self._text_cache.lookup(batch.caption_ids, batch.text, self._pooled_text)
+        return self.text_proj(pooled.to(self.text_proj.weight.dtype))
 
     def training_loss(self, batch: Batch) -> LossOutput:
         scale = self.logit_scale()
         loss = info_nce(
-            self.encode_images(batch.images), self.encode_texts(batch.text), scale, batch.image_ids,
+            self.encode_images(batch.images), self.training_texts(batch), scale, batch.image_ids,
             self.config.same_image,
         )
         return LossOutput(loss, {"logit_scale": float(scale.detach())})

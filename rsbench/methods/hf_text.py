@@ -79,3 +79,38 @@ class HFTokenizer:
         texts = [f"{self.prefix}{c}" for c in captions] if self.prefix else list(captions)
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+class FrozenTextCache:
+    """Outputs of a frozen text tower per training caption, computed the first time a caption is seen.
+
+    Why: a frozen tower gives the same output for a caption every epoch, and on a CPU its forward
+    costs about half of a small image backbone's forward+backward; from the second epoch on a
+    training step reads the rows instead. Keys are training-split caption ids (Batch.caption_ids).
+    Not saved with the checkpoint: a resumed run recomputes rows as it meets them.
+    """
+
+    def __init__(self, n_captions: int):
+        self.n_captions = int(n_captions)
+        self.values: torch.Tensor | None = None
+        self.filled: torch.Tensor | None = None
+
+    def lookup(self, caption_ids: torch.Tensor, text: dict[str, torch.Tensor],
+               compute: Any) -> torch.Tensor:
+        """(B, ...) outputs for these captions; compute(text rows) fills the missing ones."""
+        ids = caption_ids.long()
+        if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= self.n_captions:
+            return compute(text)  # not training-split ids: no cache
+        if self.filled is None:
+            self.filled = torch.zeros(self.n_captions, dtype=torch.bool, device=ids.device)
+        missing = ~self.filled[ids]
+        if bool(missing.any()):
+            rows = missing.nonzero().squeeze(1)
+            with torch.no_grad():
+                out = compute({k: v[rows] for k, v in text.items()}).float()
+            if self.values is None:
+                self.values = out.new_zeros((self.n_captions, *out.shape[1:]))
+            self.values[ids[rows]] = out
+            self.filled[ids[rows]] = True
+        assert self.values is not None
+        return self.values[ids]
