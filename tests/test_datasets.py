@@ -318,19 +318,22 @@ def test_synthetic_generated_once_into_cache(tmp_path, monkeypatch):
 
     def fake_generate(out_dir, n_images=300, image_size=64, seed=0, **kw):
         calls.append(Path(out_dir))
-        assert not Path(out_dir).name.startswith("n300")  # written to a temp folder, renamed after
+        assert not Path(out_dir).name.startswith("v1_n300")  # written to a temp folder, renamed after
         return make_karpathy(Path(out_dir), "sydney", per_class=2).ann_file  # dataset.json + images/
+
+    from rsbench.datasets.synthetic import synthetic_params_key
 
     mod = types.ModuleType("rsbench.datasets.synthetic")
     mod.generate_synthetic = fake_generate
+    mod.synthetic_params_key = synthetic_params_key
     monkeypatch.setitem(sys.modules, "rsbench.datasets.synthetic", mod)
     monkeypatch.setenv("RSBENCH_CACHE", str(tmp_path / "cache"))
     # a half-written folder from a crashed older writer is not used
-    (tmp_path / "cache" / "synthetic" / "n300_s64_seed0").mkdir(parents=True)
+    (tmp_path / "cache" / "synthetic" / "v1_n300_s64_seed0").mkdir(parents=True)
     a = load_dataset("synthetic")
     b = load_dataset("synthetic")
     assert len(calls) == 1 and a.fingerprint == b.fingerprint
-    assert a.image_dir == (tmp_path / "cache" / "synthetic" / "n300_s64_seed0" / "images").resolve()
+    assert a.image_dir == (tmp_path / "cache" / "synthetic" / "v1_n300_s64_seed0" / "images").resolve()
     assert not [p for p in (tmp_path / "cache" / "synthetic").iterdir() if p.name.startswith(".tmp")]
 
 

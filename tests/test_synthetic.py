@@ -86,9 +86,14 @@ def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_params_key():
-    assert synthetic_params_key(300, 64, 0) == "n300_s64_seed0"
-    assert synthetic_params_key(50, 256, 7) == "n50_s256_seed7"
+def test_params_key(monkeypatch):
+    assert synthetic_params_key(300, 64, 0) == "v1_n300_s64_seed0"
+    assert synthetic_params_key(50, 256, 7) == "v1_n50_s256_seed7"
+    # a new generator version gets a new cache folder: old copies are never reused for it
+    import rsbench.datasets.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "SYNTHETIC_VERSION", 2)
+    assert synthetic_params_key(300, 64, 0) == "v2_n300_s64_seed0"
 
 
 def test_deterministic_and_seed_dependent(tmp_path):

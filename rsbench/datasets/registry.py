@@ -177,16 +177,18 @@ def _resolve(info: DatasetInfo, data_root: Path | None, ann_file: Path | None, i
 
 # ---- synthetic ----------------------------------------------------------------------------------
 def synthetic_root(n_images: int = 300, image_size: int = 64, seed: int = 0) -> Path:
-    """Generate the synthetic set once into $RSBENCH_CACHE/synthetic/n<N>_s<S>_seed<K> and reuse it.
+    """Generate the synthetic set once into $RSBENCH_CACHE/synthetic/v<V>_n<N>_s<S>_seed<K> and reuse it.
 
-    Generation goes to a temp folder renamed into place, so a half-written folder is never used.
+    V is the generator's SYNTHETIC_VERSION: a changed generator gets a new folder instead of
+    silently reusing copies drawn by the old one. Generation goes to a temp folder renamed into
+    place, so a half-written folder is never used.
     """
     from .cache import cache_root
+    from .synthetic import generate_synthetic, synthetic_params_key
 
-    target = cache_root() / "synthetic" / f"n{n_images}_s{image_size}_seed{seed}"
+    target = cache_root() / "synthetic" / synthetic_params_key(n_images, image_size, seed)
     if (target / "dataset.json").is_file():
         return target
-    from .synthetic import generate_synthetic  # lazy: written by another module owner
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -56,8 +56,8 @@ RGB = tuple[int, int, int]
 
 
 def synthetic_params_key(n_images: int, image_size: int, seed: int) -> str:
-    """Cache folder name for a generated copy, e.g. 'n300_s64_seed0'."""
-    return f"n{int(n_images)}_s{int(image_size)}_seed{int(seed)}"
+    """Cache folder name for a generated copy, e.g. 'v1_n300_s64_seed0' (v = SYNTHETIC_VERSION)."""
+    return f"v{SYNTHETIC_VERSION}_n{int(n_images)}_s{int(image_size)}_seed{int(seed)}"
 
 
 # --------------------------------------------------------------------------------------------------
