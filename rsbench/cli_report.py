@@ -21,6 +21,9 @@ from .errors import UserError
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
+LEADERBOARD_WAIT_S = 120.0  # how long `bench leaderboard` waits for another writer of the same files
+
+
 def load_score_matrix(path: Path) -> Any:
     """Load a 2-D numeric score matrix from .npy (memory-mapped), or .npz holding exactly one array.
 
@@ -139,9 +142,8 @@ def score(
         raise UserError(f"--name '{name}': use letters, digits and . _ + - (it becomes a folder name)")
 
     from .datasets import load_dataset
-    from .io import write_json
-    from .metrics import compute_ranks
-    from .results import cell_dir, is_complete, mark_incomplete, write_eval_outputs
+    from .locks import cell_lock, holding
+    from .results import cell_dir, is_complete
 
     arr = load_score_matrix(sims)
     ds = load_dataset(dataset, data_root=data_root, ann_file=ann_file, image_dir=image_dir, verify_images=False)
@@ -149,8 +151,19 @@ def score(
     check_score_matrix(arr, sims, ds.name, split, sp.n_images, sp.n_captions)
 
     cell = cell_dir(out, ds.name, name, seed)
-    if is_complete(cell) and not overwrite:
-        raise UserError(f"{cell}: already has results; pass --overwrite to replace them")
+    with holding(cell_lock(cell), f"{cell}: being written by another process"):
+        if is_complete(cell) and not overwrite:
+            raise UserError(f"{cell}: already has results; pass --overwrite to replace them")
+        _score_cell(cell, arr, sims, ds, sp, split, name, seed, started)
+
+
+def _score_cell(cell: Path, arr: Any, sims: Path, ds: Any, sp: Any, split: str, name: str, seed: int,
+                started: float) -> None:
+    """Rank the matrix and write the cell's files (the caller holds the cell lock)."""
+    from .io import write_json
+    from .metrics import compute_ranks
+    from .results import mark_incomplete, write_eval_outputs
+
     mark_incomplete(cell)
     i2t, t2i = compute_ranks(arr, sp.cap2img)
     source = str(sims.resolve())
@@ -196,10 +209,15 @@ def leaderboard(
 ) -> None:
     """Mean ± std over seeds per (dataset, method): writes leaderboard.csv, and leaderboard.md and
     leaderboard.tex (booktabs) with best values bold and significance marks between rows."""
+    from .locks import holding, leaderboard_lock
     from .results import leaderboard_markdown, write_leaderboard
     from .tables import write_leaderboard_tables
 
-    df = write_leaderboard(results_dir, out)
-    write_leaderboard_tables(results_dir, out, with_published=with_published, alpha=alpha)
+    if not results_dir.is_dir():  # before the lock would create the folder
+        raise UserError(f"{results_dir}: results folder not found")
+    with holding(leaderboard_lock(out or results_dir), f"{out or results_dir}: leaderboard being written by "
+                 "another process", timeout=LEADERBOARD_WAIT_S):
+        df = write_leaderboard(results_dir, out)
+        write_leaderboard_tables(results_dir, out, with_published=with_published, alpha=alpha)
     typer.echo(leaderboard_markdown(df), nl=False)
     typer.echo(f"wrote {(out or results_dir) / 'leaderboard.csv'}, leaderboard.md and leaderboard.tex", err=True)

@@ -216,10 +216,10 @@ def _free_device_memory(dev: torch.device) -> None:
 
 def _write_leaderboard(out: Path) -> None:
     """Write <out>/leaderboard.{csv,md} from every complete cell (serialised between processes)."""
-    from .locks import PathLock
+    from .locks import leaderboard_lock
     from .results import write_leaderboard
 
-    lock = PathLock(out / ".leaderboard.lock")
+    lock = leaderboard_lock(out)
     if not lock.acquire(timeout=120):
         typer.echo(f"leaderboard not written: another process is writing it ({lock.describe_owner()})")
         return

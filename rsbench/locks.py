@@ -12,11 +12,13 @@ other process prints; that file is informative only, never trusted for mutual ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,24 @@ class PathLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def holding(lock: PathLock, busy: str, timeout: float = 0.0) -> Iterator[PathLock]:
+    """Hold `lock` for a block; a UserError '<busy> (pid N)' if another process keeps it past `timeout`."""
+    from .errors import UserError
+
+    if not lock.acquire(timeout=timeout):
+        raise UserError(f"{busy} ({lock.describe_owner()}); try again when it has finished")
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def leaderboard_lock(folder: str | Path) -> PathLock:
+    """The lock serialising writers of `<folder>/leaderboard.*` (bench run and bench leaderboard)."""
+    return PathLock(Path(folder) / ".leaderboard.lock")
 
 
 def cell_lock(cell: str | Path) -> PathLock:

@@ -217,14 +217,28 @@ def tex_escape(s: str) -> str:
     return "".join(_TEX_ESCAPE.get(ch, ch) for ch in s)
 
 
-def _tex_value(r: Row, m: str, best: dict[str, float]) -> str:
+@dataclass(frozen=True)
+class _Markup:
+    """How one table format writes a bold best value, significance marks and the std."""
+
+    bold: str  # str.format fields: {v}
+    marks: str  # {marks}
+    std: str  # {std}
+
+
+_TEX = _Markup(bold=r"\textbf{{{v}}}", marks=r"\textsuperscript{{{marks}}}", std=r"{{\scriptsize$\pm${std}}}")
+_MD = _Markup(bold="**{v}**", marks="<sup>{marks}</sup>", std=" ± {std}")
+
+
+def _value(r: Row, m: str, best: dict[str, float], markup: _Markup) -> str:
+    """mean (bold if best), then the marks of rows it beats significantly, then ± std."""
     v = f"{r.mean[m]:.2f}"
     if m in best and round(r.mean[m], 2) == best[m]:
-        v = rf"\textbf{{{v}}}"
+        v = markup.bold.format(v=v)
     if r.marks.get(m):  # marks sit on the mean, before the std
-        v += rf"\textsuperscript{{{','.join(r.marks[m])}}}"
+        v += markup.marks.format(marks=",".join(r.marks[m]))
     if not math.isnan(r.std.get(m, math.nan)):
-        v += rf"{{\scriptsize$\pm${r.std[m]:.2f}}}"
+        v += markup.std.format(std=f"{r.std[m]:.2f}")
     return v
 
 
@@ -255,7 +269,7 @@ def _tex_table(t: Table) -> str:
     best = _best(t.rows)
     for r in t.rows:
         cells = [f"({r.letter})", tex_escape(r.name)] + ([tex_escape(r.selection)] if with_sel else [])
-        cells += [_tex_value(r, m, best) for m in TABLE_METRICS]
+        cells += [_value(r, m, best, _TEX) for m in TABLE_METRICS]
         lines.append(" & ".join(cells) + r" \\")
     dagger = False
     if t.published:
@@ -285,17 +299,6 @@ def _md_escape(s: str) -> str:
     return s.replace("|", r"\|").replace("*", r"\*").replace("_", r"\_")
 
 
-def _md_value(r: Row, m: str, best: dict[str, float]) -> str:
-    v = f"{r.mean[m]:.2f}"
-    if m in best and round(r.mean[m], 2) == best[m]:
-        v = f"**{v}**"
-    if r.marks.get(m):
-        v += f"<sup>{','.join(r.marks[m])}</sup>"
-    if not math.isnan(r.std.get(m, math.nan)):
-        v += f" ± {r.std[m]:.2f}"
-    return v
-
-
 def _md_table(t: Table) -> str:
     with_sel = bool(t.published)
     head = ["", "Method"] + (["Sel."] if with_sel else [])
@@ -305,7 +308,7 @@ def _md_table(t: Table) -> str:
     best = _best(t.rows)
     for r in t.rows:
         cells = [f"({r.letter})", _md_escape(r.name)] + ([r.selection] if with_sel else [])
-        cells += [_md_value(r, m, best) for m in TABLE_METRICS]
+        cells += [_value(r, m, best, _MD) for m in TABLE_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     dagger = False
     if t.published:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_cli as run_main
 from fakedata import make_karpathy, make_precomp, write_image
 from typer.testing import CliRunner
 
@@ -19,19 +20,6 @@ SHARED = Path("/work/shared/data/captions")
 
 def run_data(args: list[str]):
     return CliRunner().invoke(data_app, args)
-
-
-def run_main(args: list[str], capsys) -> tuple[int, str, str]:
-    """Through the real entry point (UserError -> exit 2)."""
-    from rsbench.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.mark.parametrize("name", ["ucm", "sydney", "rsicd", "rsitmd"])

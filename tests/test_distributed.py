@@ -27,18 +27,16 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_torchrun_two_cpu_ranks_equal_single_process_eval(tmp_path: Path) -> None:
+def test_torchrun_two_cpu_ranks_equal_single_process_eval(tmp_path: Path, tiny_synthetic: Path) -> None:
     from rsbench.checkpoint import load_best
     from rsbench.datasets import load_dataset
-    from rsbench.datasets.synthetic import generate_synthetic
     from rsbench.device import pick_precision
     from rsbench.methods.base import MethodContext
     from rsbench.methods.registry import create_method
     from rsbench.runconfig import resolve_config
     from rsbench.runner import evaluate
 
-    syn = tmp_path / "syn"
-    generate_synthetic(syn, n_images=40, image_size=32, seed=0)
+    syn = tiny_synthetic
     out = tmp_path / "res"
     sets = [a for k, v in TINY_SET.items() for a in ("--set", f"{k}={v}")]
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "rsbench.cli", "run", "--methods", "vsepp",

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli as bench
 
 from rsbench import io as rio
 
@@ -18,31 +19,12 @@ TINY_ARGS = ["--epochs", "1", "--batch-size", "8", "--preset", "small", "--devic
     for a in ("--set", kv)]
 
 
-@pytest.fixture(scope="module")
-def syn(tmp_path_factory) -> Path:
-    from rsbench.datasets.synthetic import generate_synthetic
-
-    root = tmp_path_factory.mktemp("launch") / "syn"
-    generate_synthetic(root, n_images=40, image_size=32, seed=0)
-    return root
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RSBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(rio.KILL_ENV, raising=False)
-
-
-def bench(args: list[str], capsys) -> tuple[int, str, str]:
-    from rsbench.cli import main as cli_main
-
-    try:
-        cli_main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+@pytest.fixture
+def syn(tiny_synthetic: Path) -> Path:
+    return tiny_synthetic
 
 
 def test_parse_time() -> None:

@@ -36,12 +36,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    """A tiny synthetic dataset (40 images, 32 px) and a cache folder."""
-    from rsbench.datasets.synthetic import generate_synthetic
-
+def work(tmp_path_factory, tiny_synthetic: Path) -> Path:
+    """A work folder: the tiny synthetic dataset linked in as syn/, and room for a cache."""
     root = tmp_path_factory.mktemp("reliability")
-    generate_synthetic(root / "syn", n_images=40, image_size=32, seed=0)
+    (root / "syn").symlink_to(tiny_synthetic, target_is_directory=True)
     return root
 
 

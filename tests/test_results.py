@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import run_cli
 
 from rsbench.errors import UserError
 from rsbench.metrics import METRIC_KEYS, compute_ranks
@@ -208,18 +209,6 @@ def _cli_ready() -> bool:
 needs_cli = pytest.mark.skipif(not _cli_ready(), reason="cli_data / cli_run / datasets not written yet")
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from rsbench.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def fake_karpathy(tmp_path: Path, counts: list[int]) -> Path:
     """A tiny Karpathy-layout annotation: train/val images plus test images with `counts` captions."""
     images = []
@@ -320,6 +309,53 @@ def test_cli_score_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     code, _, err = run_cli(["score", str(tmp_path / "two.npz"), *base], capsys)
     assert code == 2 and "two.npz" in err and "one array" in err
     assert not (tmp_path / "res").exists() or not scan_results(tmp_path / "res")
+
+
+HOLDER = """
+import sys, time
+from rsbench.locks import PathLock
+lock = PathLock(sys.argv[1])  # kept referenced: a collected FileLock lets go
+assert lock.acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@needs_cli
+def test_cli_score_and_leaderboard_respect_locks(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cell or leaderboard another process is writing is not touched: exit 2 naming its pid."""
+    import subprocess
+    import sys
+
+    from rsbench import cli_report
+    from rsbench.locks import lock_path
+
+    ann = fake_karpathy(tmp_path, [5, 5, 3])
+    np.save(tmp_path / "sims.npy", np.random.default_rng(0).standard_normal((3, 13)).astype(np.float32))
+    res = tmp_path / "res"
+    args = ["score", str(tmp_path / "sims.npy"), "--dataset", "rsicd", "--ann-file", str(ann),
+            "--image-dir", str(tmp_path / "images"), "--name", "ext", "--out", str(res)]
+    cell = cell_dir(res, "rsicd", "ext", 0)
+    monkeypatch.setattr(cli_report, "LEADERBOARD_WAIT_S", 0.5)
+    for held in (lock_path(cell), res / ".leaderboard.lock"):
+        held.parent.mkdir(parents=True, exist_ok=True)
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(held)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+            code, _, err = run_cli(args if held.name != ".leaderboard.lock" else ["leaderboard", str(res)], capsys)
+            assert code == 2 and f"another process (pid {holder.pid})" in err, err
+            assert len(err.strip().splitlines()) == 1
+            if held.name == ".leaderboard.lock":
+                assert not (res / "leaderboard.csv").exists()
+            else:
+                assert not cell.exists()
+        finally:
+            holder.kill()
+            holder.wait()
+        code, _, err = run_cli(args if held.name != ".leaderboard.lock" else ["leaderboard", str(res)], capsys)
+        assert code == 0, err  # the holder is gone: the lock is free
+    assert is_complete(cell) and (res / "leaderboard.csv").is_file()
 
 
 @needs_cli

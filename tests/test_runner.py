@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli as main
 from fakedata import make_karpathy, write_image
 
 from rsbench import io as rio
@@ -25,19 +26,12 @@ TINY_SET = {"train.sampling": "image", "train.image_size": "32", "backbone": "te
 TINY_ARGS = [a for k, v in TINY_SET.items() for a in ("--set", f"{k}={v}")]
 
 
+pytestmark = pytest.mark.usefixtures("isolated_cache")
+
+
 @pytest.fixture(scope="module")
-def syn(tmp_path_factory) -> Path:
-    from rsbench.datasets.synthetic import generate_synthetic
-
-    root = tmp_path_factory.mktemp("runner") / "syn"
-    generate_synthetic(root, n_images=40, image_size=32, seed=0)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("RSBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(rio.KILL_ENV, raising=False)
+def syn(tiny_synthetic: Path) -> Path:
+    return tiny_synthetic
 
 
 def tiny(epochs: int = 2, **train: object):
@@ -65,18 +59,6 @@ def finished(syn, tmp_path_factory) -> Path:
     finally:
         os.environ.pop("RSBENCH_CACHE", None)
     return cell
-
-
-def main(args: list[str], capsys) -> tuple[int, str, str]:
-    from rsbench.cli import main as cli_main
-
-    try:
-        cli_main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 def patch_loss(monkeypatch, fail_at_call: int, make):

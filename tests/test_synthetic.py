@@ -90,7 +90,7 @@ def test_params_key(monkeypatch):
     assert synthetic_params_key(300, 64, 0) == "v1_n300_s64_seed0"
     assert synthetic_params_key(50, 256, 7) == "v1_n50_s256_seed7"
     # a new generator version gets a new cache folder: old copies are never reused for it
-    import rsbench.datasets.synthetic as synthetic
+    from rsbench.datasets import synthetic
 
     monkeypatch.setattr(synthetic, "SYNTHETIC_VERSION", 2)
     assert synthetic_params_key(300, 64, 0) == "v2_n300_s64_seed0"

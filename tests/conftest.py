@@ -1,0 +1,27 @@
+"""Fixtures shared by the test modules that train tiny models end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rsbench import io as rio
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 40-image, 32 px synthetic dataset folder, generated once per session (tests only read it)."""
+    from rsbench.datasets.synthetic import generate_synthetic
+
+    root = tmp_path_factory.mktemp("tiny") / "syn"
+    generate_synthetic(root, n_images=40, image_size=32, seed=0)
+    return root
+
+
+@pytest.fixture
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """RSBENCH_CACHE in the test's tmp folder, and no crash-injection hook left set."""
+    monkeypatch.setenv("RSBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(rio.KILL_ENV, raising=False)
+    return tmp_path / "cache"
