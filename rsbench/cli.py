@@ -23,7 +23,7 @@ app = typer.Typer(
 
 def _register_commands() -> None:
     """Attach the command groups; each module defines its commands on `app` or a sub-Typer."""
-    from . import cli_compare, cli_data, cli_report, cli_run, cli_status  # noqa: F401
+    from . import cli_compare, cli_data, cli_perf, cli_report, cli_run, cli_status  # noqa: F401
 
     app.add_typer(cli_data.data_app, name="data")
 

@@ -35,6 +35,17 @@ def test_side_by_side_and_table_helpers():
         perf.parse_only("9")
 
 
+def test_bench_perf_command(capsys: pytest.CaptureFixture[str]):
+    from cli_helpers import run_cli
+
+    code, out, err = run_cli(["perf", "--quick", "--only", "1", "--threads", "1"], capsys)
+    assert code == 0, err
+    rows = _rows(out)
+    assert [r[0] for r in rows] == ["1"] and rows[0][6].endswith("True")
+    code, out, err = run_cli(["perf", "--only", "9"], capsys)
+    assert code == 2 and err.startswith("error: --only: no item") and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_quick_harness_prints_every_item(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     out = tmp_path / "RESULTS.md"

@@ -1,6 +1,7 @@
 """Performance harness: our vectorised code against naive references, side by side.
 
     python -m rsbench.benchmarks.perf [--quick] [--only 1,3] [--out benchmarks/RESULTS.md]
+    bench perf [--quick] [--only 1,3] [--out ...]          (the same, as a bench command)
 
 Items (targets from the performance issue):
  1. ranks + metrics of an RSICD-size test set vs a per-query argsort loop: equal, >= 50x faster.
