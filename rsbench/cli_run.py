@@ -115,6 +115,7 @@ def run(
             for s in seed_list:
                 summary.append(_run_one(cfgs[(m, d, s)], data, cell_dir(out, data.name, m, s), dev, resume,
                                         overwrite, show))
+    dist.finish()  # every rank is done: close the group together (no-op in a single process)
     if not dist.is_main():  # DDP: rank 0 reports
         return
     _print_summary(summary)

@@ -90,8 +90,20 @@ def _rank_device(device: torch.device) -> torch.device:
 
 
 def teardown() -> None:
+    """Close the process group (at exit; no collective, so it cannot hang after a one-rank error)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def finish() -> None:
+    """End of a job that went well on every rank: wait for all ranks, then close the group.
+
+    Without the barrier a rank that is done first closes its gloo connections while another rank
+    is still shutting down, which can abort that rank's process (SIGABRT) after all work is done.
+    """
+    if is_distributed():
+        dist.barrier()
+    teardown()
 
 
 def broadcast(obj: T) -> T:

@@ -124,6 +124,7 @@ def run_cell_job(cfg: dict[str, Any], data: dict[str, Any], out: str, device: st
         ds = _load_data(run_cfg.dataset, _path(args.data_root), _path(args.ann_file), _path(args.image_dir))
         cell = cell_dir(out, ds.name, run_cfg.method, run_cfg.seed)
         row = _run_one(run_cfg, ds, cell, dev, resume, overwrite, False)
+        dist.finish()
     except Exception as e:  # a timeout/preemption (signal, SystemExit) leaves the cell incomplete instead
         record_failure(cell, e)
         raise

@@ -81,7 +81,7 @@ def _gather_worker(rank: int, world: int, port: int, q: object) -> None:
     loss = step((x[sl], ids[sl])).loss
     loss.backward()
     q.put((rank, float(loss.detach()), [p.grad.numpy().copy() for p in model.parameters()]))  # type: ignore[attr-defined]
-    dist.teardown()
+    dist.finish()
 
 
 class _TwoTower(torch.nn.Module):
