@@ -165,7 +165,10 @@ def _run_one(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device,
     """One cell under its lock: skip it (finished, or run by another process), or train/resume it.
 
     A failure of this cell alone (diverged, out of memory, refused checkpoint or config) is printed
-    and the grid goes on; data and write errors stop the run (they would hit every cell).
+    and the grid goes on; data and write errors stop the run (they would hit every cell). Under
+    torchrun a failed cell stops this process too: an error raised on one rank only (an OOM on one
+    GPU) would leave the other ranks waiting in a collective until the timeout, whereas a rank that
+    exits makes torchrun stop the others at once. Run the grid again to resume the other cells.
     """
     from . import distributed as dist
     from .errors import DataError
@@ -197,8 +200,10 @@ def _run_one(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device,
     except (DataError, WriteError) as e:
         raise type(e)(one_line(e)) from None
     except UserError as e:
+        record_failure(cell, e)  # failed.json, read by `bench status` (atomic: any rank may write it)
+        if dist.is_distributed():
+            raise UserError(f"{cell}: {one_line(e)} (rank {dist.rank()}; the other ranks are stopped)") from None
         typer.echo(f"error: {one_line(e)}", err=True)
-        record_failure(cell, e)  # failed.json, read by `bench status`
         _free_device_memory(dev)
     finally:
         lock.release()

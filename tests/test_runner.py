@@ -180,6 +180,37 @@ def test_out_of_memory_in_evaluation_suggests_a_smaller_eval_batch(syn, tmp_path
         run(tiny(epochs=0), syn, tmp_path / "seed0")
 
 
+def test_failed_cell_goes_on_alone_but_stops_a_distributed_rank(syn, tmp_path, monkeypatch, capsys):
+    """One process: the failure is printed, recorded and the grid goes on. Under torchrun the rank
+    raises instead, so that it exits and torchrun stops the ranks waiting for it in a collective."""
+    from rsbench import cli_run, runner
+    from rsbench import distributed as dist
+    from rsbench.datasets import load_dataset
+    from rsbench.launch import FAILED_FILE
+
+    def fail(*_a, **_k):
+        raise UserError("out of memory on cuda:1 at epoch 1, step 3 with batch size 8")
+
+    monkeypatch.setattr(runner, "run_cell", fail)
+    data = load_dataset("synthetic", data_root=syn)
+    cell = tmp_path / "res" / "seed0"
+    row = cli_run._run_one(tiny(), data, cell, torch.device("cpu"), True, False, False)
+    assert row.status == "failed" and (cell / FAILED_FILE).is_file()
+    assert "error: out of memory on cuda:1" in capsys.readouterr().err
+
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "rank", lambda: 1)
+    monkeypatch.setattr(dist, "acquire_on_main", lambda lock: bool(lock.acquire()))
+    with pytest.raises(UserError, match=r"seed0: out of memory on cuda:1 .* \(rank 1; the other ranks are stopped\)$"):
+        cli_run._run_one(tiny(), data, cell, torch.device("cpu"), True, False, False)
+    assert (cell / FAILED_FILE).is_file()
+    from rsbench.locks import cell_lock
+
+    lock = cell_lock(cell)
+    assert lock.acquire()  # released on the way out
+    lock.release()
+
+
 # ---- interrupted runs (in process) ------------------------------------------------------------
 
 class Killed(BaseException):
