@@ -183,6 +183,11 @@ def _worker_init(worker_id: int) -> None:
 
 # ---- evaluation ------------------------------------------------------------------------------
 
+def use_channels_last(method: RetrievalMethod, train_cfg: Any, device: torch.device) -> bool:
+    """channels_last for the model and its input batches: on GPU, for CNNs, unless switched off."""
+    return device.type == "cuda" and bool(train_cfg.channels_last) and method.is_cnn
+
+
 @torch.inference_mode()
 def encode_split(method: RetrievalMethod, split: Split, cfg: RunConfig, device: torch.device,
                  precision: Precision, progress: bool = False, image_cache: Any = None
@@ -190,17 +195,16 @@ def encode_split(method: RetrievalMethod, split: Split, cfg: RunConfig, device: 
     """Encode every image and every caption of a split once, in large batches."""
     from tqdm.auto import tqdm
 
-    from .datasets.torchdata import ImageDataset, build_transform, normalize_images
+    from .datasets.torchdata import ImageDataset, ImageNormalizer, build_transform
 
     method.eval()
-    mean, std = method.image_mean_std()
-    channels_last = device.type == "cuda" and cfg.train.channels_last and method.is_cnn
+    normalize = ImageNormalizer(*method.image_mean_std(), channels_last=use_channels_last(method, cfg.train, device))
     ds = ImageDataset(split, build_transform(cfg.train, train=False), cache=image_cache)
     workers = auto_workers(cfg.train.num_workers, device)
     loader = _loader(ds, cfg.train.eval_batch_size, False, None, workers, device, 0)
     feats = []
     for images, _ in tqdm(loader, desc=f"encode {split.name} images", disable=not progress, leave=False):
-        images = normalize_images(images.to(device, non_blocking=True), mean, std, channels_last)
+        images = normalize(images.to(device, non_blocking=True))
         with precision.autocast(device):
             feats.append(method.encode_images(images).float())
     img = torch.cat(feats)
@@ -356,7 +360,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
     """
     from tqdm.auto import tqdm
 
-    from .datasets.torchdata import PairDataset, build_transform, make_collate, normalize_images
+    from .datasets.torchdata import ImageNormalizer, PairDataset, build_transform, make_collate
     from .results import write_eval_outputs
 
     t0 = time.time()
@@ -381,7 +385,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         cache_dir=cache_root() / "methods" / data.name, dataset_fingerprint=data.fingerprint, device=device,
     )
     method = create_method(cfg.method, cfg.model, context).to(device)
-    if device.type == "cuda" and t.channels_last and method.is_cnn:
+    if use_channels_last(method, t, device):
         method = method.to(memory_format=torch.channels_last)
     if dist.is_main():
         write_json(cell / CONFIG_FILE, config_record(cfg))
@@ -407,8 +411,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         cache = ImageCache.build(data, train_resize_size(t.image_size, t.resize), fingerprint=data.fingerprint)
     for split in (data.train, data.val, data.test):  # the splits are shared by the cells of a run: reset
         split.image_cache = cache
-    mean, std = method.image_mean_std()
-    channels_last = device.type == "cuda" and t.channels_last and method.is_cnn
+    normalize = ImageNormalizer(*method.image_mean_std(), channels_last=use_channels_last(method, t, device))
     pairs = PairDataset(data.train, build_transform(t, train=True), sampling=t.sampling,
                         seed=cfg.seed)
     collate = make_collate(method.tokenizer())
@@ -437,7 +440,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         for step, batch in enumerate(bar):
             try:
                 batch: Batch = batch.to(device, non_blocking=True)
-                batch.images = normalize_images(batch.images, mean, std, channels_last)
+                batch.images = normalize(batch.images)
                 with precision.autocast(device):
                     out = train_step(batch)
                 loss = out.loss

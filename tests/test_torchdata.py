@@ -18,11 +18,11 @@ from rsbench.datasets import load_dataset, load_image
 from rsbench.datasets.cache import ImageCache, train_resize_size
 from rsbench.datasets.torchdata import (
     ImageDataset,
+    ImageNormalizer,
     PairDataset,
     build_transform,
     make_collate,
-    normalize_images,
-)
+    )
 from rsbench.errors import UserError
 from rsbench.methods.base import IMAGENET_MEAN, IMAGENET_STD, Batch
 
@@ -69,17 +69,17 @@ def test_transforms(rsicd):
         build_transform(cfg(augment="crop,zoom"), train=True)
 
 
-def test_normalize_images_matches_per_image_pipeline() -> None:
+def test_image_normalizer_matches_per_image_pipeline() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (4, 3, 9, 7), dtype=torch.uint8, generator=g)
     per_image = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     want = torch.stack([per_image(im) for im in x])
-    got = normalize_images(x, IMAGENET_MEAN, IMAGENET_STD)
+    got = ImageNormalizer(IMAGENET_MEAN, IMAGENET_STD)(x)
     assert got.dtype == torch.float32 and (got - want).abs().max() < 1e-5
-    cl = normalize_images(x, IMAGENET_MEAN, IMAGENET_STD, channels_last=True)
+    cl = ImageNormalizer(IMAGENET_MEAN, IMAGENET_STD, channels_last=True)(x)
     assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, got)
     with pytest.raises(TypeError, match="uint8"):
-        normalize_images(want, IMAGENET_MEAN, IMAGENET_STD)
+        ImageNormalizer(IMAGENET_MEAN, IMAGENET_STD)(want)
 
 
 def test_pair_dataset_caption_sampling_and_collate(rsicd):
