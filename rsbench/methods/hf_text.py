@@ -7,6 +7,7 @@ package, so the methods run on machines without internet.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,25 +93,23 @@ class FrozenTextCache:
 
     def __init__(self, n_captions: int):
         self.n_captions = int(n_captions)
-        self.values: torch.Tensor | None = None
-        self.filled: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None  # (n_captions, ...) on the model's device
+        self.filled = torch.zeros(self.n_captions, dtype=torch.bool)  # host-side: one sync per step
 
     def lookup(self, caption_ids: torch.Tensor, text: dict[str, torch.Tensor],
-               compute: Any) -> torch.Tensor:
+               compute: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> torch.Tensor:
         """(B, ...) outputs for these captions; compute(text rows) fills the missing ones."""
-        ids = caption_ids.long()
+        ids = caption_ids.detach().cpu().long()
         if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= self.n_captions:
             return compute(text)  # not training-split ids: no cache
-        if self.filled is None:
-            self.filled = torch.zeros(self.n_captions, dtype=torch.bool, device=ids.device)
-        missing = ~self.filled[ids]
-        if bool(missing.any()):
-            rows = missing.nonzero().squeeze(1)
+        missing = (~self.filled[ids]).nonzero().squeeze(1)
+        if missing.numel():
+            rows = missing.to(caption_ids.device)
             with torch.no_grad():
                 out = compute({k: v[rows] for k, v in text.items()}).float()
             if self.values is None:
                 self.values = out.new_zeros((self.n_captions, *out.shape[1:]))
-            self.values[ids[rows]] = out
-            self.filled[ids[rows]] = True
+            self.values[caption_ids[rows].long()] = out
+            self.filled[ids[missing]] = True
         assert self.values is not None
-        return self.values[ids]
+        return self.values[caption_ids.long()]
