@@ -157,17 +157,11 @@ def _preflight(cell: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> Non
 def _load_data(name: str, root: Path | None, ann_file: Path | None, image_dir: Path | None) -> DatasetSplits:
     from . import distributed as dist
     from .datasets import load_dataset
+    from .datasets.registry import default_data_root
 
     if dist.is_distributed():  # rank 0 generates the default synthetic set; the others then read it
-        dist.on_main(_generate_default_synthetic, name, root, ann_file)
+        dist.on_main(default_data_root, name, root, ann_file)
     return load_dataset(name, data_root=root, ann_file=ann_file, image_dir=image_dir)
-
-
-def _generate_default_synthetic(name: str, root: Path | None, ann_file: Path | None) -> None:
-    from .datasets.registry import SYNTHETIC_DEFAULTS, get_dataset_info, synthetic_root
-
-    if get_dataset_info(name).name == "synthetic" and root is None and ann_file is None:
-        synthetic_root(**SYNTHETIC_DEFAULTS)
 
 
 def _run_one(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device, resume: bool,

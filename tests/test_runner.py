@@ -214,15 +214,16 @@ def test_failed_cell_goes_on_alone_but_stops_a_distributed_rank(syn, tmp_path, m
 def test_default_synthetic_is_generated_by_the_preparing_rank_only_when_needed(tmp_path):
     """Under torchrun rank 0 runs this before the others load: it generates the default synthetic set
     (and only that: a given data root or another dataset generates nothing)."""
-    from rsbench.cli_run import _generate_default_synthetic
+    from rsbench.datasets.registry import default_data_root
 
     cache = tmp_path / "cache"
-    _generate_default_synthetic("rsicd", None, None)
-    _generate_default_synthetic("synthetic", tmp_path / "mine", None)
+    assert default_data_root("rsicd", None, None) is None
+    assert default_data_root("synthetic", tmp_path / "mine", None) == tmp_path / "mine"
     assert not (cache / "synthetic").exists()
-    _generate_default_synthetic("synthetic", None, None)
+    root = default_data_root("synthetic", None, None)
     made = list((cache / "synthetic").iterdir())
     assert [p.name for p in made] == ["v1_n300_s64_seed0"] and (made[0] / "dataset.json").is_file()
+    assert root == made[0]
 
 
 # ---- interrupted runs (in process) ------------------------------------------------------------

@@ -207,6 +207,16 @@ def synthetic_root(n_images: int = 300, image_size: int = 64, seed: int = 0) -> 
     return target
 
 
+def default_data_root(name: str, data_root: str | Path | None, ann_file: str | Path | None) -> Path | None:
+    """`data_root` as given, or for `synthetic` named without a root or annotation the generated
+    default set (generated on first use, then reused)."""
+    if data_root is not None:
+        return Path(data_root).expanduser()
+    if ann_file is None and get_dataset_info(name).name == "synthetic":
+        return synthetic_root(**SYNTHETIC_DEFAULTS)
+    return None
+
+
 def load_dataset(
     name: str,
     data_root: str | Path | None = None,
@@ -224,11 +234,9 @@ def load_dataset(
     `verify_images`: check every listed image file exists (decoding is `check_dataset`'s job).
     """
     info = get_dataset_info(name)
-    root = Path(data_root).expanduser() if data_root is not None else None
+    root = default_data_root(name, data_root, ann_file)
     ann = Path(ann_file).expanduser() if ann_file is not None else None
     img = Path(image_dir).expanduser() if image_dir is not None else None
-    if info.name == "synthetic" and root is None and ann is None:
-        root = synthetic_root(**SYNTHETIC_DEFAULTS)
     kind, ann_path, img_dir = _resolve(info, root, ann, img, layout)
     if kind == "precomp":
         records, digest, notes = read_precomp(ann_path)
