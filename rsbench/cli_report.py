@@ -210,11 +210,10 @@ def leaderboard(
     """Mean ± std over seeds per (dataset, method): writes leaderboard.csv, and leaderboard.md and
     leaderboard.tex (booktabs) with best values bold and significance marks between rows."""
     from .locks import holding, leaderboard_lock
-    from .results import leaderboard_markdown, write_leaderboard
+    from .results import leaderboard_markdown, require_results_dir, write_leaderboard
     from .tables import write_leaderboard_tables
 
-    if not results_dir.is_dir():  # before the lock would create the folder
-        raise UserError(f"{results_dir}: results folder not found")
+    require_results_dir(results_dir)  # before the lock would create the folder
     with holding(leaderboard_lock(out or results_dir), f"{out or results_dir}: leaderboard being written by "
                  "another process", timeout=LEADERBOARD_WAIT_S):
         df = write_leaderboard(results_dir, out)

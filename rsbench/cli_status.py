@@ -19,7 +19,6 @@ from typing import Annotated, Any
 import typer
 
 from .cli import app
-from .errors import UserError
 
 _SEED = re.compile(r"^seed(\d+)$")
 _LOCK = re.compile(r"^\.(seed\d+)\.lock$")
@@ -103,9 +102,9 @@ def _epochs_logged(cell: Path) -> str:
 def scan_status(out: Path) -> list[CellStatus]:
     """Every cell with a folder, a lock file or a recorded job under `out`, sorted."""
     from .launch import read_jobs
+    from .results import require_results_dir
 
-    if not out.is_dir():
-        raise UserError(f"{out}: results folder not found")
+    require_results_dir(out)
     jobs = read_jobs(out)
     cells: set[Path] = set()
     for d in out.glob("*/*/seed*"):

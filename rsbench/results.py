@@ -152,11 +152,17 @@ def load_cell(cell: str | Path) -> Cell:
     )
 
 
-def scan_results(root: str | Path) -> list[Cell]:
-    """All complete cells under root/<dataset>/<method>/seed<k>/, sorted; incomplete ones and stray files skipped."""
+def require_results_dir(root: str | Path) -> Path:
+    """`root` as a Path; a UserError if it is not an existing folder (checked before anything is written)."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: results folder not found")
+    return root
+
+
+def scan_results(root: str | Path) -> list[Cell]:
+    """All complete cells under root/<dataset>/<method>/seed<k>/, sorted; incomplete ones and stray files skipped."""
+    root = require_results_dir(root)
     cells = []
     for f in root.glob(f"*/*/seed*/{METRICS_FILE}"):
         cell = f.parent
