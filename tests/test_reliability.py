@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run_cli
 
 from rsbench.checkpoint import load_resume
 from rsbench.results import is_complete, scan_results
@@ -225,24 +226,17 @@ def resume_copy(work: Path, reference: Path, tmp_path: Path) -> Path:
     return cell
 
 
-def main_run(work: Path, out: Path, capsys) -> tuple[int, str, str]:
-    from rsbench.cli import main
-
-    args = ["run", *TINY, "--data-root", str(work / "syn"), "--out", str(out)]
+def main_run(work: Path, out: Path, capsys, *extra: str) -> tuple[int, str, str]:
+    """`bench run` of the tiny grid in process, with the work folder's cache."""
     old = os.environ.get("RSBENCH_CACHE")
     os.environ["RSBENCH_CACHE"] = str(work / "cache")
     try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
+        return run_cli(["run", *TINY, "--data-root", str(work / "syn"), "--out", str(out), *extra], capsys)
     finally:
         if old is None:
             os.environ.pop("RSBENCH_CACHE", None)
         else:
             os.environ["RSBENCH_CACHE"] = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
 
 
 class Payload:
@@ -333,15 +327,8 @@ def test_resume_state_without_config_is_refused(work, reference, tmp_path, capsy
 def test_no_resume_restarts_an_interrupted_cell(work, reference, tmp_path, capsys):
     """--no-resume discards the interrupted cell (even one with another config) and trains from epoch 0."""
     cell = resume_copy(work, reference, tmp_path)
-    from rsbench.cli import main
-
-    os.environ["RSBENCH_CACHE"] = str(work / "cache")
-    try:
-        main(["run", *TINY, "--data-root", str(work / "syn"), "--out", str(tmp_path / "res"), "--no-resume",
-              "--epochs", "1"])
-    finally:
-        os.environ.pop("RSBENCH_CACHE", None)
-    out = capsys.readouterr().out
+    code, out, err = main_run(work, tmp_path / "res", capsys, "--no-resume", "--epochs", "1")
+    assert code == 0, err
     assert "resuming" not in out and "epoch 1/1" in out
     assert len(load_resume(cell / "checkpoint" / "last.pt")["log"]) == 1 and is_complete(cell)
 
@@ -351,15 +338,8 @@ def test_overwrite_redoes_a_finished_cell(work, reference, tmp_path, capsys):
     shutil.copytree(reference, cell)
     (cell / "stale.txt").write_text("from an older run")
     os.utime(cell / "metrics.json", (0, 0))
-    from rsbench.cli import main
-
-    os.environ["RSBENCH_CACHE"] = str(work / "cache")
-    try:
-        main(["run", *TINY, "--data-root", str(work / "syn"), "--out", str(tmp_path / "res"), "--overwrite",
-              "--epochs", "1"])
-    finally:
-        os.environ.pop("RSBENCH_CACHE", None)
-    out = capsys.readouterr().out
+    code, out, err = main_run(work, tmp_path / "res", capsys, "--overwrite", "--epochs", "1")
+    assert code == 0, err
     assert f"-> {cell}" in out and "leaderboard:" in out
     assert not (cell / "stale.txt").exists()
     assert not list(cell.parent.glob(".seed0.trash-*"))  # the old cell was renamed away, then deleted
