@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fit_one_batch
 
 from rsbench.config import TrainConfig, set_key
 from rsbench.errors import UserError
@@ -144,13 +145,7 @@ def test_short_training_lowers_loss(context) -> None:
     model = make(context, negatives="sum")
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch = _batch(model, [0, 2, 4, 6, 1, 3], size=32)
-    losses = []
-    for _ in range(6):
-        loss = model.training_loss(batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = [loss for loss, _ in fit_one_batch(model, batch, opt, 6)]
     assert min(losses[-2:]) < 0.5 * losses[0]
 
 

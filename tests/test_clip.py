@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fit_one_batch
 
 from rsbench.errors import UserError
 from rsbench.methods.base import Batch, MethodContext
@@ -146,13 +147,7 @@ def test_clip_trains_a_few_steps_lowering_the_loss(tiny_clip):
     tiny_clip.train()
     layers = tiny_clip.text_model.encoder.layer
     frozen, top = layers[0].output.dense.weight.clone(), layers[-1].output.dense.weight.clone()
-    losses = []
-    for _ in range(6):
-        out = tiny_clip.training_loss(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
+    losses = [loss for loss, _ in fit_one_batch(tiny_clip, batch, opt, 6)]
     assert losses[-1] < losses[0] - 0.1, losses
     # text_trainable_layers=1: only the top text layer moves
     assert torch.equal(layers[0].output.dense.weight, frozen)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import run_cli as run_main
 from fakedata import make_karpathy, make_precomp, write_image
+from helpers import run_cli as run_main
 from typer.testing import CliRunner
 
 from rsbench.cli_data import data_app

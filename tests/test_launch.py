@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import run_cli as bench
+from helpers import run_cli as bench
 
 from rsbench import io as rio
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import fit_one_batch
 
 from rsbench.config import set_key
 from rsbench.errors import UserError
@@ -252,13 +253,7 @@ def test_short_training_lowers_loss(msa):
     m.text.model.requires_grad_(False)  # keeps the test fast; the heads and the backbone still learn
     batch = _batch(m, 8)
     opt = torch.optim.AdamW(m.param_groups(1e-3, 0.0))
-    losses = []
-    for _ in range(5):
-        opt.zero_grad()
-        out = m.training_loss(batch)
-        out.loss.backward()
-        opt.step()
-        losses.append(out.logs["loss"])
+    losses = [logs["loss"] for _, logs in fit_one_batch(m, batch, opt, 5)]
     assert losses[-1] < losses[0]
 
 

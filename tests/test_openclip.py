@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import fit_one_batch
 
 from rsbench.errors import UserError
 from rsbench.methods.base import Batch, MethodContext
@@ -159,15 +160,10 @@ def test_finetune_step_and_image_size_check(arch, tmp_path):
     batch = Batch(torch.randn(4, 3, 32, 32), tok(caps), torch.tensor([0, 1, 2, 0]), torch.arange(4))
     opt = torch.optim.AdamW(m.param_groups(1e-3, 0.2))
     m.train()
-    losses = []
-    for _ in range(5):
-        out = m.training_loss(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
+    history = fit_one_batch(m, batch, opt, 5)
+    losses = [loss for loss, _ in history]
     assert losses[-1] < losses[0]
-    assert out.logs["logit_scale"] == pytest.approx(1 / 0.07, rel=0.05)
+    assert history[-1][1]["logit_scale"] == pytest.approx(1 / 0.07, rel=0.05)
     with pytest.raises(UserError, match="takes 32x32 images.*train.image_size=32"):
         m.encode_images(torch.randn(1, 3, 64, 64))
     # force_image_size rebuilds the tower for 64 px and interpolates the position embedding.

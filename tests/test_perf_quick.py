@@ -36,7 +36,7 @@ def test_side_by_side_and_table_helpers():
 
 
 def test_bench_perf_command(capsys: pytest.CaptureFixture[str]):
-    from cli_helpers import run_cli
+    from helpers import run_cli
 
     code, out, err = run_cli(["perf", "--quick", "--only", "1", "--threads", "1"], capsys)
     assert code == 0, err

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import run_cli
+from helpers import run_cli
 
 from rsbench.checkpoint import load_resume
 from rsbench.results import is_complete, scan_results

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cli_helpers import run_cli
+from helpers import run_cli
 
 from rsbench.errors import UserError
 from rsbench.metrics import METRIC_KEYS, compute_ranks

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import run_cli as main
 from fakedata import make_karpathy, write_image
+from helpers import run_cli as main
 
 from rsbench import io as rio
 from rsbench.checkpoint import load_resume

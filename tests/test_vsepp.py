@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from helpers import fit_one_batch
 
 from rsbench.methods.base import Batch, MethodContext, same_image_mask
 from rsbench.methods.registry import create_method
@@ -41,14 +42,8 @@ def test_vsepp_trains_and_switches_to_hardest():
     batch = Batch(images=images, text=tok(captions), image_ids=torch.arange(8) // 2, caption_ids=torch.arange(8))
     opt = torch.optim.Adam(method.parameters(), lr=1e-3)
     method.train()
-    losses, hardest = [], []
-    for _ in range(30):
-        out = method.training_loss(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
-        hardest.append(out.logs["hardest"])
+    history = fit_one_batch(method, batch, opt, 30)
+    losses, hardest = [loss for loss, _ in history], [logs["hardest"] for _, logs in history]
     assert hardest[:2] == [0.0, 0.0] and hardest[2] == 1.0
     assert np.mean(losses[-5:]) < 0.5 * losses[2]
     method.eval()
