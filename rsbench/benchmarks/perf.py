@@ -601,7 +601,7 @@ def build_method(name: str, ws: Workspace, device: torch.device) -> dict[str, An
                   image_ids=torch.from_numpy(split.cap2img[caps].astype(np.int64)),
                   caption_ids=torch.from_numpy(caps.astype(np.int64))).to(device)
     return {"method": method, "opt": build_optimizer(method, cfg), "batch": batch, "bs": bs, "size": size,
-            "backbone": image_backbone(method, name)}
+            "backbone": image_backbone(method, name), "name": name}
 
 
 def train_step_fns(m: dict[str, Any]) -> dict[str, Callable[[], None]]:
@@ -617,7 +617,7 @@ def train_step_fns(m: dict[str, Any]) -> dict[str, Callable[[], None]]:
         ref.backbone_step(backbone, batch.images)
 
     def text_only() -> None:  # accumulates into .grad: the optimiser timing below needs real gradients
-        outs = text_outputs(method, batch)
+        outs = text_outputs(m["name"], method, batch)
         if any(o.requires_grad for o in outs):
             sum(o.float().mean() for o in outs if o.requires_grad).backward()
 
@@ -631,13 +631,13 @@ def train_step_fns(m: dict[str, Any]) -> dict[str, Callable[[], None]]:
     return {"step": step, "backbone": backbone_only, "text": text_only, "encoders": encoders, "opt": optimizer_only}
 
 
-def text_outputs(method: torch.nn.Module, batch: Any) -> list[torch.Tensor]:
-    """The text encoder's outputs as the training step runs it: every MSA token state (they feed
-    the MSCMAT), CLIP's vectors through its frozen-tower cache, the others' encode_texts."""
-    if hasattr(method, "match_logits"):  # msa
+def text_outputs(name: str, method: Any, batch: Any) -> list[torch.Tensor]:
+    """The text encoder's outputs as method `name`'s training step runs it: every MSA token state
+    (they feed the MSCMAT), CLIP's vectors through its frozen-tower cache, the others' encode_texts."""
+    if name == "msa":
         g_t, tokens, _ = method.text(batch.text)
         return [g_t, tokens]
-    if hasattr(method, "training_texts"):  # clip
+    if name == "clip":
         return [method.training_texts(batch)]
     return [method.encode_texts(batch.text)]
 
