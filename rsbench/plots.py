@@ -211,12 +211,9 @@ def plot_results(
     Files go to out_dir (default <results_dir>/figures): <dataset>_recall.{png,pdf} and
     <dataset>_mR.{png,pdf} (the split is added to the name when it is not "test").
     """
-    from .errors import UserError
-    from .results import scan_results
+    from .results import complete_cells
 
-    cells = scan_results(results_dir)
-    if not cells:
-        raise UserError(f"{results_dir}: no complete result cells (<dataset>/<method>/seed<k>/metrics.json)")
+    cells = complete_cells(results_dir)
     groups = group_runs(cells, dataset, split, where=str(results_dir))
     styles = method_styles([c.method for c in cells])  # every method of the folder: stable colours
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"

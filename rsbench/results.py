@@ -250,6 +250,14 @@ def leaderboard_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def complete_cells(root: str | Path) -> list[Cell]:
+    """`scan_results`, and a UserError when the folder holds no complete cell at all."""
+    cells = scan_results(root)
+    if not cells:
+        raise UserError(f"{root}: no complete result cells (<dataset>/<method>/seed<k>/{METRICS_FILE})")
+    return cells
+
+
 def write_leaderboard(root: str | Path, out_dir: str | Path | None = None) -> pd.DataFrame:
     """Scan root, write leaderboard.csv and leaderboard.md into out_dir (default root); return the table."""
     root = Path(root)

@@ -384,13 +384,9 @@ def load_runs(
     results_dir: str | Path, dataset: str | None = None, split: str | None = "test"
 ) -> dict[tuple[str, str], dict[str, MethodRuns]]:
     """Scan `results_dir` and group its complete cells (see `group_runs`)."""
-    from .results import scan_results
+    from .results import complete_cells
 
-    root = Path(results_dir)
-    cells = scan_results(root)
-    if not cells:
-        raise UserError(f"{root}: no complete result cells (<dataset>/<method>/seed<k>/metrics.json)")
-    return group_runs(cells, dataset, split, where=str(root))
+    return group_runs(complete_cells(results_dir), dataset, split, where=str(results_dir))
 
 
 def group_runs(

@@ -135,12 +135,9 @@ def build_tables(
     split: str = "test",
 ) -> list[Table]:
     """Collect rows, means/stds and significance marks for each dataset (cells of `split`)."""
-    from .errors import UserError
-    from .results import leaderboard, scan_results
+    from .results import complete_cells, leaderboard
 
-    cells = scan_results(results_dir)
-    if not cells:
-        raise UserError(f"{results_dir}: no complete result cells (<dataset>/<method>/seed<k>/metrics.json)")
+    cells = complete_cells(results_dir)
     groups = group_runs(cells, dataset, split, where=str(results_dir))
     lb = leaderboard(cells, split=split)
     tables = []
