@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import re
 from collections import Counter
@@ -11,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rsbench.datasets import synthetic
 from rsbench.datasets.synthetic import CLASSES, generate_synthetic, synthetic_params_key
 from rsbench.errors import UserError
 
@@ -90,9 +91,9 @@ def test_params_key(monkeypatch):
     assert synthetic_params_key(300, 64, 0) == "v1_n300_s64_seed0"
     assert synthetic_params_key(50, 256, 7) == "v1_n50_s256_seed7"
     # a new generator version gets a new cache folder: old copies are never reused for it
-    from rsbench.datasets import synthetic
+    from rsbench.datasets.synthetic import generate
 
-    monkeypatch.setattr(synthetic, "SYNTHETIC_VERSION", 2)
+    monkeypatch.setattr(generate, "SYNTHETIC_VERSION", 2)
     assert synthetic_params_key(300, 64, 0) == "v2_n300_s64_seed0"
 
 
@@ -222,8 +223,10 @@ def test_refuses_non_empty_out_dir(tmp_path):
 
 
 def test_failure_leaves_nothing(tmp_path, monkeypatch):
+    from rsbench.datasets.synthetic import generate
+
     calls = []
-    real = synthetic.make_scene
+    real = generate.make_scene
 
     def flaky(*a, **kw):
         calls.append(1)
@@ -231,7 +234,7 @@ def test_failure_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("boom")
         return real(*a, **kw)
 
-    monkeypatch.setattr(synthetic, "make_scene", flaky)
+    monkeypatch.setattr(generate, "make_scene", flaky)
     with pytest.raises(RuntimeError):
         generate_synthetic(tmp_path / "out", n_images=10, image_size=16)
     assert list(tmp_path.iterdir()) == []
@@ -272,3 +275,37 @@ def test_colour_histograms_carry_the_class(tmp_path):
     pred = np.argmin(((x[test][:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
     acc = float((pred == y[test]).mean())
     assert acc >= 0.5, acc  # chance is 0.1
+
+
+def test_same_bytes_as_version_1(tmp_path):
+    """The tiny test set (40 images, 32 px, seed 0) is the one SYNTHETIC_VERSION 1 has always drawn.
+
+    Published synthetic numbers rest on these bytes. The hashes were taken from a copy written by
+    the generator before it became a subpackage; pixels are hashed decoded (PNG compression may
+    differ between zlib builds).
+    """
+    p, d = _gen(tmp_path, "d", n_images=40, image_size=32, seed=0)
+    pixels = hashlib.sha256()
+    for im in d["images"]:
+        with Image.open(p.parent / "images" / im["filename"]) as img:
+            pixels.update(np.asarray(img.convert("RGB")).tobytes())
+    hint = "generator output changed: bump SYNTHETIC_VERSION, or a numpy/Pillow upgrade changed drawing"
+    assert hashlib.sha256(p.read_bytes()).hexdigest() == (
+        "9931cb10a96646458ff499835abe8a2f8a0e8bc73f92d92d41c6573075209d1e"
+    ), hint
+    assert pixels.hexdigest() == "a4662669b7a7acf93ffb4b89fd5d7b6d010d8fe13168667dfd5a32172a929137", hint
+
+
+def test_functions_at_most_80_lines():
+    """Every function of the synthetic subpackage fits on a screen (issue 14's rule)."""
+    folder = Path(__file__).resolve().parents[1] / "rsbench" / "datasets" / "synthetic"
+    files = sorted(folder.glob("*.py"))
+    assert len(files) > 5
+    long = []
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 80:
+                    long.append(f"{f.name}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, long
