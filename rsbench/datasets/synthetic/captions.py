@@ -152,7 +152,7 @@ def _class_np(cls: str, rng: np.random.Generator, article: str = "a") -> str:
 class _Facts:
     """What the captions of one scene can say; every call draws fresh paraphrases."""
 
-    def __init__(self, scene: dict[str, Any], cls: str, rng: np.random.Generator):
+    def __init__(self, scene: dict[str, Any], cls: str, rng: np.random.Generator) -> None:
         self.cls, self.rng = cls, rng
         self.objects = scene["objects"]
         self.rel = scene["relation"]
@@ -168,12 +168,15 @@ class _Facts:
         self.free_others = [g for g in self.others if g is not self.anchor]
 
     def be(self, g: dict[str, Any]) -> str:
+        """'is' or 'are' for a group."""
         return "is" if g["count"] == 1 else "are"
 
     def cnp(self, article: str = "a") -> str:
+        """The scene's class as a noun phrase."""
         return _class_np(self.cls, self.rng, article)
 
     def subject(self) -> str:
+        """The subject group as a noun phrase."""
         assert self.subj is not None
         return _np(self.subj, self.cls, self.rng)
 
@@ -225,6 +228,7 @@ class _Facts:
         return _np(pool[int(self.rng.integers(len(pool)))], self.cls, self.rng)
 
     def short(self) -> str:
+        """A class-only caption: 'this is a large green meadow'."""
         rng = self.rng
         noun = pick(rng, CLASS_NOUNS[self.cls])
         adj = self.ground if self.ground and rng.random() < 0.5 else pick(rng, _BIG)

@@ -46,7 +46,7 @@ POS_WORDS = tuple(POS_BOXES)
 class Path2:
     """A polyline with arc-length parametrisation (for rivers, roads, rows)."""
 
-    def __init__(self, pts: Sequence[Point]):
+    def __init__(self, pts: Sequence[Point]) -> None:
         self.pts = np.asarray(pts, dtype=float)
         seg = np.diff(self.pts, axis=0)
         self.seglen = np.hypot(seg[:, 0], seg[:, 1])

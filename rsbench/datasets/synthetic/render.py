@@ -19,7 +19,9 @@ from .layout import Layout, Prim, Region
 class _Window:
     """A pixel rectangle (x0, y0, w, h) of a size x size canvas on which a texture is computed."""
 
-    def __init__(self, size: int, x0: int = 0, y0: int = 0, w: int | None = None, h: int | None = None):
+    def __init__(
+        self, size: int, x0: int = 0, y0: int = 0, w: int | None = None, h: int | None = None
+    ) -> None:
         self.size, self.x0, self.y0 = size, x0, y0
         self.w = size if w is None else w
         self.h = size if h is None else h

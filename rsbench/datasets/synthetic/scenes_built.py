@@ -9,7 +9,7 @@ import numpy as np
 
 from .geometry import POS_BOXES, POS_WORDS, Box, Path2, Placer, box, clip_box
 from .layout import Layout, Prim, Region, new_layout
-from .palette import ASPHALT, COLOURS, COUNTS_UNIFORM, MIXED, jitter, pick, sample_count, some_of
+from .palette import ASPHALT, COLOURS, COUNTS_UNIFORM, MIXED, RGB, jitter, pick, sample_count, some_of
 from .shapes import building, car, dashes, flat_line, plane, road, tree
 from .steps import Spot, open_scene, place_group, tanks, turned
 
@@ -84,6 +84,7 @@ def _parked_planes(
 
 
 def airport(rng: np.random.Generator) -> Layout:
+    """Runway and taxiway, often a terminal; the subject: parked planes."""
     lay, placer = new_layout(rng), Placer()
     ty = _airfield(rng, lay, placer)
     terminal = _terminal(rng, lay, placer) if rng.random() < 0.75 else None
@@ -157,6 +158,7 @@ def _street_cars(rng: np.random.Generator, lay: Layout, roads: list[Path2], rw: 
 
 
 def residential(rng: np.random.Generator) -> Layout:
+    """A street grid; the subject: many houses; sometimes trees and cars."""
     grounds = {"green": (118, 146, 86), "beige": (176, 168, 136)}
     lay, placer = open_scene(rng, "grass", grounds, (0.6, 0.4))
     roads, rw = _street_grid(rng, lay, placer)
@@ -174,7 +176,7 @@ def residential(rng: np.random.Generator) -> Layout:
 
 
 def _factories(
-    rng: np.random.Generator, lay: Layout, placer: Placer, n: int, area: Sequence[float], colour: tuple
+    rng: np.random.Generator, lay: Layout, placer: Placer, n: int, area: Sequence[float], colour: RGB
 ) -> list[tuple[float, float]]:
     """Up to n large factory halls in `area`; returns their centres."""
     centres = []
@@ -228,6 +230,7 @@ def _plant(rng: np.random.Generator, lay: Layout, placer: Placer) -> dict[str, i
 
 
 def industrial(rng: np.random.Generator) -> Layout:
+    """A road through concrete; the subject: halls or storage tanks; sometimes cars on the road."""
     lay, placer = new_layout(rng), Placer()
     lay.ground = "grey"
     lay.regions.append(Region("concrete", jitter(rng, pick(rng, ((168, 166, 160), (146, 142, 132))), 8)))
@@ -342,6 +345,7 @@ def _tree_row(rng: np.random.Generator, lay: Layout) -> None:
 
 
 def parking(rng: np.random.Generator) -> Layout:
+    """Rows of bays, often a building; the subject: parked cars; sometimes a row of trees."""
     lay = new_layout(rng)
     lay.ground = "grey"
     lay.regions.append(Region("asphalt", jitter(rng, pick(rng, ((78, 78, 82), (104, 104, 106))), 6)))

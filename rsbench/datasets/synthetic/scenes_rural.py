@@ -51,6 +51,7 @@ def _fields(rng: np.random.Generator, lay: Layout, dom: str) -> None:
 
 
 def farmland(rng: np.random.Generator) -> Layout:
+    """Fields, often a road or river; the subject: farm buildings, else the road or river."""
     lay, placer = new_layout(rng), Placer()
     dom = pick(rng, ("green", "yellow", "brown"), (0.45, 0.3, 0.25))
     lay.ground = dom
@@ -75,6 +76,7 @@ def farmland(rng: np.random.Generator) -> Layout:
 
 
 def forest(rng: np.random.Generator) -> Layout:
+    """Tree cover; sometimes a road or river and houses; else the trees are everywhere."""
     lay, placer = open_scene(rng, "forest", {"dark green": (42, 86, 46), "green": (70, 116, 58)}, (0.6, 0.4))
     gname = lay.ground
     path, orient = None, ""
@@ -131,6 +133,7 @@ def _desert_things(
 
 
 def desert(rng: np.random.Generator) -> Layout:
+    """Dunes with a road, buildings, shrubs or tanks (or a road and buildings)."""
     grounds = {"yellow": (214, 186, 128), "orange": (206, 146, 92), "brown": (164, 128, 94)}
     lay, placer = open_scene(rng, "sand", grounds, (0.5, 0.25, 0.25), waves=(0.05, 0.12))
     choice = pick(rng, ("road", "building", "tree", "road+building", "tank"), (0.25, 0.25, 0.2, 0.2, 0.1))
@@ -146,6 +149,7 @@ def desert(rng: np.random.Generator) -> Layout:
 
 
 def meadow(rng: np.random.Generator) -> Layout:
+    """Grass, sometimes a river or road; the subject: trees."""
     grounds = {"green": (108, 150, 74), "light green": (146, 176, 96), "yellow": (176, 170, 96)}
     lay, placer = open_scene(rng, "grass", grounds, (0.5, 0.3, 0.2))
     path = None

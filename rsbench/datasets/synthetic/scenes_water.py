@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -108,7 +109,7 @@ def _moored(rng: np.random.Generator, lay: Layout, placer: Placer, shore: float,
     lay.group("dock", len(piers), "grey")
 
 
-def _warehouses(rng: np.random.Generator, lay: Layout, placer: Placer, land: tuple[float, ...]) -> None:
+def _warehouses(rng: np.random.Generator, lay: Layout, placer: Placer, land: Sequence[float]) -> None:
     """One to three long warehouses with ribbed roofs on the land."""
     bname = pick(rng, ("blue", "white", "grey", "red"))
     bc = jitter(rng, COLOURS[bname], 8)
@@ -123,6 +124,7 @@ def _warehouses(rng: np.random.Generator, lay: Layout, placer: Placer, land: tup
 
 
 def harbor(rng: np.random.Generator) -> Layout:
+    """Quay and piers; the subject: moored ships or boats; on land tanks or warehouses."""
     lay, placer = new_layout(rng), Placer()
     _, water = pick_ground(rng, lay, WATER, WATER_P)
     shore, piers = _quay(rng, lay, placer, water)
@@ -145,7 +147,7 @@ def _fleet(
     placer: Placer,
     kind: str,
     n: int,
-    area: tuple[float, ...],
+    area: Sequence[float],
     moving: bool,
 ) -> None:
     """n ships or boats at sea in `area`, heading one way when there are many, with wakes if moving."""
