@@ -99,8 +99,9 @@ def place_group(rng: np.random.Generator, placer: Placer, n: int, r: float, how:
 def where(
     rng: np.random.Generator, lay: Layout, placer: Placer, path: Path2 | None, gap: float
 ) -> tuple[How, str, str]:
-    """Beside the last road/river (`gap` off its edge; 60 % when there is one) or in a random part
-    of the image: (how to place, relation type, relation object)."""
+    """Beside the road/river `path` (`gap` off its edge; 60 % when there is one) or in a random part
+    of the image: (how to place, relation type, relation object). `path` must be the last one
+    added, and its group the last recorded (callers place their objects right after `linear`)."""
     if path is not None and rng.random() < 0.6:
         return ("path", (path, placer.paths[-1][1] + gap)), "along", lay.objects[-1]["kind"]
     word = pick(rng, POS_WORDS)
