@@ -15,7 +15,7 @@ from typing import Any
 
 import tomllib
 
-from .errors import UserError, suggest
+from .errors import UserError, first_line, suggest
 
 
 @dataclass
@@ -170,7 +170,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot parse config ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: cannot parse config ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: config must be a table/object of key = value")
     return flatten(data)
