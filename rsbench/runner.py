@@ -47,6 +47,7 @@ from .errors import UserError
 from .io import kill_point, remove_stale_temp_files, write_json, write_text
 from .methods.base import Batch, MethodContext, RetrievalMethod
 from .methods.registry import create_method
+from .metrics import metric_sign
 
 CONFIG_FILE = "config.json"
 # Options that change how fast a cell runs, not what it computes: a resumed cell may change them.
@@ -473,9 +474,9 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
             val_metrics, _, _ = dist.on_main(evaluate, method, data.val, cfg, device, precision, progress)
             row["val_mR"] = round(val_metrics[select], 4)
-            if val_metrics[select] > st.best_val:
+            if metric_sign(select) * val_metrics[select] > st.best_val:  # best_val: signed, higher is better
                 st.best_val, st.best_epoch, st.best_val_metrics, st.bad_evals = \
-                    val_metrics[select], epoch + 1, val_metrics, 0
+                    metric_sign(select) * val_metrics[select], epoch + 1, val_metrics, 0
                 improved = True
             else:
                 st.bad_evals += 1

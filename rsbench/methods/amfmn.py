@@ -54,6 +54,13 @@ class AMFMNConfig:
     negatives: str = "sum"  # sum over in-batch negatives | hardest (max violation)
     score_chunk_mb: int = 0  # memory bound of one fusion/similarity scoring chunk; 0 = 16 on CPU, 256 on GPU
 
+    def validate(self) -> None:
+        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        from ..config import require_at_least
+
+        require_at_least(self, "model.", {"word_dim": 1, "hidden_dim": 1, "max_words": 1})
+        _check_config(self)
+
 
 class MVSA(nn.Module):
     """Multiscale visual self-attention: a salient gate in (0, 1)^D from the lower and higher scales."""

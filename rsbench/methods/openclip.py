@@ -58,6 +58,12 @@ class OpenClipConfig:
     learn_temperature: bool = True  # fine-tune the model's logit_scale
     max_logit_scale: float = 100.0  # clamp of the logit scale, as in CLIP
 
+    def validate(self) -> None:
+        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        from ..config import require_above
+
+        require_above(self, "model.", ("max_logit_scale",))
+
 
 # ---- architecture registry -----------------------------------------------------------------------
 

@@ -37,6 +37,12 @@ class VSEConfig:
     min_word_count: int = 1
     max_words: int = 48
 
+    def validate(self) -> None:
+        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        from ..config import require_at_least
+
+        require_at_least(self, "model.", {"embed_dim": 1, "word_dim": 1, "hidden_dim": 1, "max_words": 1})
+
 
 @register_method(
     "vsepp",
