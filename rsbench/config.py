@@ -252,6 +252,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot parse config ({first_line(e)})") from None
+    except RecursionError:
+        raise UserError(f"{path}: cannot parse config (nested too deeply)") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: config must be a table/object of key = value")
     return flatten(data)

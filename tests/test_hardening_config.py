@@ -140,6 +140,21 @@ def test_deep_json_config_file_is_one_line(tmp_path):
     assert "\n" not in str(info.value)
 
 
+def test_deep_toml_config_file_is_one_line(tmp_path):
+    f = tmp_path / "deep.toml"
+    f.write_text("a = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(UserError, match="deep.toml: cannot parse config .*nested too deeply"):
+        load_config_file(f)
+
+
+def test_deep_json_run_config_via_cli(tmp_path, capsys):
+    f = tmp_path / "deep.json"
+    f.write_text("[" * 100_000 + "]" * 100_000)
+    code, _out, err = run_cli(["run", "--methods", "vsepp", "--dataset", "synthetic", "--config", str(f),
+                               "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "nested too deeply" in err
+
+
 def test_deep_json_annotation_file_is_one_line(tmp_path):
     from rsbench.datasets.karpathy import read_karpathy
 

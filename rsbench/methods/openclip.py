@@ -92,7 +92,7 @@ def _register_builtin(name: str) -> None:
 def _check_config_file(path: Path) -> None:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise UserError(f"{path}: cannot read open_clip model config ({first_line(e)})") from None
     if not isinstance(cfg, dict) or not all(k in cfg for k in _REQUIRED_KEYS):
         raise UserError(f"{path}: not an open_clip model config (needs keys {', '.join(_REQUIRED_KEYS)})")
