@@ -8,13 +8,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as the `tomli` package (a dependency there, see pyproject.toml)
+    import tomli as tomllib
 
 from .errors import UserError, first_line, suggest
 
