@@ -346,6 +346,13 @@ def _resume(method: RetrievalMethod, opt: torch.optim.Optimizer, sched: Any, sca
     return st
 
 
+def _add_logs(sums: dict[str, torch.Tensor], logs: dict[str, Any]) -> None:
+    """Add one step's LossOutput.logs to the epoch's sums without reading them back to the host."""
+    for k, v in logs.items():
+        v = torch.as_tensor(v).detach().float()
+        sums[k] = sums[k] + v if k in sums else v.clone()
+
+
 def _weights_finite(method: torch.nn.Module) -> bool:
     """Parameters and float buffers (e.g. BatchNorm running stats) are all finite."""
     return all(bool(torch.isfinite(v).all()) for v in method.state_dict().values()
@@ -435,7 +442,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         loader = _loader(pairs, t.batch_size, True, collate, workers, device, epoch_seed(cfg.seed, epoch),
                          drop_last=drop_last, sampler=dist.train_sampler(pairs, cfg.seed, epoch))
         method.train()
-        total, n = 0.0, 0
+        total, n, log_sums = torch.zeros((), device=device), 0, {}  # summed on the device, read once an epoch
         bar = tqdm(loader, desc=f"{cfg.method}/{cfg.dataset}/seed{cfg.seed} epoch {epoch + 1}/{t.epochs}",
                    disable=not progress, leave=False)
         for step, batch in enumerate(bar):
@@ -459,13 +466,16 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
                 raise UserError(f"out of memory on {device} at epoch {epoch + 1}, step {step + 1} with batch "
                                 f"size {t.batch_size}; try --set train.batch_size={max(2, t.batch_size // 2)} "
                                 "(or a smaller train.image_size)") from None
-            total += loss.item()
+            total += loss.detach().float()
+            _add_logs(log_sums, out.logs)
             n += 1
-            bar.set_postfix(loss=f"{total / n:.4f}")
+            if progress and step % 20 == 0:  # reading the loss waits for the GPU: not every step
+                bar.set_postfix(loss=f"{float(total) / n:.4f}")
             kill_point(f"step:{epoch + 1}:{step + 1}")  # test-only crash hook
         if not _weights_finite(method):
             raise _diverged("non-finite weights", epoch + 1, None, epoch, last_path, t.lr)
-        total, n = dist.sum_across(total, n)  # DDP: the epoch's mean loss over all ranks
+        logs = {k: float(v) / max(n, 1) for k, v in log_sums.items()}  # this rank's epoch means
+        total, n = dist.sum_across(float(total), n)  # DDP: the epoch's mean loss over all ranks
         lr = opt.param_groups[0]["lr"]
         sched.step()
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": round(total / max(n, 1), 6), "val_mR": "",
@@ -494,7 +504,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
             dist.on_main(save_best, ckpt_dir, method, {"epoch": epoch + 1, "val": st.best_val_metrics,
                                                        "text_state": method.extra_state_json()}, cfg.method)
         log(f"  epoch {epoch + 1}/{t.epochs}  loss {row['loss']:.4f}  val {select} {row['val_mR']}  "
-            f"({row['seconds']}s)")
+            f"({row['seconds']}s)" + "".join(f"  {k} {v:.4g}" for k, v in logs.items()))
         if stop:
             log(f"  early stop: no val improvement in {t.patience} validations")
             break

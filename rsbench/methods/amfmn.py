@@ -293,8 +293,8 @@ class AMFMN(RetrievalMethod):
         scores = self.score(self.encode_images(batch.images), self.encode_texts(batch.text))
         margin = self.margins(batch).to(scores.dtype)
         loss = triplet_loss(scores, margin, same_image_mask(batch.image_ids), self.config.negatives)
-        return LossOutput(loss, {"pos_score": float(scores.detach().diagonal().mean()),
-                                 "margin": float(margin.mean())})
+        return LossOutput(loss, {"pos_score": scores.detach().diagonal().mean(),
+                                 "margin": margin.detach().mean()})
 
     # ---- state ----------------------------------------------------------------------------------
     def extra_state_json(self) -> dict[str, Any]:

@@ -180,7 +180,7 @@ class ClipMethod(RetrievalMethod):
             self.encode_images(batch.images), self.training_texts(batch), scale, batch.image_ids,
             self.config.same_image,
         )
-        return LossOutput(loss, {"logit_scale": float(scale.detach())})
+        return LossOutput(loss, {"logit_scale": scale.detach()})
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         s = self.config.tower_lr_scale

@@ -275,8 +275,8 @@ class MSA(RetrievalMethod):
         if not parts:
             raise UserError("msa: every loss weight is 0 (loss.triplet, loss.mscma, loss.csmmc)")
         loss = sum(parts.values())
-        logs = {k: float(v.detach()) for k, v in parts.items()}
-        logs["loss"] = float(loss.detach())
+        logs = {k: v.detach() for k, v in parts.items()}
+        logs["loss"] = loss.detach()
         return LossOutput(loss=loss, logs=logs)
 
     # ---- optimisation ------------------------------------------------------------------------

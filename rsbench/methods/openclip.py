@@ -306,7 +306,7 @@ class OpenClipMethod(RetrievalMethod):
         scale = self.model.logit_scale.float().exp().clamp(max=self.config.max_logit_scale).reshape(())
         loss = info_nce(self.encode_images(batch.images), self.encode_texts(batch.text), scale,
                         batch.image_ids, self.config.same_image)
-        return LossOutput(loss, {"logit_scale": float(scale.detach())})
+        return LossOutput(loss, {"logit_scale": scale.detach()})
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         return decay_param_groups(self, lr, weight_decay)

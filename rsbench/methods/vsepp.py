@@ -93,7 +93,7 @@ class VSEPP(RetrievalMethod):
             self.train_steps += 1
         # same_image_mask includes the diagonal: positives are never negatives.
         loss = hinge_triplet(scores, same_image_mask(batch.image_ids), self.config.margin, hardest)
-        return LossOutput(loss, {"triplet": loss.item(), "hardest": float(hardest)})
+        return LossOutput(loss, {"triplet": loss.detach(), "hardest": torch.tensor(float(hardest))})
 
     def extra_state_json(self) -> dict:
         return {"vocab": self.vocab.to_json()}
