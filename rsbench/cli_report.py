@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from .cli import app
-from .errors import UserError
+from .errors import UserError, first_line
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -33,14 +33,15 @@ def load_score_matrix(path: Path) -> Any:
 
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    _check_magic(path)
     try:
         obj = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
         pickled = "pickle" in str(e) or "Python objects" in str(e)
-        msg = "contains Python objects (pickled); save a plain numeric array" if pickled else str(e)
+        msg = "contains Python objects (pickled); save a plain numeric array" if pickled else first_line(e)
         raise UserError(f"{path}: {msg}") from None
     except (OSError, EOFError) as e:
-        raise UserError(f"{path}: not a .npy/.npz array file ({e})") from None
+        raise UserError(f"{path}: not a .npy/.npz array file ({first_line(e)})") from None
     if isinstance(obj, np.lib.npyio.NpzFile):
         with obj:
             names = list(obj.files)
@@ -54,9 +55,30 @@ def load_score_matrix(path: Path) -> Any:
         arr = obj
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise UserError(f"{path}: scores must be a real numeric array, got dtype {arr.dtype}")
+    if arr.dtype.itemsize > 8:  # longdouble (float96/float128): torch cannot rank it
+        raise UserError(f"{path}: dtype {arr.dtype} (longdouble) is not supported; save the scores as float64 "
+                        "or float32")
     if arr.ndim != 2:
         raise UserError(f"{path}: expected a 2-D (images x captions) matrix, got shape {arr.shape}")
+    if not arr.dtype.isnative:  # big-endian file on a little-endian machine: same values, native order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
+
+
+def _check_magic(path: Path) -> None:
+    """Say what a file is when it is not an array file at all (np.load would call it 'pickled')."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith((b"\x93NUMPY", b"PK\x03\x04", b"PK\x05\x06")) or head[:1] == b"\x80":
+        return  # .npy, .npz (zip), or a pickle: np.load refuses the last without running it
+    if not head:
+        raise UserError(f"{path}: empty file (0 bytes); expected a .npy/.npz array file")
+    try:
+        head.decode("utf-8")
+        what = "a text file"
+    except UnicodeDecodeError:
+        what = "neither .npy nor .npz (no NPY header or zip signature)"
+    raise UserError(f"{path}: not a .npy file: {what}; save the matrix with numpy.save (or numpy.savez)")
 
 
 def check_score_matrix(arr: Any, path: Path, dataset: str, split: str, n_images: int, n_captions: int) -> None:
@@ -164,9 +186,9 @@ def _score_cell(cell: Path, arr: Any, sims: Path, ds: Any, sp: Any, split: str, 
     from .metrics import compute_ranks
     from .results import mark_incomplete, write_eval_outputs
 
+    i2t, t2i = compute_ranks(arr, sp.cap2img)  # everything that can fail comes before the old cell is cleared
+    source, digest = str(sims.resolve()), _sha256(sims)
     mark_incomplete(cell)
-    i2t, t2i = compute_ranks(arr, sp.cap2img)
-    source = str(sims.resolve())
     write_json(
         cell / "config.json",
         {
@@ -189,7 +211,7 @@ def _score_cell(cell: Path, arr: Any, sims: Path, ds: Any, sp: Any, split: str, 
                 "data_fingerprint": ds.fingerprint,
                 "ann_file": str(Path(ds.ann_file).resolve()) if ds.ann_file else None,
                 "source": source,
-                "source_sha256": _sha256(sims),
+                "source_sha256": digest,
             },
         ),
     )

@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as the `tomli` package (a dependency there, see pyproject.toml)
+    import tomli as tomllib
 
-from .errors import UserError, suggest
+from .errors import UserError, first_line, suggest
 
 
 @dataclass
@@ -44,6 +49,83 @@ class TrainConfig:
     patience: int = 0  # stop after this many validations without improvement (0: off)
     select_metric: str = "mR"  # validation metric used to select the checkpoint (never test)
 
+    def validate(self) -> None:
+        """Ranges and choices the runner relies on, checked at resolution so a bad value fails before
+        any data is loaded (not after an epoch). The type-level checks are in check_fields()."""
+        from .metrics import METRIC_DIRECTION
+
+        require_at_least(self, "train.", {"epochs": 0, "batch_size": 2, "eval_batch_size": 1, "image_size": 16,
+                                          "val_every": 1, "num_workers": -1})
+        require_above(self, "train.", ("lr",))
+        choices = {"optimizer": ("adam", "adamw", "sgd"), "sampling": ("caption", "image"),
+                   "amp": ("auto", "bf16", "fp16", "off"), "select_metric": tuple(METRIC_DIRECTION)}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"train.{key} '{getattr(self, key)}'{suggest(getattr(self, key), allowed)} "
+                                f"not in {', '.join(allowed)}")
+        bad = {a.strip() for a in self.augment.split(",") if a.strip()} - {"crop", "flip", "rotate", "none"}
+        if bad:
+            raise UserError(f"train.augment: unknown augmentation(s) {', '.join(sorted(bad))}; use crop, flip, rotate")
+
+
+def require_at_least(obj: Any, prefix: str, minimum: dict[str, float]) -> None:
+    """Each named field must be >= its minimum (one-line UserError naming the dotted key)."""
+    for key, low in minimum.items():
+        value = getattr(obj, key)
+        if value < low:
+            raise UserError(f"{prefix}{key} must be >= {low:g}, got {value!r}")
+
+
+def require_above(obj: Any, prefix: str, keys: tuple[str, ...], low: float = 0.0) -> None:
+    """Each named field must be strictly greater than `low` (a temperature, a learning rate)."""
+    for key in keys:
+        value = getattr(obj, key)
+        if not value > low:
+            raise UserError(f"{prefix}{key} must be > {low:g}, got {value!r}")
+
+
+def _is_optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def _check_field(key: str, value: Any, tp: Any, default: Any) -> None:
+    """None only where the type allows it; numbers are finite, not bools, and not negative when the
+    default is not (a negative default such as -1 is a sentinel and is the lowest value allowed)."""
+    if value is None:
+        if not _is_optional(tp) and tp is not Any:
+            raise UserError(f"{key}: a value is required, got none")
+        return
+    tp = _strip_optional(tp)
+    if tp not in (int, float):
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{key}: must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"{key}: must be a finite number, got {value!r}")
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        low = min(default, 0)
+        if value < low:
+            raise UserError(f"{key} must be >= {low:g}, got {value!r}")
+
+
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Type-level checks of every field of a (nested) config dataclass, then its own validate()."""
+    fmap = _field_map(obj)
+    for name, f in fmap.items():
+        value = getattr(obj, name)
+        if is_dataclass(value):
+            check_fields(value, f"{prefix}{name}.")
+        else:
+            _check_field(prefix + name, value, f.type, _field_default(f))
+    if hasattr(obj, "validate"):
+        obj.validate()
+
 
 def _strip_optional(tp: Any) -> Any:
     origin = typing.get_origin(tp)
@@ -56,15 +138,18 @@ def _strip_optional(tp: Any) -> Any:
 
 def parse_value(raw: Any, tp: Any, key: str) -> Any:
     """Convert a string (or JSON/TOML value) to the field's declared type, or raise UserError."""
+    optional = _is_optional(tp)
     tp = _strip_optional(tp)
     if not isinstance(raw, str):
+        if raw is None and optional:
+            return None
         if tp is float and isinstance(raw, int) and not isinstance(raw, bool):
             return float(raw)
-        if tp in (int, float, str, bool) and not isinstance(raw, tp):
+        if tp in (int, float, str, bool) and (not isinstance(raw, tp) or (tp is int and isinstance(raw, bool))):
             raise UserError(f"bad value for '{key}': {raw!r} is not {tp.__name__}")
         return raw
     text = raw.strip()
-    if text.lower() in ("none", "null") and tp is not str:
+    if text.lower() in ("none", "null") and tp is not str and optional:
         return None
     try:
         if tp is bool:
@@ -170,7 +255,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot parse config ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: cannot parse config ({first_line(e)})") from None
+    except RecursionError:
+        raise UserError(f"{path}: cannot parse config (nested too deeply)") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: config must be a table/object of key = value")
     return flatten(data)

@@ -173,7 +173,7 @@ class _LossModule(nn.Module):
     def __init__(self, method: nn.Module):
         super().__init__()
         self.method = method
-        self.last_logs: dict[str, float] = {}
+        self.last_logs: dict[str, torch.Tensor] = {}
 
     def forward(self, batch: Any) -> torch.Tensor:
         global _gathering

@@ -24,3 +24,17 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> UserError:
     """Build the standard 'unknown X' error with a suggestion and the list of valid names."""
     choices = sorted(choices)
     return UserError(f"unknown {kind} '{name}'{suggest(name, choices)}; choose from: {', '.join(choices)}")
+
+
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first non-blank line of an error's message, cut to `limit` characters; never fails.
+
+    Some errors carry no message at all (torch.load of a 0-byte file raises a bare EOFError), so an
+    empty message gives the exception's type name instead of an IndexError in the error handler.
+    """
+    try:
+        text = str(e)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the original error
+        text = ""
+    line = next((s.strip() for s in text.splitlines() if s.strip()), "") or type(e).__name__
+    return line[:limit] if limit is not None else line

@@ -29,6 +29,16 @@ METRIC_KEYS = (
     "t2i_meanr",
 )
 
+# +1: higher is better (recalls, mR); -1: lower is better (median / mean rank). Checkpoint selection
+# on a validation metric (train.select_metric) compares sign * value.
+METRIC_DIRECTION: dict[str, int] = {k: -1 if k.endswith(("_medr", "_meanr")) else 1 for k in METRIC_KEYS}
+
+
+def metric_sign(name: str) -> int:
+    """+1 if a larger value of the metric is better, -1 if a smaller one is (ranks)."""
+    return METRIC_DIRECTION[name]
+
+
 ScoreBlock = Callable[[slice, slice], torch.Tensor]
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .config import RunConfig, TrainConfig, all_keys, has_key, set_key
+from .config import RunConfig, TrainConfig, all_keys, check_fields, has_key, set_key
 from .errors import UserError, suggest
 from .methods.registry import get_method_spec, list_methods
 
@@ -72,24 +72,12 @@ def resolve_config(
             set_key(cfg.train, k, v, "command line")
     for k, v in (overrides or {}).items():
         _apply(cfg, k, v, "--set")
-    validate_train(cfg.train)
+    validate_config(cfg)
     return cfg
 
 
-def validate_train(t: TrainConfig) -> None:
-    checks = [
-        (t.epochs >= 0, "train.epochs must be >= 0"),
-        (t.batch_size >= 2, "train.batch_size must be >= 2 (in-batch negatives)"),
-        (t.lr > 0, "train.lr must be > 0"),
-        (t.image_size >= 16, "train.image_size must be >= 16"),
-        (t.optimizer in ("adam", "adamw", "sgd"), f"train.optimizer '{t.optimizer}' not in adam, adamw, sgd"),
-        (t.sampling in ("caption", "image"), f"train.sampling '{t.sampling}' not in caption, image"),
-        (t.amp in ("auto", "bf16", "fp16", "off"), f"train.amp '{t.amp}' not in auto, bf16, fp16, off"),
-        (t.val_every >= 1, "train.val_every must be >= 1"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise UserError(msg)
-    bad = {a.strip() for a in t.augment.split(",") if a.strip()} - {"crop", "flip", "rotate", "none"}
-    if bad:
-        raise UserError(f"train.augment: unknown augmentation(s) {', '.join(sorted(bad))}; use crop, flip, rotate")
+def validate_config(cfg: RunConfig) -> None:
+    """Every value of a resolved cell config, training and model alike (one-line UserError)."""
+    check_fields(cfg.train, "train.")
+    check_fields(cfg.model, "model.")
+

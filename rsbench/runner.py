@@ -47,6 +47,7 @@ from .errors import UserError
 from .io import kill_point, remove_stale_temp_files, write_json, write_text
 from .methods.base import Batch, MethodContext, RetrievalMethod
 from .methods.registry import create_method
+from .metrics import metric_sign
 
 CONFIG_FILE = "config.json"
 # Options that change how fast a cell runs, not what it computes: a resumed cell may change them.
@@ -345,6 +346,13 @@ def _resume(method: RetrievalMethod, opt: torch.optim.Optimizer, sched: Any, sca
     return st
 
 
+def _add_logs(sums: dict[str, torch.Tensor], logs: dict[str, Any]) -> None:
+    """Add one step's LossOutput.logs to the epoch's sums without reading them back to the host."""
+    for k, v in logs.items():
+        v = torch.as_tensor(v).detach().float()
+        sums[k] = sums[k] + v if k in sums else v.clone()
+
+
 def _weights_finite(method: torch.nn.Module) -> bool:
     """Parameters and float buffers (e.g. BatchNorm running stats) are all finite."""
     return all(bool(torch.isfinite(v).all()) for v in method.state_dict().values()
@@ -434,7 +442,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         loader = _loader(pairs, t.batch_size, True, collate, workers, device, epoch_seed(cfg.seed, epoch),
                          drop_last=drop_last, sampler=dist.train_sampler(pairs, cfg.seed, epoch))
         method.train()
-        total, n = 0.0, 0
+        total, n, log_sums = torch.zeros((), device=device), 0, {}  # summed on the device, read once an epoch
         bar = tqdm(loader, desc=f"{cfg.method}/{cfg.dataset}/seed{cfg.seed} epoch {epoch + 1}/{t.epochs}",
                    disable=not progress, leave=False)
         for step, batch in enumerate(bar):
@@ -458,13 +466,16 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
                 raise UserError(f"out of memory on {device} at epoch {epoch + 1}, step {step + 1} with batch "
                                 f"size {t.batch_size}; try --set train.batch_size={max(2, t.batch_size // 2)} "
                                 "(or a smaller train.image_size)") from None
-            total += loss.item()
+            total += loss.detach().float()
+            _add_logs(log_sums, out.logs)
             n += 1
-            bar.set_postfix(loss=f"{total / n:.4f}")
+            if progress and step % 20 == 0:  # reading the loss waits for the GPU: not every step
+                bar.set_postfix(loss=f"{float(total) / n:.4f}")
             kill_point(f"step:{epoch + 1}:{step + 1}")  # test-only crash hook
         if not _weights_finite(method):
             raise _diverged("non-finite weights", epoch + 1, None, epoch, last_path, t.lr)
-        total, n = dist.sum_across(total, n)  # DDP: the epoch's mean loss over all ranks
+        logs = {k: float(v) / max(n, 1) for k, v in log_sums.items()}  # this rank's epoch means
+        total, n = dist.sum_across(float(total), n)  # DDP: the epoch's mean loss over all ranks
         lr = opt.param_groups[0]["lr"]
         sched.step()
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": round(total / max(n, 1), 6), "val_mR": "",
@@ -473,9 +484,9 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
             val_metrics, _, _ = dist.on_main(evaluate, method, data.val, cfg, device, precision, progress)
             row["val_mR"] = round(val_metrics[select], 4)
-            if val_metrics[select] > st.best_val:
+            if metric_sign(select) * val_metrics[select] > st.best_val:  # best_val: signed, higher is better
                 st.best_val, st.best_epoch, st.best_val_metrics, st.bad_evals = \
-                    val_metrics[select], epoch + 1, val_metrics, 0
+                    metric_sign(select) * val_metrics[select], epoch + 1, val_metrics, 0
                 improved = True
             else:
                 st.bad_evals += 1
@@ -493,7 +504,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
             dist.on_main(save_best, ckpt_dir, method, {"epoch": epoch + 1, "val": st.best_val_metrics,
                                                        "text_state": method.extra_state_json()}, cfg.method)
         log(f"  epoch {epoch + 1}/{t.epochs}  loss {row['loss']:.4f}  val {select} {row['val_mR']}  "
-            f"({row['seconds']}s)")
+            f"({row['seconds']}s)" + "".join(f"  {k} {v:.4g}" for k, v in logs.items()))
         if stop:
             log(f"  early stop: no val improvement in {t.patience} validations")
             break

@@ -29,5 +29,5 @@ def fit_one_batch(method: Any, batch: Any, opt: torch.optim.Optimizer, steps: in
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        history.append((out.loss.item(), out.logs))
+        history.append((out.loss.item(), {k: float(v) for k, v in out.logs.items()}))
     return history

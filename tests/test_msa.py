@@ -209,7 +209,7 @@ def test_loss_logs_and_duplicates(msa):
     out = msa.training_loss(_batch(msa, 6, image_ids=[0, 0, 1, 2, 3, 3]))
     assert set(out.logs) == {"triplet", "mscma", "csmmc", "loss"}
     parts = out.logs["triplet"] + out.logs["mscma"] + out.logs["csmmc"]
-    assert out.logs["loss"] == pytest.approx(parts, rel=1e-5)
+    assert float(out.logs["loss"]) == pytest.approx(float(parts), rel=1e-5)
     assert torch.isfinite(out.loss)
 
 

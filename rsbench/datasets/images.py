@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -96,7 +96,7 @@ def decode_image(path: str | Path) -> DecodedImage:
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: image too large ({e})") from None
     except (OSError, SyntaxError, ValueError, TypeError, IndexError, EOFError, MemoryError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = first_line(e)
         raise DataError(f"{path}: corrupt or truncated image ({msg})") from None
     return DecodedImage(rgb, mode, size)
 

@@ -61,6 +61,8 @@ def read_karpathy(path: Path) -> tuple[list[ImageRecord], str, dict[str, Any]]:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON for a dataset (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: top level must be an object with an 'images' list, "
                         f"got {type(obj).__name__}")

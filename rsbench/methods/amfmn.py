@@ -54,6 +54,13 @@ class AMFMNConfig:
     negatives: str = "sum"  # sum over in-batch negatives | hardest (max violation)
     score_chunk_mb: int = 0  # memory bound of one fusion/similarity scoring chunk; 0 = 16 on CPU, 256 on GPU
 
+    def validate(self) -> None:
+        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        from ..config import require_at_least
+
+        require_at_least(self, "model.", {"word_dim": 1, "hidden_dim": 1, "max_words": 1})
+        _check_config(self)
+
 
 class MVSA(nn.Module):
     """Multiscale visual self-attention: a salient gate in (0, 1)^D from the lower and higher scales."""
@@ -286,8 +293,8 @@ class AMFMN(RetrievalMethod):
         scores = self.score(self.encode_images(batch.images), self.encode_texts(batch.text))
         margin = self.margins(batch).to(scores.dtype)
         loss = triplet_loss(scores, margin, same_image_mask(batch.image_ids), self.config.negatives)
-        return LossOutput(loss, {"pos_score": float(scores.detach().diagonal().mean()),
-                                 "margin": float(margin.mean())})
+        return LossOutput(loss, {"pos_score": scores.detach().diagonal().mean(),
+                                 "margin": margin.detach().mean()})
 
     # ---- state ----------------------------------------------------------------------------------
     def extra_state_json(self) -> dict[str, Any]:

@@ -62,7 +62,9 @@ class Batch:
 @dataclass
 class LossOutput:
     loss: torch.Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    # Scalar tensors, detached: reading one (.item(), float()) waits for the GPU, so the runner
+    # sums them on the device and reads them once per epoch.
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class RetrievalMethod(nn.Module, ABC):

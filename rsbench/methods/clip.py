@@ -47,6 +47,13 @@ class ClipConfig:
     prompt: str = ""  # e.g. "a satellite image of" prepended to every caption ('' = off)
     tower_lr_scale: float = 1.0  # lr multiplier of both towers (the projections and temperature use 1)
 
+    def validate(self) -> None:
+        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        from ..config import require_above, require_at_least
+
+        require_at_least(self, "model.", {"embed_dim": 1, "max_len": 2})
+        require_above(self, "model.", ("init_temperature", "max_logit_scale"))
+
 
 def _is_transformer(model: nn.Module) -> bool:
     """timm ViT/Swin/DeiT/... carry a patch embedding; CNNs (ResNet, ConvNeXt...) do not."""
@@ -173,7 +180,7 @@ class ClipMethod(RetrievalMethod):
             self.encode_images(batch.images), self.training_texts(batch), scale, batch.image_ids,
             self.config.same_image,
         )
-        return LossOutput(loss, {"logit_scale": float(scale.detach())})
+        return LossOutput(loss, {"logit_scale": scale.detach()})
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         s = self.config.tower_lr_scale

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 DEFAULT_TEXT_MODEL = "minilm"
 
@@ -55,7 +55,7 @@ def load_text_model(name: str, pretrained: bool = True) -> tuple[Any, torch.nn.M
         else:
             model = AutoModel.from_config(AutoConfig.from_pretrained(path))
     except OSError as e:
-        raise UserError(f"cannot load text model '{name}': {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load text model '{name}': {first_line(e)}") from None
     return tok, model
 
 

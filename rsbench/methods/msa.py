@@ -79,6 +79,14 @@ class MSAConfig:
     text_lr_mult: float = 1.0
     loss: MSALossConfig = field(default_factory=MSALossConfig)
 
+    def validate(self) -> None:
+        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        from ..config import require_at_least
+
+        require_at_least(self, "model.", {"embed_dim": 1, "num_heads": 1, "max_len": 2})
+        if self.embed_dim % self.num_heads:
+            raise UserError(f"model.num_heads={self.num_heads} must divide model.embed_dim={self.embed_dim}")
+
 
 # ---- image side --------------------------------------------------------------------------------
 
@@ -267,8 +275,8 @@ class MSA(RetrievalMethod):
         if not parts:
             raise UserError("msa: every loss weight is 0 (loss.triplet, loss.mscma, loss.csmmc)")
         loss = sum(parts.values())
-        logs = {k: float(v.detach()) for k, v in parts.items()}
-        logs["loss"] = float(loss.detach())
+        logs = {k: v.detach() for k, v in parts.items()}
+        logs["loss"] = loss.detach()
         return LossOutput(loss=loss, logs=logs)
 
     # ---- optimisation ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError, suggest, unknown
+from ..errors import UserError, first_line, suggest, unknown
 from ..io import write_json
 from .backbones import load_state_dict_file
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
@@ -58,6 +58,12 @@ class OpenClipConfig:
     learn_temperature: bool = True  # fine-tune the model's logit_scale
     max_logit_scale: float = 100.0  # clamp of the logit scale, as in CLIP
 
+    def validate(self) -> None:
+        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        from ..config import require_above
+
+        require_above(self, "model.", ("max_logit_scale",))
+
 
 # ---- architecture registry -----------------------------------------------------------------------
 
@@ -86,8 +92,8 @@ def _register_builtin(name: str) -> None:
 def _check_config_file(path: Path) -> None:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot read open_clip model config ({str(e).splitlines()[0]})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"{path}: cannot read open_clip model config ({first_line(e)})") from None
     if not isinstance(cfg, dict) or not all(k in cfg for k in _REQUIRED_KEYS):
         raise UserError(f"{path}: not an open_clip model config (needs keys {', '.join(_REQUIRED_KEYS)})")
 
@@ -187,9 +193,9 @@ def build_openclip_model(cfg: OpenClipConfig) -> tuple[nn.Module, str]:
     except (RuntimeError, OSError, ValueError) as e:
         if cfg.pretrained:
             raise UserError(f"cannot get open_clip weights '{cfg.pretrained}' for '{name}' "
-                            f"({str(e).splitlines()[0][:160]}); download the file elsewhere and pass "
+                            f"({first_line(e, 160)}); download the file elsewhere and pass "
                             "checkpoint=PATH") from None
-        raise UserError(f"cannot build open_clip model '{name}': {str(e).splitlines()[0][:200]}") from None
+        raise UserError(f"cannot build open_clip model '{name}': {first_line(e, 200)}") from None
     finally:
         logging.disable(prev_disable)
     if cfg.checkpoint:
@@ -300,7 +306,7 @@ class OpenClipMethod(RetrievalMethod):
         scale = self.model.logit_scale.float().exp().clamp(max=self.config.max_logit_scale).reshape(())
         loss = info_nce(self.encode_images(batch.images), self.encode_texts(batch.text), scale,
                         batch.image_ids, self.config.same_image)
-        return LossOutput(loss, {"logit_scale": float(scale.detach())})
+        return LossOutput(loss, {"logit_scale": scale.detach()})
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         return decay_param_groups(self, lr, weight_decay)

@@ -37,6 +37,12 @@ class VSEConfig:
     min_word_count: int = 1
     max_words: int = 48
 
+    def validate(self) -> None:
+        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        from ..config import require_at_least
+
+        require_at_least(self, "model.", {"embed_dim": 1, "word_dim": 1, "hidden_dim": 1, "max_words": 1})
+
 
 @register_method(
     "vsepp",
@@ -87,7 +93,7 @@ class VSEPP(RetrievalMethod):
             self.train_steps += 1
         # same_image_mask includes the diagonal: positives are never negatives.
         loss = hinge_triplet(scores, same_image_mask(batch.image_ids), self.config.margin, hardest)
-        return LossOutput(loss, {"triplet": loss.item(), "hardest": float(hardest)})
+        return LossOutput(loss, {"triplet": loss.detach(), "hardest": torch.tensor(float(hardest))})
 
     def extra_state_json(self) -> dict:
         return {"vocab": self.vocab.to_json()}
