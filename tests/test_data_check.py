@@ -166,11 +166,15 @@ def test_check_real_rsitmd_captions_at_scale(tmp_path, monkeypatch):
     monkeypatch.setattr(check_mod.os.path, "isfile", lambda p: str(p).startswith(str(img.resolve())))
     rep = check_dataset("rsitmd", ann_file=pre, image_dir=img, decode=False)
     assert {k: (v.n_images, v.n_captions) for k, v in rep.splits.items()} == {
-        "train": (3435, 17175), "val": (856, 4280), "test": (452, 2260)}
+        "train": (3435, 17155), "val": (856, 4280), "test": (452, 2260)}
     assert len(rep.splits["train"].classes) == 33
-    # the real train captions have 4 images whose 5 captions are blank lines: reported, not hidden
-    assert len(rep.problems) == 20 and all("empty caption" in p.line for p in rep.problems)
-    assert all(p.file.endswith("train_caps.txt") for p in rep.problems)
+    # the real train captions have 4 images whose 5 captions are blank lines: a warning (counted,
+    # left out of training), not an error, and not hidden
+    assert rep.ok and rep.splits["train"].n_empty_captions == 20
+    assert [w.message.split(" (first")[0] for w in rep.warnings] == [
+        "20 empty caption(s) in train left out of training", "4 train image(s) have no caption and are left out "
+        "of training"]
+    assert all(w.file.endswith("train_caps.txt") for w in rep.warnings)
 
 
 def test_synth_command(tmp_path):

@@ -1,0 +1,127 @@
+"""Issue #15 part C: data rules shared by `bench data check` and `bench run`, and environment hardening."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fakedata import make_karpathy, make_precomp
+from helpers import run_cli
+
+from rsbench.datasets import check_dataset, load_dataset
+
+
+def _no_training(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replace runner.run_cell with a recorder: the refusal must come before any cell trains."""
+    import rsbench.runner as runner
+
+    calls: list[str] = []
+
+    def fake_run_cell(cfg, data, cell, *a, **k):  # noqa: ANN001
+        calls.append(str(cell))
+        raise AssertionError("a cell started training on data that should have been refused")
+
+    monkeypatch.setattr(runner, "run_cell", fake_run_cell)
+    return calls
+
+
+def _run(root: Path, dataset: str, out: Path, capsys) -> tuple[int, str, str]:  # noqa: ANN001
+    return run_cli(["run", "--methods", "vsepp", "--dataset", dataset, "--data-root", str(root), "--epochs", "1",
+                    "--device", "cpu", "--out", str(out)], capsys)
+
+
+def _edit_json(path: Path, fn) -> None:  # noqa: ANN001
+    obj = json.loads(path.read_text())
+    fn(obj)
+    path.write_text(json.dumps(obj))
+
+
+# ---- item 1: a test image with no captions; no test split --------------------------------------
+def test_test_image_without_captions_flagged_by_check_and_refused_by_run(tmp_path, capsys, monkeypatch):
+    fs = make_karpathy(tmp_path / "d", "sydney")
+    name = fs.splits["test"][1]
+
+    def strip(obj):  # noqa: ANN001
+        next(im for im in obj["images"] if im["filename"] == name)["sentences"] = []
+
+    _edit_json(fs.ann_file, strip)
+    rep = check_dataset("sydney", data_root=fs.root)
+    assert [p.line for p in rep.problems] == [f"{fs.ann_file}: image '{name}' (test) has no captions"]
+    calls = _no_training(monkeypatch)
+    code, _, err = _run(fs.root, "sydney", tmp_path / "res", capsys)
+    assert code == 2 and calls == []
+    assert err.strip() == f"error: {fs.ann_file}: image '{name}' (test) has no captions", err
+    assert not (tmp_path / "res" / "sydney" / "vsepp").exists()
+
+
+def test_no_test_split_flagged_by_check_and_refused_by_run(tmp_path, capsys, monkeypatch):
+    fs = make_karpathy(tmp_path / "d", "ucm")
+
+    def no_test(obj):  # noqa: ANN001
+        obj["images"] = [im for im in obj["images"] if im["split"] != "test"]
+
+    _edit_json(fs.ann_file, no_test)
+    code, out, err = run_cli(["data", "check", "ucm", "--data-root", str(fs.root)], capsys)
+    assert code == 1 and "no problems found" not in out
+    assert f"error: {fs.ann_file}: no test split" in err
+    calls = _no_training(monkeypatch)
+    code, _, err = _run(fs.root, "ucm", tmp_path / "res", capsys)
+    assert code == 2 and calls == [] and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {fs.ann_file}: no test split"), err
+
+
+def test_precomp_without_test_captions_is_no_test_split(tmp_path):
+    fs = make_precomp(tmp_path, "rsitmd")
+    (fs.ann_file / "test_caps.txt").write_text("")
+    (fs.ann_file / "test_filename.txt").write_text("")
+    rep = check_dataset("rsitmd", data_root=tmp_path)
+    assert [p.file for p in rep.problems] == [str(fs.ann_file.resolve() / "test_caps.txt")]
+    assert "no test split" in rep.problems[0].message
+
+
+# ---- item 2: one empty-caption rule --------------------------------------------------------------
+def _blank_train_caption(fs, index: int = 0, caption: int = 2) -> str:  # noqa: ANN001
+    name = fs.splits["train"][index]
+
+    def blank(obj):  # noqa: ANN001
+        next(im for im in obj["images"] if im["filename"] == name)["sentences"][caption]["raw"] = "  \t "
+
+    _edit_json(fs.ann_file, blank)
+    return name
+
+
+def test_empty_train_caption_is_a_warning_and_left_out_of_training(tmp_path, capsys):
+    fs = make_karpathy(tmp_path / "d", "sydney")
+    name = _blank_train_caption(fs)
+    warned: list[str] = []
+    ds = load_dataset("sydney", data_root=fs.root, warn=warned.append)
+    assert "" not in ds.train.captions
+    assert ds.train.n_captions == sum(len(fs.captions[n]) for n in fs.splits["train"]) - 1
+    i = ds.train.image_names.index(name)
+    assert ds.train.captions_of(i) and len(ds.train.captions_of(i)) == len(fs.captions[name]) - 1
+    assert warned == [f"{fs.ann_file}: 1 empty caption(s) in train left out of training "
+                      f"(first: image '{name}' caption 2)"]
+    code, out, err = run_cli(["data", "check", "sydney", "--data-root", str(fs.root)], capsys)
+    assert code == 0, err
+    assert "no problems found, 1 warning(s)" in out
+    assert err.count("warning: ") == 1 and "error:" not in err
+    row = next(ln for ln in out.splitlines() if ln.startswith("train "))
+    assert row.split()[6] == "1"  # the 'empty' column counts it
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_empty_val_or_test_caption_is_an_error_in_check_and_run(tmp_path, capsys, monkeypatch, split):
+    fs = make_karpathy(tmp_path / "d", "sydney")
+    name = fs.splits[split][0]
+
+    def blank(obj):  # noqa: ANN001
+        next(im for im in obj["images"] if im["filename"] == name)["sentences"][1]["raw"] = ""
+
+    _edit_json(fs.ann_file, blank)
+    expected = f"{fs.ann_file}: image '{name}' ({split}) caption 1: empty caption"
+    code, _, err = run_cli(["data", "check", "sydney", "--data-root", str(fs.root)], capsys)
+    assert code == 1 and f"error: {expected}" in err
+    calls = _no_training(monkeypatch)
+    code, _, err = _run(fs.root, "sydney", tmp_path / "res", capsys)
+    assert code == 2 and calls == [] and err.startswith(f"error: {expected}"), err
