@@ -125,3 +125,25 @@ def test_empty_val_or_test_caption_is_an_error_in_check_and_run(tmp_path, capsys
     calls = _no_training(monkeypatch)
     code, _, err = _run(fs.root, "sydney", tmp_path / "res", capsys)
     assert code == 2 and calls == [] and err.startswith(f"error: {expected}"), err
+
+
+# ---- item 3: Pillow's DecompressionBombWarning ------------------------------------------------------
+def test_large_image_warns_once_in_our_words(tmp_path, capsys, monkeypatch):
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from rsbench.datasets import decode_image
+
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 144 px: above the limit, below 2x (the hard error)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert decode_image(path).size == (12, 12)
+    assert [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)] == []
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"warning: {path}: very large image (12x12 = 144 pixels, above Pillow's "
+                                "decompression-bomb limit of 100); decoded anyway"], err
