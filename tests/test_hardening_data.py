@@ -258,3 +258,45 @@ def test_conftest_marks_the_test_session():
     import os
 
     assert os.environ.get("RSBENCH_TESTING") == "1"  # inherited by the subprocesses the kill tests start
+
+
+# ---- item 10: submitit's pickles go to a private folder ----------------------------------------------
+def test_submitit_folder_is_per_user_and_private(tmp_path):
+    import os
+
+    from rsbench.launch import submitit_folder
+
+    out = tmp_path / "res"
+    folder = submitit_folder(out, None)
+    assert folder == out / f".submitit-{os.getuid()}" and folder.is_dir()
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert submitit_folder(out, None) == folder  # reused as is
+    explicit = submitit_folder(out, tmp_path / "mine" / "jobs")
+    assert explicit.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o755])
+def test_submitit_folder_with_loose_permissions_is_refused(tmp_path, mode):
+    from rsbench.errors import UserError
+    from rsbench.launch import submitit_folder
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    with pytest.raises(UserError) as ei:
+        submitit_folder(tmp_path / "res", shared)
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith(f"{shared}: ") and f"{mode:o}" in msg and "chmod 700" in msg
+
+
+def test_submitit_folder_of_another_user_is_refused(tmp_path, monkeypatch):
+    import os
+
+    from rsbench.errors import UserError
+    from rsbench.launch import submitit_folder
+
+    owner = os.getuid()
+    folder = submitit_folder(tmp_path / "res", None)
+    monkeypatch.setattr(os, "getuid", lambda: owner + 1)
+    with pytest.raises(UserError, match=f"owned by uid {owner}"):
+        submitit_folder(tmp_path / "res", folder)
