@@ -300,3 +300,26 @@ def test_submitit_folder_of_another_user_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "getuid", lambda: owner + 1)
     with pytest.raises(UserError, match=f"owned by uid {owner}"):
         submitit_folder(tmp_path / "res", folder)
+
+
+# ---- item 6: one cache root --------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["", "   "])
+def test_empty_rsbench_cache_means_the_default_everywhere(monkeypatch, tmp_path, value):
+    import rsbench.runner as runner
+    from rsbench.datasets.cache import cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RSBENCH_CACHE", value)
+    default = tmp_path / "home" / ".cache" / "rsbench"
+    assert cache_root() == default
+    assert runner.cache_root() == default  # the method cache (runner) and the datasets agree
+
+
+def test_relative_rsbench_cache_is_made_absolute(monkeypatch, tmp_path):
+    import rsbench.runner as runner
+    from rsbench.datasets.cache import cache_root
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RSBENCH_CACHE", "rel/cache")
+    assert cache_root() == runner.cache_root() == tmp_path / "rel" / "cache"
