@@ -305,7 +305,7 @@ def test_submitit_folder_of_another_user_is_refused(tmp_path, monkeypatch):
 # ---- item 6: one cache root --------------------------------------------------------------------------
 @pytest.mark.parametrize("value", ["", "   "])
 def test_empty_rsbench_cache_means_the_default_everywhere(monkeypatch, tmp_path, value):
-    import rsbench.runner as runner
+    from rsbench import runner
     from rsbench.datasets.cache import cache_root
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -317,9 +317,34 @@ def test_empty_rsbench_cache_means_the_default_everywhere(monkeypatch, tmp_path,
 
 
 def test_relative_rsbench_cache_is_made_absolute(monkeypatch, tmp_path):
-    import rsbench.runner as runner
+    from rsbench import runner
     from rsbench.datasets.cache import cache_root
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RSBENCH_CACHE", "rel/cache")
     assert cache_root() == runner.cache_root() == tmp_path / "rel" / "cache"
+
+
+# ---- item 9: the shared data is found relative to the repository ----------------------------------
+def test_shared_data_is_found_next_to_the_repository(monkeypatch):
+    from helpers import shared_data
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.delenv("CI", raising=False)
+    try:
+        found = shared_data("data/captions")
+    except pytest.skip.Exception:
+        found = None
+    if found is not None:
+        assert found == repo.parent / "shared" / "data" / "captions"
+    with pytest.raises(pytest.skip.Exception, match="shared data not found"):
+        shared_data("no/such/folder")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=str(repo.parent / "shared" / "no" / "such" / "folder")):
+        shared_data("no/such/folder")
+
+
+def test_no_test_hard_codes_the_shared_folder():
+    needle = "/work/" + "shared"
+    hits = [p.name for p in Path(__file__).resolve().parent.glob("*.py") if needle in p.read_text()]
+    assert hits == []
