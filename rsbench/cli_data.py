@@ -1,6 +1,6 @@
 """`bench data check / synth / cache`: inspect a dataset copy, generate the synthetic set, build the image cache.
 
-Exit codes: 0 fine; 1 the data has problems (each printed as `error: <file>: <problem>` on stderr);
+Exit codes: 0 fine (warnings, e.g. empty train captions, are printed as `warning: <file>: ...`); 1 the data has problems (each printed as `error: <file>: <problem>` on stderr);
 2 user-input errors (missing folder, unknown dataset), raised as UserError for the main CLI.
 """
 
@@ -42,6 +42,8 @@ def check_cmd(
                            layout=layout, val_seed=val_seed,
                            progress=lambda msg: typer.echo(msg, err=True))
     typer.echo(format_report(report))
+    for w in report.warnings:
+        typer.echo(f"warning: {w.line}", err=True)
     if report.problems:
         for p in report.problems:
             typer.echo(f"error: {p.line}", err=True)

@@ -153,22 +153,39 @@ def remove_stale_temp_files(folder: str | Path) -> int:
 
 
 # ---- TEST ONLY: crash injection -----------------------------------------------------------------
-# RSBENCH_TEST_KILL_AT=<point>[#n] makes the process SIGKILL itself the n-th time (default 1st) it
-# reaches <point>. Points: write:<file name> (temp file written, before the rename), step:<epoch>:<step>
-# (after an optimiser step), eval:<split> (during an evaluation). Used by tests/test_reliability.py
-# to prove that a run killed anywhere resumes to the same result. Unset in normal use: a no-op.
+# Under the test suite (RSBENCH_TESTING=1, set by tests/conftest.py and inherited by the processes
+# the tests start), RSBENCH_TEST_KILL_AT=<point>[#n] makes the process SIGKILL itself the n-th time
+# (default 1st) it reaches <point>. Points: write:<file name> (temp file written, before the rename),
+# step:<epoch>:<step> (after an optimiser step), eval:<split> (during an evaluation). Used by
+# tests/test_reliability.py to prove that a run killed anywhere resumes to the same result.
+# Both variables are read ONCE, at import; without RSBENCH_TESTING=1 the hook is None and
+# kill_point is a no-op that never looks at the environment.
 KILL_ENV = "RSBENCH_TEST_KILL_AT"
+TEST_FLAG_ENV = "RSBENCH_TESTING"
 _kill_hits: dict[str, int] = {}
 
 
+def _kill_hook_from_env() -> Callable[[str], None] | None:
+    """The test-only hook, or None (always None outside the test suite)."""
+    if os.environ.get(TEST_FLAG_ENV) != "1" or not os.environ.get(KILL_ENV):
+        return None
+    point, _, nth = os.environ[KILL_ENV].partition("#")
+    at = int(nth or 1)
+
+    def hook(name: str) -> None:
+        if name != point:
+            return
+        _kill_hits[name] = _kill_hits.get(name, 0) + 1
+        if _kill_hits[name] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+_kill_hook = _kill_hook_from_env()
+
+
 def kill_point(name: str) -> None:
-    """Test-only: SIGKILL this process here if $RSBENCH_TEST_KILL_AT names this point."""
-    want = os.environ.get(KILL_ENV)
-    if not want:
-        return
-    point, _, nth = want.partition("#")
-    if point != name:
-        return
-    _kill_hits[name] = _kill_hits.get(name, 0) + 1
-    if _kill_hits[name] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Test-only crash point: a no-op unless the test suite installed a hook at import."""
+    if _kill_hook is not None:
+        _kill_hook(name)

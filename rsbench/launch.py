@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import time
 from dataclasses import dataclass, fields, is_dataclass
@@ -200,11 +201,36 @@ def make_executor(launcher: str, folder: Path, partition: str | None, gpus_per_j
     return ex
 
 
+def submitit_folder(out: Path, slurm_folder: Path | None) -> Path:
+    """The folder for submitit's pickles and logs: `--slurm-folder`, default `<out>/.submitit-<uid>`.
+
+    Why private: a submitted job unpickles what lies in this folder, so anyone who can write there
+    runs code as the submitter. The folder is created with mode 0700; an existing one is refused
+    unless it is owned by this user and closed to group and others.
+    """
+    folder = Path(slurm_folder) if slurm_folder else Path(out) / f".submitit-{os.getuid()}"
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+    except OSError as e:
+        raise UserError(f"{folder}: cannot create the job folder ({e.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{folder}: job folder is not a plain folder (a symlink or a file)")
+    if st.st_uid != os.getuid():
+        raise UserError(f"{folder}: job folder is owned by uid {st.st_uid}, not you (uid {os.getuid()}); jobs "
+                        "unpickle what is in it: use a folder of your own (--slurm-folder)")
+    if st.st_mode & 0o077:
+        raise UserError(f"{folder}: job folder has mode {st.st_mode & 0o777:o}, open to other users; jobs "
+                        f"unpickle what is in it: chmod 700 {folder} or pass another --slurm-folder")
+    return folder
+
+
 def submit_grid(launcher: str, specs: list[JobSpec], out: Path, *, device: str, resume: bool, overwrite: bool,
                 partition: str | None = None, gpus_per_job: int = 1, time_limit: str = "240",
                 slurm_folder: Path | None = None, cpus_per_task: int | None = None) -> list[Any]:
     """Submit one job per cell; record the job ids in `<out>/.jobs.json`; return the submitit jobs."""
-    folder = Path(slurm_folder) if slurm_folder else out / ".submitit"
+    folder = submitit_folder(out, slurm_folder)
     ex = make_executor(launcher, folder, partition, gpus_per_job, parse_time(time_limit), cpus_per_task)
     jobs = []
     try:
@@ -311,7 +337,7 @@ def submit_from_cli(launcher: str, cfgs: dict[tuple[str, str, int], Any], out: P
             raise SystemExit(2)
     else:
         typer.echo(f"{len(jobs)} job(s) submitted; follow them with `bench status {out}` "
-                   f"(logs in {slurm_folder or out / '.submitit'})")
+                   f"(logs in {submitit_folder(out, slurm_folder)})")
 
 
 def _abs(p: Path | None) -> str | None:

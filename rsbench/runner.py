@@ -81,8 +81,7 @@ def seed_everything(s: int) -> None:
     torch.manual_seed(s)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("RSBENCH_CACHE", Path.home() / ".cache" / "rsbench")).expanduser()
+from .datasets.cache import cache_root  # one cache root for datasets and methods (RSBENCH_CACHE)
 
 
 def one_line(e: BaseException) -> str:

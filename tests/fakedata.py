@@ -1,7 +1,7 @@
 """Generate tiny fake copies of the four datasets in their real on-disk layouts (and AMFMN precomp).
 
 Used by the dataset tests: nothing here is hand-made, every file is written at test time into a
-temp folder. Layouts and file naming follow /work/shared/specs/datasets.md:
+temp folder. Layouts and file naming follow ../shared/specs/datasets.md (next to the repository root):
 
     ucm     dataset.json          imgs/N.tif                  (N = 1..)
     sydney  dataset.json          images/N.tif                (some 16-bit, greyscale, 4-band TIFFs)

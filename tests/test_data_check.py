@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from fakedata import make_karpathy, make_precomp, write_image
 from helpers import run_cli as run_main
+from helpers import shared_data
 from typer.testing import CliRunner
 
 from rsbench.cli_data import data_app
 from rsbench.datasets import check_dataset
-
-SHARED = Path("/work/shared/data/captions")
 
 
 def run_data(args: list[str]):
@@ -154,7 +153,6 @@ def test_check_user_errors_exit_2(tmp_path, capsys):
     assert code == 2 and "unknown dataset 'rsicdd' (did you mean 'rsicd'?)" in err
 
 
-@pytest.mark.skipif(not (SHARED / "rsitmd_precomp").is_dir(), reason="shared captions not present")
 def test_check_real_rsitmd_captions_at_scale(tmp_path, monkeypatch):
     """Real caption files at scale. No images: existence is faked (creating 4743 files is slow on
     a busy disk) and decoding is off, so this checks the text side of `check_dataset`."""
@@ -162,15 +160,19 @@ def test_check_real_rsitmd_captions_at_scale(tmp_path, monkeypatch):
 
     img = tmp_path / "images"
     img.mkdir()
-    pre = SHARED / "rsitmd_precomp"
+    pre = shared_data("data/captions/rsitmd_precomp")
     monkeypatch.setattr(check_mod.os.path, "isfile", lambda p: str(p).startswith(str(img.resolve())))
     rep = check_dataset("rsitmd", ann_file=pre, image_dir=img, decode=False)
     assert {k: (v.n_images, v.n_captions) for k, v in rep.splits.items()} == {
-        "train": (3435, 17175), "val": (856, 4280), "test": (452, 2260)}
+        "train": (3435, 17155), "val": (856, 4280), "test": (452, 2260)}
     assert len(rep.splits["train"].classes) == 33
-    # the real train captions have 4 images whose 5 captions are blank lines: reported, not hidden
-    assert len(rep.problems) == 20 and all("empty caption" in p.line for p in rep.problems)
-    assert all(p.file.endswith("train_caps.txt") for p in rep.problems)
+    # the real train captions have 4 images whose 5 captions are blank lines: a warning (counted,
+    # left out of training), not an error, and not hidden
+    assert rep.ok and rep.splits["train"].n_empty_captions == 20
+    assert [w.message.split(" (first")[0] for w in rep.warnings] == [
+        "20 empty caption(s) in train left out of training", ("4 train image(s) have no caption and are left out "
+        "of training")]
+    assert all(w.file.endswith("train_caps.txt") for w in rep.warnings)
 
 
 def test_synth_command(tmp_path):

@@ -10,6 +10,18 @@ import numpy as np
 
 
 @dataclass
+class Problem:
+    """One finding about a dataset copy: the file it is about and what is wrong (one line)."""
+
+    file: str
+    message: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.file}: {self.message}" if self.file else self.message
+
+
+@dataclass
 class Split:
     """One split. Captions are grouped by image in `cap2img` (not necessarily 5 per image)."""
 
@@ -47,6 +59,10 @@ class DatasetSplits:
     ann_file: Path | None
     fingerprint: str  # sha256 over the annotation bytes and the split assignment
     notes: dict[str, Any] = field(default_factory=dict)  # e.g. how a val split was carved
+    # Findings of the split rules (rsbench.datasets.splits.split_findings): errors make load_dataset
+    # refuse the data (unless strict=False, as `bench data check` loads it); warnings are printed.
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
 
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):

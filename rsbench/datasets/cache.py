@@ -35,8 +35,13 @@ CACHE_VERSION = 1
 
 
 def cache_root() -> Path:
-    """`$RSBENCH_CACHE`, default ~/.cache/rsbench."""
-    return Path(os.environ.get("RSBENCH_CACHE") or "~/.cache/rsbench").expanduser()
+    """`$RSBENCH_CACHE` (made absolute), default ~/.cache/rsbench when unset, empty or blank.
+
+    The one cache root: the datasets (synthetic, images) and the runner's method cache both use it,
+    so `RSBENCH_CACHE=""` cannot send one to the current folder and the other to ~/.cache.
+    """
+    value = os.environ.get("RSBENCH_CACHE", "").strip()
+    return Path(value or "~/.cache/rsbench").expanduser().absolute()
 
 
 def train_resize_size(image_size: int, resize: int = 0) -> int:

@@ -17,6 +17,7 @@ LOAD_TRUNCATED_IMAGES and always call `.load()` so decoding errors surface here,
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +80,35 @@ def _describe(im: Image.Image) -> str:
     return f"{im.mode} ({', '.join(extra)})" if extra else im.mode
 
 
+_WARNED_LARGE: set[str] = set()
+
+
+def _warn_large(path: Path, size: tuple[int, int]) -> None:
+    """One line of ours per file and process instead of Pillow's raw DecompressionBombWarning.
+
+    Silent inside DataLoader worker processes (each epoch starts new ones, which would repeat it);
+    `bench data check` and the main process say it once.
+    """
+    if str(path) in _WARNED_LARGE:
+        return
+    _WARNED_LARGE.add(str(path))
+    tud = sys.modules.get("torch.utils.data")
+    if tud is not None and tud.get_worker_info() is not None:
+        return
+    print(f"warning: {path}: very large image ({size[0]}x{size[1]} = {size[0] * size[1]} pixels, above Pillow's "
+          f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS}); decoded anyway", file=sys.stderr, flush=True)
+
+
 def decode_image(path: str | Path) -> DecodedImage:
     """Open, fully decode and convert one image file; DataError naming the file if it cannot."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. odd TIFF tags: harmless metadata
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # said once by _warn_large
             with Image.open(path) as im:
+                if Image.MAX_IMAGE_PIXELS and im.size[0] * im.size[1] > Image.MAX_IMAGE_PIXELS:
+                    _warn_large(path, im.size)
                 im.load()
                 mode, size = _describe(im), im.size
                 rgb = _to_rgb(im)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,12 +228,17 @@ def load_dataset(
     val_seed: int = 0,
     val_fraction: float = 0.2,
     verify_images: bool = True,
+    strict: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> DatasetSplits:
     """Load a dataset's train/val/test splits (val carved from train when the source has none).
 
     `data_root`: a folder with the annotation (default names, or `<name>_precomp/`) and the image
     folder; or give `ann_file` (JSON, or a precomp folder) and `image_dir` separately.
     `verify_images`: check every listed image file exists (decoding is `check_dataset`'s job).
+    `strict`: refuse data that breaks the split rules (no test split, a val/test query with no
+    text; see splits.split_findings) with a DataError; False keeps the findings in `.errors`.
+    `warn`: where each warning line goes (default: `warning: ...` on stderr).
     """
     info = get_dataset_info(name)
     root = default_data_root(name, data_root, ann_file)
@@ -242,5 +249,12 @@ def load_dataset(
         records, digest, notes = read_precomp(ann_path)
     else:
         records, digest, notes = read_karpathy(ann_path)
-    return assemble(info.name, records, image_dir=img_dir, ann_file=ann_path, source_digest=digest, notes=notes,
-                    val_seed=val_seed, val_fraction=val_fraction, verify_images=verify_images)
+    ds = assemble(info.name, records, image_dir=img_dir, ann_file=ann_path, source_digest=digest, notes=notes,
+                  val_seed=val_seed, val_fraction=val_fraction, verify_images=verify_images, strict=strict)
+    for w in ds.warnings:
+        (warn or _stderr_warning)(w.line)
+    return ds
+
+
+def _stderr_warning(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)

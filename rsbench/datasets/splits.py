@@ -12,14 +12,14 @@ import json
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DataError, UserError
-from .base import DatasetSplits, Split
+from .base import DatasetSplits, Problem, Split
 
 SPLITS = ("train", "val", "test")
 
@@ -119,6 +119,60 @@ def _build_split(name: str, recs: list[ImageRecord], paths: dict[str, Path]) -> 
     )
 
 
+def caption_file(ann_file: Path | str | None, layout: str, split: str) -> str:
+    """The file a split's captions are read from, for messages (a carved val comes from train_caps.txt)."""
+    if layout == "precomp" and ann_file is not None:
+        return str(Path(ann_file) / ("test_caps.txt" if split == "test" else "train_caps.txt"))
+    return str(ann_file)
+
+
+def drop_empty_train_captions(train: list[ImageRecord]) -> tuple[list[ImageRecord], list[tuple[str, int]]]:
+    """Train records without their empty captions, and (image, caption index) of each one left out.
+
+    Why: a blank line in a training file (the real RSITMD train_caps.txt has 20) is not a pair to
+    learn from; it is left out of training and reported as a warning, never trained on.
+    """
+    dropped: list[tuple[str, int]] = []
+    out: list[ImageRecord] = []
+    for r in train:
+        empty = [k for k, c in enumerate(r.captions) if not c]
+        dropped.extend((r.name, k) for k in empty)
+        out.append(replace(r, captions=[c for c in r.captions if c]) if empty else r)
+    return out, dropped
+
+
+def split_findings(by_split: dict[str, list[ImageRecord]], dropped: list[tuple[str, int]], ann_file: Path,
+                   layout: str) -> tuple[list[Problem], list[Problem]]:
+    """The one rule set on splits and captions, shared by `bench run` (load_dataset) and `bench data check`.
+
+    Errors (the data cannot give a test result): no test images; a val or test image with no
+    caption; an empty val or test caption (a query with no text). Warnings: empty train captions
+    (left out of training) and train images left with no caption (never sampled).
+    """
+    errors: list[Problem] = []
+    if not by_split["test"]:
+        errors.append(Problem(caption_file(ann_file, layout, "test"),
+                              "no test split (no image is marked 'test'); rsbench reports results on test"))
+    for split in ("val", "test"):
+        cap_file = caption_file(ann_file, layout, split)
+        for r in by_split[split]:
+            if not r.captions:
+                errors.append(Problem(cap_file, f"image '{r.name}' ({split}) has no captions"))
+            errors.extend(Problem(cap_file, f"image '{r.name}' ({split}) caption {k}: empty caption "
+                                            "(a query with no text)") for k, c in enumerate(r.captions) if not c)
+    warnings: list[Problem] = []
+    train_file = caption_file(ann_file, layout, "train")
+    if dropped:
+        name, k = dropped[0]
+        warnings.append(Problem(train_file, f"{len(dropped)} empty caption(s) in train left out of training "
+                                            f"(first: image '{name}' caption {k})"))
+    bare = [r.name for r in by_split["train"] if not r.captions]
+    if bare:
+        warnings.append(Problem(train_file, f"{len(bare)} train image(s) have no caption and are left out of "
+                                            f"training (first: '{bare[0]}')"))
+    return errors, warnings
+
+
 def fingerprint(source_digest: str, splits: dict[str, list[str]], carving: dict[str, Any] | None) -> str:
     """sha256 over the annotation bytes' digest, the image names per split and the val carving."""
     h = hashlib.sha256()
@@ -141,8 +195,13 @@ def assemble(
     val_seed: int = 0,
     val_fraction: float = 0.2,
     verify_images: bool = True,
+    strict: bool = True,
 ) -> DatasetSplits:
-    """Check names, carve val when the source has none, verify files, and build DatasetSplits."""
+    """Check names, carve val when the source has none, apply the split rules, verify files, build DatasetSplits.
+
+    `strict`: a split-rule error (split_findings) raises DataError here, before any training;
+    `bench data check` passes False to list every finding instead.
+    """
     image_dir = image_dir.resolve()
     first_entry: dict[str, str] = {}
     paths: dict[str, Path] = {}
@@ -176,6 +235,14 @@ def assemble(
         }
         notes = {**notes, "val_carving": carving}
 
+    by_split["train"], dropped = drop_empty_train_captions(by_split["train"])
+    errors, warnings = split_findings(by_split, dropped, ann_file, str(notes.get("layout", "")))
+    if errors and strict:
+        more = f" (and {len(errors) - 1} more; `bench data check` lists them all)" if len(errors) > 1 else ""
+        raise DataError(errors[0].line + more)
+    if dropped:
+        notes = {**notes, "empty_train_captions": len(dropped)}
+
     if verify_images:
         missing = [r for r in records if not os.path.isfile(paths[r.name])]
         if missing:
@@ -193,4 +260,6 @@ def assemble(
         ann_file=ann_file,
         fingerprint=fingerprint(source_digest, names, carving),
         notes=notes,
+        errors=errors,
+        warnings=warnings,
     )
