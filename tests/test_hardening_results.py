@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from rsbench.results import is_complete, write_file_set
+from rsbench.results import is_complete
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 TINY = ["--methods", "vsepp", "--dataset", "synthetic", "--device", "cpu",
@@ -144,6 +144,7 @@ def test_file_set_is_all_or_none(tmp_path: Path) -> None:
     a.write_text("old a")
     b.mkdir()  # the rename onto b fails
     from rsbench.errors import UserError
+    from rsbench.results import write_file_set
 
     with pytest.raises(UserError):
         write_file_set({a: "new a", b: "new b"})
