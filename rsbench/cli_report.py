@@ -211,8 +211,14 @@ def leaderboard(
     """Mean ± std over seeds per (dataset, method): writes leaderboard.csv, and leaderboard.md and
     leaderboard.tex (booktabs) with best values bold and significance marks between rows."""
     from .locks import holding, leaderboard_lock
-    from .results import (leaderboard_files, leaderboard_markdown, remove_stale_leaderboard_temps,
-                          require_results_dir, scan_results, write_file_set)
+    from .results import (
+        leaderboard_files,
+        leaderboard_markdown,
+        remove_stale_leaderboard_temps,
+        require_results_dir,
+        scan_results,
+        write_file_set,
+    )
     from .tables import leaderboard_table_files
 
     require_results_dir(results_dir)  # before the lock would create the folder

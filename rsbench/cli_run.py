@@ -143,9 +143,9 @@ def run(
 
         return submit_from_cli(launcher, cfgs, out, data_root, ann_file, image_dir, device, resume, overwrite,
                                partition, gpus_per_job, time_limit, slurm_folder)
-    from . import distributed as dist
-
     import signal
+
+    from . import distributed as dist
 
     dev = dist.setup(pick_device(device))  # under torchrun: one DDP process per GPU/CPU rank
     show = sys.stderr.isatty() if progress is None else progress

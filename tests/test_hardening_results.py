@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -132,7 +131,7 @@ def test_damaged_ranks_is_not_complete_and_leaves_leaderboard_files_alone(scored
     f.write_bytes(b"" if kind == "empty" else f.read_bytes()[: f.stat().st_size // 2])
     assert not is_complete(f.parent)
     for cmd in (["leaderboard", str(scored)], ["compare", str(scored), "--resamples", "50"]):
-        code, out, err = run_cli(cmd, capsys)
+        code, _, err = run_cli(cmd, capsys)
         assert code == 2 and "Traceback" not in err, (cmd, err)
         assert str(f) in err
     assert {p.name: p.read_bytes() for p in scored.glob("leaderboard.*")} == before
@@ -209,7 +208,7 @@ def test_finite_divergence_marks_cell_failed(tmp_path: Path, tiny_synthetic: Pat
 def test_error_in_one_cell_does_not_stop_the_grid(tmp_path: Path, tiny_synthetic: Path, capsys,
                                                  monkeypatch, isolated_cache) -> None:
     """An unexpected exception in one cell: its failed.json and a FAILED row, the next cell runs, exit 2."""
-    import rsbench.runner as runner
+    from rsbench import runner
 
     real = runner.run_cell
 
@@ -285,7 +284,7 @@ def test_signal_prints_resume_point_and_exits(tmp_path: Path, tiny_synthetic: Pa
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, stderr
     lines = [s for s in stderr.splitlines() if s.strip()]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
