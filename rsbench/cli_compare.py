@@ -14,6 +14,9 @@ import typer
 from .cli import app
 from .errors import UserError, unknown
 
+SKIP_DAMAGED_HELP = ("Leave out result cells whose files do not read back (each is still named in a "
+                     "warning) instead of refusing.")
+
 
 @app.command()
 def compare(
@@ -25,6 +28,7 @@ def compare(
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the resampling (results are reproducible).")] = 0,
     split: Annotated[str, typer.Option("--split", help="Compare cells scored on this split.")] = "test",
     out: Annotated[Path | None, typer.Option("--out", help="CSV path (default RESULTS_DIR/significance.csv).")] = None,
+    skip_damaged: Annotated[bool, typer.Option("--skip-damaged", help=SKIP_DAMAGED_HELP)] = False,
 ) -> None:
     """Paired significance of every pair of methods per dataset; writes significance.csv.
 
@@ -38,7 +42,8 @@ def compare(
 
     if metric != "all" and metric not in METRICS:
         raise unknown("metric", metric, [*METRICS, "all"])
-    df = compare_results(results_dir, dataset=dataset, alpha=alpha, resamples=resamples, seed=seed, split=split)
+    df = compare_results(results_dir, dataset=dataset, alpha=alpha, resamples=resamples, seed=seed, split=split,
+                         skip_damaged=skip_damaged)
     if df.empty:
         raise UserError(f"{results_dir}: nothing to compare (each dataset has fewer than two methods)")
     path = out if out is not None else Path(results_dir) / "significance.csv"
@@ -54,10 +59,11 @@ def plot(
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default RESULTS_DIR/figures).")] = None,
     logx: Annotated[bool, typer.Option("--logx/--no-logx", help="Logarithmic K axis on the recall curves.")] = True,
     split: Annotated[str, typer.Option("--split", help="Plot cells scored on this split.")] = "test",
+    skip_damaged: Annotated[bool, typer.Option("--skip-damaged", help=SKIP_DAMAGED_HELP)] = False,
 ) -> None:
     """Recall@K curves (both directions, band over seeds) and an mR bar chart, PNG (200 dpi) and PDF."""
     from .plots import plot_results
 
-    paths = plot_results(results_dir, out_dir=out, dataset=dataset, logx=logx, split=split)
+    paths = plot_results(results_dir, out_dir=out, dataset=dataset, logx=logx, split=split, skip_damaged=skip_damaged)
     for p in paths:
         typer.echo(f"wrote {p}")

@@ -228,17 +228,28 @@ def leaderboard(
     out: Annotated[Path | None, typer.Option("--out", help="Where to write leaderboard.csv/.md/.tex.")] = None,
     with_published: Annotated[bool, typer.Option("--with-published", help="Add the numbers reported in papers (shipped published_results.csv) under a rule.")] = False,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the marks in the .md/.tex tables (Holm-corrected).")] = 0.05,
+    skip_damaged: Annotated[bool, typer.Option("--skip-damaged", help="Leave out result cells whose files do not read back (each is still named in a warning) instead of refusing.")] = False,
 ) -> None:
     """Mean ± std over seeds per (dataset, method): writes leaderboard.csv, and leaderboard.md and
     leaderboard.tex (booktabs) with best values bold and significance marks between rows."""
     from .locks import holding, leaderboard_lock
-    from .results import leaderboard_markdown, require_results_dir, write_leaderboard
-    from .tables import write_leaderboard_tables
+    from .results import (
+        leaderboard_files,
+        leaderboard_markdown,
+        remove_stale_leaderboard_temps,
+        require_results_dir,
+        scan_results,
+        write_file_set,
+    )
+    from .tables import leaderboard_table_files
 
     require_results_dir(results_dir)  # before the lock would create the folder
     with holding(leaderboard_lock(out or results_dir), f"{out or results_dir}: leaderboard being written by "
                  "another process", timeout=LEADERBOARD_WAIT_S):
-        df = write_leaderboard(results_dir, out)
-        write_leaderboard_tables(results_dir, out, with_published=with_published, alpha=alpha)
+        cells = scan_results(results_dir, skip_damaged)  # read once: each damaged cell warned once
+        df, files = leaderboard_files(results_dir, out, cells=cells)
+        files.update(leaderboard_table_files(results_dir, out, with_published, alpha, cells=cells))
+        remove_stale_leaderboard_temps(out or results_dir)  # a killed writer's; we hold the lock
+        write_file_set(files)  # .csv, .md, .tex: all or none
     typer.echo(leaderboard_markdown(df), nl=False)
     typer.echo(f"wrote {(out or results_dir) / 'leaderboard.csv'}, leaderboard.md and leaderboard.tex", err=True)

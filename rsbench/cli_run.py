@@ -28,11 +28,55 @@ def _split_list(value: str, what: str) -> list[str]:
     return items
 
 
+MAX_SEED = 2**32 - 1  # numpy's seed range; the folder seed<k> must also be found again by status/leaderboard
+
+
 def _parse_seeds(value: str) -> list[int]:
     try:
-        return [int(s) for s in _split_list(value, "seeds")]
+        seeds = [int(s) for s in _split_list(value, "seeds")]
     except ValueError:
         raise UserError(f"--seeds must be comma-separated integers, got '{value}'") from None
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise UserError(f"--seeds: {bad[0]} is out of range; seeds are integers from 0 to {MAX_SEED}")
+    return seeds
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM sends before it kills a job), raised like Ctrl-C so every cleanup runs."""
+
+
+_SIGNALLED: list[int] = []  # set by the handler: a cell error raised while stopping is not a cell failure
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _SIGNALLED.append(signum)
+    raise _Terminated()
+
+
+def _resume_point(cell: Path) -> int:
+    """Epochs saved in the cell (rows of train_log.csv, which is written after last.pt); 0 if none."""
+    if not (cell / "checkpoint" / "last.pt").is_file():
+        return 0
+    try:
+        lines = (cell / "train_log.csv").read_text(encoding="utf-8").strip().splitlines()
+    except OSError:
+        return 0
+    return max(0, len(lines) - 1)
+
+
+def _interrupted(e: KeyboardInterrupt, current: dict[str, Any]) -> None:
+    """One line saying what was interrupted and where the next run resumes; exit 143 (SIGTERM) or 130."""
+    sig, code = ("SIGTERM", 143) if isinstance(e, _Terminated) else ("Ctrl-C (SIGINT)", 130)
+    cell, cfg = current.get("cell"), current.get("cfg")
+    if cell is None:
+        typer.echo(f"interrupted by {sig} before any cell started", err=True)
+    else:
+        n = _resume_point(cell)
+        where = (f"resumes it from epoch {n} (the last one saved)" if n else "starts it over (no epoch was saved)")
+        typer.echo(f"interrupted by {sig} while running {cfg.method} on {cfg.dataset}, seed {cfg.seed} ({cell}); "
+                   f"the next `bench run` with the same options {where}", err=True)
+    sys.exit(code)
 
 
 @app.command()
@@ -99,29 +143,56 @@ def run(
 
         return submit_from_cli(launcher, cfgs, out, data_root, ann_file, image_dir, device, resume, overwrite,
                                partition, gpus_per_job, time_limit, slurm_folder)
+    import signal
+
     from . import distributed as dist
 
     dev = dist.setup(pick_device(device))  # under torchrun: one DDP process per GPU/CPU rank
     show = sys.stderr.isatty() if progress is None else progress
     summary: list[_Row] = []
-    for d in dataset_list:
-        root = data_root
-        if data_root is not None and len(dataset_list) > 1 and (data_root / d).is_dir():
-            root = data_root / d
-        data = _load_data(d, root, ann_file, image_dir)
-        typer.echo(f"{d}: train {data.train.n_images} / val {data.val.n_images} / test {data.test.n_images} "
-                   f"images on {dev}")
-        for m in method_list:
-            for s in seed_list:
-                summary.append(_run_one(cfgs[(m, d, s)], data, cell_dir(out, data.name, m, s), dev, resume,
-                                        overwrite, show))
+    current: dict[str, Any] = {}  # the cell being run, for the one-line note on Ctrl-C / SIGTERM
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        for d in dataset_list:
+            summary += _run_dataset(d, method_list, seed_list, cfgs, data_root, ann_file, image_dir, out, dev,
+                                    resume, overwrite, show, current, len(dataset_list) > 1)
+    except KeyboardInterrupt as e:
+        _interrupted(e, current)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
     dist.finish()  # every rank is done: close the group together (no-op in a single process)
     if not dist.is_main():  # DDP: rank 0 reports
         return
     _print_summary(summary)
-    _write_leaderboard(out)
-    if any(r.status == "failed" for r in summary):
+    written = _write_leaderboard(out)
+    if any(r.status == "failed" for r in summary) or not written:
         sys.exit(2)
+
+
+def _run_dataset(d: str, method_list: list[str], seed_list: list[int], cfgs: dict, data_root: Path | None,
+                 ann_file: Path | None, image_dir: Path | None, out: Path, dev: torch.device, resume: bool,
+                 overwrite: bool, show: bool, current: dict[str, Any], several: bool) -> list[_Row]:
+    """Load one dataset, refuse cells made on other data, then run its cells one after another."""
+    from .results import cell_dir
+    from .runner import check_cell_data
+
+    root = data_root
+    if data_root is not None and several and (data_root / d).is_dir():
+        root = data_root / d
+    data = _load_data(d, root, ann_file, image_dir)
+    typer.echo(f"{d}: train {data.train.n_images} / val {data.val.n_images} / test {data.test.n_images} "
+               f"images on {dev}")
+    if not overwrite:  # before any training: a cell to resume or skip must have been made on this data
+        for m in method_list:
+            for s in seed_list:
+                check_cell_data(cell_dir(out, data.name, m, s), data)
+    rows = []
+    for m in method_list:
+        for s in seed_list:
+            current.update(cell=cell_dir(out, data.name, m, s), cfg=cfgs[(m, d, s)])
+            rows.append(_run_one(cfgs[(m, d, s)], data, current["cell"], dev, resume, overwrite, show))
+    current.clear()
+    return rows
 
 
 @dataclass
@@ -179,8 +250,8 @@ def _run_one(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device,
     from .io import WriteError
     from .launch import clear_failure, record_failure
     from .locks import cell_lock
-    from .results import is_complete, load_cell
-    from .runner import check_cell_config, clear_cell, one_line, run_cell
+    from .results import cell_damage, is_complete, load_cell
+    from .runner import check_cell_config, check_cell_data, clear_cell, one_line, run_cell
 
     row = _Row(cfg.method, data.name, cfg.seed, "failed")
     lock = cell_lock(cell)
@@ -191,12 +262,16 @@ def _run_one(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device,
     try:
         if is_complete(cell) and not overwrite:
             check_cell_config(cell, cfg)
+            check_cell_data(cell, data)
             typer.echo(f"skip {cell} (complete; --overwrite to redo)")
             row.status, row.metrics = "skipped", load_cell(cell).metrics
             return row
         if overwrite and dist.is_main():
             clear_cell(cell)
         clear_failure(cell)
+        damage = None if overwrite else cell_damage(cell)
+        if damage:
+            typer.echo(f"repair {cell}: {damage}")
         typer.echo(f"run {cfg.method} on {data.name}, seed {cfg.seed} -> {cell}")
         t0 = time.time()
         res = run_cell(cfg, data, cell, dev, resume=resume, progress=show, log=typer.echo)
@@ -209,9 +284,37 @@ def _run_one(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device,
             raise UserError(f"{cell}: {one_line(e)} (rank {dist.rank()}; the other ranks are stopped)") from None
         typer.echo(f"error: {one_line(e)}", err=True)
         _free_device_memory(dev)
+    except Exception as e:  # a bug or an unforeseen error in this cell: record it, go on with the grid
+        if dist.is_distributed() or _signal_seen():
+            raise
+        _record_internal_error(cell, e)
+        _free_device_memory(dev)
     finally:
         lock.release()
     return row
+
+
+def _signal_seen() -> bool:
+    """True once SIGTERM arrived (a data worker killed by the same signal may raise before we see it)."""
+    return bool(_SIGNALLED)
+
+
+def _record_internal_error(cell: Path, e: Exception) -> None:
+    """failed.json with the one-line error, the traceback in <cell>/traceback.txt, one line on stderr."""
+    import traceback
+
+    from .io import write_text
+    from .launch import record_failure
+    from .runner import one_line
+
+    msg = f"internal error {type(e).__name__}: {one_line(e)}"[:500]
+    try:
+        write_text(cell / "traceback.txt", "".join(traceback.format_exception(e)))
+        msg += f" (traceback in {cell / 'traceback.txt'})"
+    except UserError:
+        pass
+    record_failure(cell, msg)
+    typer.echo(f"error: {cell}: {msg}", err=True)
 
 
 def _free_device_memory(dev: torch.device) -> None:
@@ -224,23 +327,30 @@ def _free_device_memory(dev: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _write_leaderboard(out: Path) -> None:
-    """Write <out>/leaderboard.{csv,md} from every complete cell (serialised between processes)."""
+def _write_leaderboard(out: Path) -> bool:
+    """Write <out>/leaderboard.{csv,md} from every complete cell (serialised between processes).
+
+    False when a damaged cell (warned by name) kept it from being written: a table without that row
+    would silently drop a result."""
     from .locks import leaderboard_lock
-    from .results import write_leaderboard
+    from .results import DamagedCell, write_leaderboard
 
     lock = leaderboard_lock(out)
     if not lock.acquire(timeout=120):
         typer.echo(f"leaderboard not written: another process is writing it ({lock.describe_owner()})")
-        return
+        return True
     try:
         write_leaderboard(out)
+    except DamagedCell as e:
+        typer.echo(f"error: leaderboard not written: {e}", err=True)
+        return False
     except UserError:
         typer.echo(f"no complete result cells in {out} yet; no leaderboard written")
-        return
+        return True
     finally:
         lock.release()
     typer.echo(f"leaderboard: {out / 'leaderboard.md'} (and leaderboard.csv)")
+    return True
 
 
 def _print_summary(rows: list[_Row]) -> None:

@@ -1,6 +1,7 @@
 """`bench status RESULTS_DIR`: the state of every cell of a results folder (local or cluster grids).
 
-States, first match wins: done (metrics.json), running (its lock is held by a live process),
+States, first match wins: done (every result file reads back), running (its lock is held by a live process),
+damaged (metrics.json exists but a result file does not read back: `bench run` repairs it),
 failed (failed.json: the one-line error), incomplete (a resume checkpoint, no metrics, not locked:
 interrupted, will resume), started (a folder, no checkpoint yet: will start over), queued (a job was
 submitted, nothing on disk yet).
@@ -67,7 +68,7 @@ def cell_status(cell: Path, job: str = "") -> CellStatus:
     """The state of one `<out>/<dataset>/<method>/seed<k>` folder (which may not exist yet)."""
     from .launch import FAILED_FILE
     from .locks import PathLock, lock_path
-    from .results import is_complete
+    from .results import cell_damage, is_complete
 
     seed = int(_SEED.match(cell.name).group(1))  # type: ignore[union-attr]
     st = CellStatus(cell.parent.parent.name, cell.parent.name, seed, "queued", "submitted, not started", job)
@@ -78,6 +79,8 @@ def cell_status(cell: Path, job: str = "") -> CellStatus:
         st.state, st.detail = "done", f"test mR {mr:.2f}" if isinstance(mr, (int, float)) else ""
     elif lock_is_held(lock_path(cell)):
         st.state, st.detail = "running", PathLock(lock_path(cell)).describe_owner()
+    elif (damage := cell_damage(cell)) is not None:
+        st.state, st.detail = "damaged", f"{damage}; `bench run` with the same options repairs it"
     elif (cell / FAILED_FILE).is_file():
         st.state = "failed"
         st.detail = str(_read(cell / FAILED_FILE).get("error", "unknown error"))
@@ -127,7 +130,9 @@ def scan_status(out: Path) -> list[CellStatus]:
 def status(
     results_dir: Annotated[Path, typer.Argument(help="Results folder (the --out of `bench run`).")],
 ) -> None:
-    """Show each cell's state: done, running, failed (with its error), incomplete (will resume), queued."""
+    """Show each cell's state: done, running, damaged, failed (with its error), incomplete (will resume), queued.
+
+    Exits 1 when a cell is damaged (its result files do not read back)."""
     rows = scan_status(results_dir)
     if not rows:
         typer.echo(f"no cells in {results_dir}")
@@ -142,3 +147,5 @@ def status(
     for r in rows:
         counts[r.state] = counts.get(r.state, 0) + 1
     typer.echo(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if counts.get("damaged"):
+        raise typer.Exit(1)

@@ -205,6 +205,7 @@ def plot_results(
     dataset: str | None = None,
     logx: bool = True,
     split: str = "test",
+    skip_damaged: bool = False,
 ) -> list[Path]:
     """Write the recall and mR figures of each dataset (cells of `split`); returns the paths.
 
@@ -213,7 +214,7 @@ def plot_results(
     """
     from .results import complete_cells
 
-    cells = complete_cells(results_dir)
+    cells = complete_cells(results_dir, skip_damaged)
     groups = group_runs(cells, dataset, split, where=str(results_dir))
     styles = method_styles([c.method for c in cells])  # every method of the folder: stable colours
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .io import read_json, write_json, write_text, write_with
+from .io import read_json, write_json, write_with
 from .metrics import METRIC_KEYS, chance_metrics, metrics_from_ranks
 
 METRICS_FILE = "metrics.json"
@@ -89,17 +89,93 @@ def write_eval_outputs(
     return metrics
 
 
-def _read_metrics(cell: Path) -> dict[str, Any] | None:
+class DamagedCell(UserError):
+    """A cell whose metrics.json exists (so it claims to be finished) but whose result files do not read back."""
+
+
+def _read_metrics(cell: Path) -> dict[str, Any]:
+    """metrics.json as a dict whose leaderboard metrics are all finite numbers; DamagedCell otherwise."""
+    f = cell / METRICS_FILE
     try:
-        data = json.loads((cell / METRICS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        what = "empty file" if f.is_file() and f.stat().st_size == 0 else f"not valid JSON ({type(e).__name__})"
+        raise DamagedCell(f"{f}: {what}") from None
+    if not isinstance(data, dict):
+        raise DamagedCell(f"{f}: not a JSON object")
+    for m in LEADERBOARD_METRICS:
+        v = data.get(m)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise DamagedCell(f"{f}: metric '{m}' is {'missing' if m not in data else repr(v)}, not a number")
+    return data
+
+
+def _read_ranks(cell: Path, metrics: dict[str, Any]) -> dict[str, np.ndarray]:
+    """ranks.npz as int64 arrays, checked against each other and metrics.json; DamagedCell otherwise."""
+    import zipfile
+
+    f = cell / RANKS_FILE
+    if not f.is_file():
+        raise DamagedCell(f"{f}: missing (metrics.json exists without its ranks)")
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            ranks = {k: np.asarray(z[k]).astype(np.int64) for k in ("i2t_rank", "t2i_rank", "cap2img")}
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, TypeError) as e:
+        what = "empty file" if f.stat().st_size == 0 else f"not a valid ranks file ({type(e).__name__})"
+        raise DamagedCell(f"{f}: {what}") from None
+    i2t, t2i, c2i = ranks["i2t_rank"], ranks["t2i_rank"], ranks["cap2img"]
+    if i2t.ndim != 1 or t2i.ndim != 1 or c2i.shape != t2i.shape or not i2t.size or not t2i.size:
+        raise DamagedCell(f"{f}: inconsistent array shapes {i2t.shape}, {t2i.shape}, {c2i.shape}")
+    for key, arr in (("n_images", i2t), ("n_captions", t2i)):
+        if key in metrics and metrics[key] != arr.size:
+            raise DamagedCell(f"{f}: {arr.size} ranks but metrics.json says {key} = {metrics[key]!r}")
+    return ranks
+
+
+def read_cell(cell: str | Path) -> Cell:
+    """THE reader of a result cell: metrics.json, ranks.npz and config.json must all read back.
+
+    UserError for a folder that is not a cell or has no metrics.json yet (incomplete: being run,
+    or interrupted); DamagedCell when metrics.json exists but a result file does not read back.
+    """
+    cell = Path(cell)
+    m = _SEED_DIR.match(cell.name)
+    if not m:
+        raise UserError(f"{cell}: not a result cell folder (expected <dataset>/<method>/seed<k>)")
+    if not (cell / METRICS_FILE).exists():
+        raise UserError(f"{cell}: incomplete result cell (no {METRICS_FILE})")
+    metrics = _read_metrics(cell)
+    ranks = _read_ranks(cell, metrics)
+    config: dict[str, Any] = {}
+    if (cell / CONFIG_FILE).exists():
+        try:
+            cfg = read_json(cell / CONFIG_FILE)
+        except UserError as e:
+            raise DamagedCell(str(e)) from None
+        config = cfg if isinstance(cfg, dict) else {}
+    return Cell(path=cell, dataset=cell.parent.parent.name, method=cell.parent.name, seed=int(m.group(1)),
+                metrics=metrics, config=config, _ranks=ranks)
+
+
+def cell_damage(cell: str | Path) -> str | None:
+    """Why a cell that has a metrics.json is damaged ('<file>: <problem>'); None if it reads back or has none."""
+    cell = Path(cell)
+    if not (cell / METRICS_FILE).exists():
         return None
-    return data if isinstance(data, dict) else None
+    try:
+        read_cell(cell)
+    except DamagedCell as e:
+        return str(e)
+    return None
 
 
 def is_complete(cell: str | Path) -> bool:
-    """True when the cell's metrics.json exists and parses as a JSON object."""
-    return _read_metrics(Path(cell)) is not None
+    """True when every result file of the cell reads back (see read_cell); a damaged cell is not complete."""
+    try:
+        read_cell(cell)
+    except UserError:
+        return False
+    return True
 
 
 @dataclass
@@ -130,26 +206,8 @@ class Cell:
 
 
 def load_cell(cell: str | Path) -> Cell:
-    """Load a complete cell; dataset/method/seed come from its folder names (<dataset>/<method>/seed<k>)."""
-    cell = Path(cell)
-    m = _SEED_DIR.match(cell.name)
-    if not m:
-        raise UserError(f"{cell}: not a result cell folder (expected <dataset>/<method>/seed<k>)")
-    metrics = _read_metrics(cell)
-    if metrics is None:
-        raise UserError(f"{cell}: incomplete result cell (no readable {METRICS_FILE})")
-    config: dict[str, Any] = {}
-    if (cell / CONFIG_FILE).is_file():
-        cfg = read_json(cell / CONFIG_FILE)
-        config = cfg if isinstance(cfg, dict) else {}
-    return Cell(
-        path=cell,
-        dataset=cell.parent.parent.name,
-        method=cell.parent.name,
-        seed=int(m.group(1)),
-        metrics=metrics,
-        config=config,
-    )
+    """Load a complete cell (same as read_cell); dataset/method/seed come from its folder names."""
+    return read_cell(cell)
 
 
 def require_results_dir(root: str | Path) -> Path:
@@ -160,16 +218,34 @@ def require_results_dir(root: str | Path) -> Path:
     return root
 
 
-def scan_results(root: str | Path) -> list[Cell]:
-    """All complete cells under root/<dataset>/<method>/seed<k>/, sorted; incomplete ones and stray files skipped."""
+def _warn(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+def scan_results(root: str | Path, skip_damaged: bool = False, warn: Any = _warn) -> list[Cell]:
+    """All complete cells under root/<dataset>/<method>/seed<k>/, sorted; cells still running skipped.
+
+    A damaged cell (metrics.json present, a result file unreadable) is never dropped silently: each
+    gets a warning line, then a UserError unless skip_damaged (the caller's --skip-damaged).
+    """
     root = require_results_dir(root)
-    cells = []
+    cells, damaged = [], []
     for f in root.glob(f"*/*/seed*/{METRICS_FILE}"):
         cell = f.parent
         hidden = cell.parent.name.startswith(".") or cell.parent.parent.name.startswith(".")
-        if hidden or not _SEED_DIR.match(cell.name) or not is_complete(cell):
+        if hidden or not _SEED_DIR.match(cell.name):
             continue
-        cells.append(load_cell(cell))
+        try:
+            cells.append(read_cell(cell))
+        except DamagedCell as e:
+            damaged.append(str(e))
+    for msg in sorted(damaged):
+        warn(f"warning: damaged result cell: {msg}")
+    if damaged and not skip_damaged:
+        raise DamagedCell(f"{root}: {len(damaged)} damaged result cell(s), listed above; re-run them with "
+                          "`bench run` (same options) to repair, or pass --skip-damaged to leave them out")
     cells.sort(key=lambda c: (c.dataset, c.method, c.seed))
     return cells
 
@@ -250,24 +326,67 @@ def leaderboard_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def complete_cells(root: str | Path) -> list[Cell]:
+def complete_cells(root: str | Path, skip_damaged: bool = False) -> list[Cell]:
     """`scan_results`, and a UserError when the folder holds no complete cell at all."""
-    cells = scan_results(root)
+    cells = scan_results(root, skip_damaged)
     if not cells:
         raise UserError(f"{root}: no complete result cells (<dataset>/<method>/seed<k>/{METRICS_FILE})")
     return cells
 
 
-def write_leaderboard(root: str | Path, out_dir: str | Path | None = None) -> pd.DataFrame:
-    """Scan root, write leaderboard.csv and leaderboard.md into out_dir (default root); return the table."""
+# a temp file of a leaderboard writer (rsbench.io.atomic_open names it `.<name>.<random>.tmp`)
+_LEADERBOARD_TEMP = re.compile(r"^\.leaderboard\.(csv|md|tex)\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_stale_leaderboard_temps(folder: str | Path) -> int:
+    """Delete temp files a killed leaderboard writer left in `folder`; call only while holding
+    `locks.leaderboard_lock(folder)` (then no live writer owns one). Only our own name pattern."""
+    n = 0
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if _LEADERBOARD_TEMP.match(p.name) and p.is_file() and not p.is_symlink():
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def write_file_set(files: dict[Path, str]) -> None:
+    """Write text files as one set: every temp file is written and fsynced before the first rename,
+    so an error (disk full) leaves all the old files and never a mix of old and new."""
+    import os
+    from contextlib import ExitStack
+
+    from .io import atomic_open
+
+    with ExitStack() as stack:
+        handles = [(stack.enter_context(atomic_open(path, "w")), text) for path, text in files.items()]
+        for f, text in handles:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def leaderboard_files(root: str | Path, out_dir: str | Path | None = None, skip_damaged: bool = False,
+                      cells: list[Cell] | None = None) -> tuple[pd.DataFrame, dict[Path, str]]:
+    """The leaderboard table and {path: text} of leaderboard.csv and leaderboard.md (nothing written)."""
     root = Path(root)
-    df = leaderboard(scan_results(root))
+    df = leaderboard(scan_results(root, skip_damaged) if cells is None else cells)
     if df.empty:
         raise UserError(
             f"{root}: no complete result cells of the test split "
             f"(expected <dataset>/<method>/seed<k>/{METRICS_FILE})"
         )
     out = Path(out_dir) if out_dir is not None else root
-    write_text(out / "leaderboard.csv", df.to_csv(index=False))
-    write_text(out / "leaderboard.md", leaderboard_markdown(df))
+    return df, {out / "leaderboard.csv": df.to_csv(index=False), out / "leaderboard.md": leaderboard_markdown(df)}
+
+
+def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, skip_damaged: bool = False) -> pd.DataFrame:
+    """Scan root, write leaderboard.csv and leaderboard.md (as one set) into out_dir (default root).
+
+    The caller holds the leaderboard lock of out_dir: temp files of a killed writer are removed first.
+    """
+    df, files = leaderboard_files(root, out_dir, skip_damaged)
+    remove_stale_leaderboard_temps(Path(out_dir) if out_dir is not None else Path(root))
+    write_file_set(files)
     return df

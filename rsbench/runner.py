@@ -4,8 +4,8 @@ Honest protocol: the checkpoint is chosen on the val split only; test is scored 
 with the selected weights. Resumable per epoch: every epoch's RNG comes from (seed, epoch) and
 last.pt holds model, optimiser, scheduler, scaler, best-so-far and the log, so a run killed at any
 moment and resumed on CPU ends with the same result as an uninterrupted one (docs/bad_inputs.md
-lists what can differ on GPU). Write order within an epoch: train_log.csv, last.pt, then
-best.safetensors; a resume repairs a best checkpoint that the kill prevented from being written.
+lists what can differ on GPU). Write order within an epoch: last.pt, train_log.csv, then
+best.safetensors (so the log never shows an epoch that a resume would redo); a resume repairs a best checkpoint that the kill prevented from being written.
 The caller holds the cell lock (rsbench.locks) while run_cell runs.
 """
 
@@ -50,6 +50,7 @@ from .methods.registry import create_method
 from .metrics import metric_sign
 
 CONFIG_FILE = "config.json"
+DATA_FILE = "data.json"  # the data a cell was started on (written before its first epoch)
 # Options that change how fast a cell runs, not what it computes: a resumed cell may change them.
 # (num_workers changes which random stream feeds the augmentations; see docs/bad_inputs.md.)
 IGNORED_ON_RESUME = frozenset({"train.num_workers", "train.eval_batch_size", "train.compile"})
@@ -61,6 +62,14 @@ class TrainingDiverged(UserError):
 
 class ConfigMismatch(UserError):
     """The cell on disk was started with another config; resuming it would mix two experiments."""
+
+
+class DataMismatch(UserError):
+    """The cell on disk was trained or scored on other data; resuming or skipping it would mislabel a result."""
+
+
+class TrainingCollapsed(UserError):
+    """Training ended finite but meaningless (every score tied, or val mR at or below chance)."""
 
 
 @dataclass
@@ -136,6 +145,52 @@ def check_cell_config(cell: Path, cfg: RunConfig) -> None:
         more = f"; and {len(diffs) - 2} more" if len(diffs) > 2 else ""
         raise ConfigMismatch(f"{cell} was started with a different config ({'; '.join(diffs[:2])}{more}); "
                              "pass --overwrite to discard it and start again, or use another --out")
+
+
+def split_digest(split: Split) -> str:
+    """sha256 over a split's image names, captions and caption->image map: which queries it scores."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(json.dumps([list(split.image_names), list(split.captions),
+                         [int(i) for i in split.cap2img]]).encode("utf-8"))
+    return h.hexdigest()
+
+
+def data_record(data: DatasetSplits) -> dict[str, Any]:
+    """What data.json holds: the dataset fingerprint, and digests of the val and test splits."""
+    return {"dataset": data.name, "fingerprint": data.fingerprint, "val": split_digest(data.val),
+            "test": split_digest(data.test)}
+
+
+def _stored_data(cell: Path) -> dict[str, Any] | None:
+    """The data identity recorded in the cell: data.json, else run.json (older or externally scored cells)."""
+    for name in (DATA_FILE, "run.json"):
+        try:
+            rec = json.loads((cell / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict):
+            if name == DATA_FILE:
+                return rec
+            fp = (rec.get("data") or {}).get("fingerprint") if isinstance(rec.get("data"), dict) \
+                else rec.get("data_fingerprint")
+            if fp:
+                return {"fingerprint": fp}
+    return None
+
+
+def check_cell_data(cell: Path, data: DatasetSplits) -> None:
+    """Refuse (DataMismatch) to resume or skip a cell that was started on other data (fingerprint or val split)."""
+    old = _stored_data(cell)
+    if old is None:
+        return
+    new = data_record(data)
+    for key, what in (("fingerprint", "data fingerprint"), ("val", "val split")):
+        if key in old and old[key] != new[key]:
+            raise DataMismatch(f"{cell} was started on other data ({what} {str(old[key])[:16]} in the cell, "
+                               f"{new[key][:16]} now); pass --overwrite to discard it and start again, "
+                               "or use another --out")
 
 
 def clear_cell(cell: Path) -> None:
@@ -227,14 +282,21 @@ def rank_split(method: RetrievalMethod, split: Split, cfg: RunConfig, device: to
     from .metrics import compute_ranks_blockwise
 
     img, txt = encode_split(method, split, cfg, device, precision, progress, image_cache)
+    spread: list[torch.Tensor] = []  # per block max - min, summed at the end (one host sync per split)
 
     def score_block(i: slice, j: slice) -> torch.Tensor:
         with precision.autocast(device):
-            return method.score(img[i], txt[j]).float()
+            s = method.score(img[i], txt[j]).float()
+        spread.append((s.amax() - s.amin()).detach())
+        return s
 
     block_i = 1024 if not method.cross_interaction else 256
-    return compute_ranks_blockwise(score_block, split.n_images, split.n_captions, split.cap2img,
-                                   block_images=block_i, block_captions=8192)
+    ranks = compute_ranks_blockwise(score_block, split.n_images, split.n_captions, split.cap2img,
+                                    block_images=block_i, block_captions=8192)
+    if split.n_images * split.n_captions > 1 and spread and float(torch.stack(spread).max()) == 0.0:
+        raise TrainingCollapsed(f"the model gives every image-caption pair of the {split.name} split the same "
+                                "score (collapsed: diverging weights or a dead embedding); try a lower train.lr")
+    return ranks
 
 
 def evaluate(method: RetrievalMethod, split: Split, cfg: RunConfig, device: torch.device,
@@ -375,6 +437,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
     last_path = ckpt_dir / RESUME_FILE
     if resume:
         dist.on_main(check_cell_config, cell, cfg)  # DDP: rank 0 checks and writes, the others wait
+        dist.on_main(check_cell_data, cell, data)
     elif dist.is_main():
         clear_cell(cell)
     if dist.is_main():
@@ -396,6 +459,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         method = method.to(memory_format=torch.channels_last)
     if dist.is_main():
         write_json(cell / CONFIG_FILE, config_record(cfg))
+        write_json(cell / DATA_FILE, data_record(data))
 
     opt = build_optimizer(method, cfg)
     sched = build_scheduler(opt, cfg)
@@ -404,6 +468,11 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
     if resume and last_path.exists():
         st = _resume(method, opt, sched, scaler, precision, cfg, last_path, ckpt_dir, log)
     rows = st.rows if st.rows is not None else []
+    if dist.is_main():  # the log says what last.pt holds (a kill may have come between the two writes)
+        if rows:
+            write_text(cell / "train_log.csv", _log_csv(rows))
+        else:
+            (cell / "train_log.csv").unlink(missing_ok=True)
 
     train_step = method.training_loss
     if t.compile:
@@ -492,13 +561,14 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         row["seconds"] = round(time.time() - e0, 2)
         rows.append(row)
         stop = bool(t.patience and st.bad_evals >= t.patience)
-        dist.on_main(write_text, cell / "train_log.csv", _log_csv(rows))  # DDP: rank 0 writes
         dist.on_main(save_resume, last_path, {
             "model": method.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(), "epoch": epoch + 1, "best_val": st.best_val,
             "best_epoch": st.best_epoch, "best_val_metrics": st.best_val_metrics, "log": rows,
             "bad_evals": st.bad_evals, "early_stopped": stop,
         }, cfg.method)
+        # after last.pt: the log never shows an epoch a resume would not start after (rank 0 writes)
+        dist.on_main(write_text, cell / "train_log.csv", _log_csv(rows))
         if improved:
             dist.on_main(save_best, ckpt_dir, method, {"epoch": epoch + 1, "val": st.best_val_metrics,
                                                        "text_state": method.extra_state_json()}, cfg.method)
@@ -510,6 +580,8 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
 
     best_meta = load_best(ckpt_dir, method, cfg.method)
     method.load_extra_state_json(best_meta.get("text_state", {}))
+    if t.epochs > 0:
+        check_not_collapsed(best_meta.get("val"), data.val, t.lr)
     _, i2t, t2i = dist.on_main(evaluate, method, data.test, cfg, device, precision, progress)
     wall = time.time() - t0
     record = run_record(cfg, data, device, precision, wall)
@@ -522,6 +594,25 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         "selected_epoch": best_meta.get("epoch"), "selection": f"val {select}", "val": best_meta.get("val"),
     })
     return CellResult(cell, metrics, False, wall)
+
+
+# Below this many val images, a weak but real model lands under chance by noise alone (6 images:
+# chance mR is 61, and 2 epochs of a tiny test model give 56), so only tied scores count there.
+COLLAPSE_MIN_VAL_IMAGES = 20
+
+
+def check_not_collapsed(val: dict[str, Any] | None, val_split: Split, lr: float) -> None:
+    """TrainingCollapsed when the selected checkpoint's val mR is at or below chance: a trained model
+    that ranks no better than a random one is a failed run, not a result (e.g. a finite divergence)."""
+    from .metrics import chance_metrics
+
+    mr = (val or {}).get("mR")
+    if not isinstance(mr, (int, float)) or val_split.n_images < COLLAPSE_MIN_VAL_IMAGES:
+        return
+    chance = float(chance_metrics(np.asarray(val_split.cap2img))["chance_mR"])
+    if mr <= chance:
+        raise TrainingCollapsed(f"training collapsed: the selected checkpoint's val mR {mr:.2f} is at or below "
+                                f"chance ({chance:.2f}); try a lower train.lr (now {lr:g}) or more epochs")
 
 
 def run_record(cfg: RunConfig, data: DatasetSplits, device: torch.device, precision: Precision,

@@ -381,12 +381,12 @@ class MethodRuns:
 
 
 def load_runs(
-    results_dir: str | Path, dataset: str | None = None, split: str | None = "test"
+    results_dir: str | Path, dataset: str | None = None, split: str | None = "test", skip_damaged: bool = False
 ) -> dict[tuple[str, str], dict[str, MethodRuns]]:
     """Scan `results_dir` and group its complete cells (see `group_runs`)."""
     from .results import complete_cells
 
-    return group_runs(complete_cells(results_dir), dataset, split, where=str(results_dir))
+    return group_runs(complete_cells(results_dir, skip_damaged), dataset, split, where=str(results_dir))
 
 
 def group_runs(
@@ -508,6 +508,7 @@ def compare_results(
     seed: int = 0,
     metrics: Sequence[str] = METRICS,
     split: str | None = "test",
+    skip_damaged: bool = False,
 ):
     """Significance of every method pair of every (dataset, split) under `results_dir`."""
     import pandas as pd
@@ -515,7 +516,7 @@ def compare_results(
     _check_alpha(alpha)
     for m in metrics:
         _metric_weights(m)
-    groups = load_runs(results_dir, dataset, split)
+    groups = load_runs(results_dir, dataset, split, skip_damaged)
     frames = [compare_runs(d, s, runs, metrics, alpha, resamples, seed) for (d, s), runs in sorted(groups.items())]
     frames = [f for f in frames if len(f)]
     if not frames:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from .significance import METRICS, MethodRuns, compare_runs, group_runs
 
@@ -133,11 +134,14 @@ def build_tables(
     resamples: int = 10_000,
     seed: int = 0,
     split: str = "test",
+    skip_damaged: bool = False,
+    cells: list | None = None,
 ) -> list[Table]:
-    """Collect rows, means/stds and significance marks for each dataset (cells of `split`)."""
+    """Collect rows, means/stds and significance marks for each dataset (cells of `split`; `cells`:
+    already scanned ones, else results_dir is scanned)."""
     from .results import complete_cells, leaderboard
 
-    cells = complete_cells(results_dir)
+    cells = complete_cells(results_dir, skip_damaged) if cells is None else cells
     groups = group_runs(cells, dataset, split, where=str(results_dir))
     lb = leaderboard(cells, split=split)
     tables = []
@@ -344,15 +348,31 @@ def leaderboard_tables(
     dataset: str | None = None,
     resamples: int = 10_000,
     seed: int = 0,
+    skip_damaged: bool = False,
+    cells: list | None = None,
 ) -> dict[str, str]:
     """{"md": Markdown, "tex": LaTeX} leaderboards of every (dataset, split) under results_dir."""
     from .significance import _check_alpha
 
     _check_alpha(alpha)
     tables = build_tables(
-        results_dir, with_published, alpha, dataset=dataset, resamples=resamples, seed=seed
+        results_dir, with_published, alpha, dataset=dataset, resamples=resamples, seed=seed,
+        skip_damaged=skip_damaged, cells=cells,
     )
     return render_tables(tables)
+
+
+def leaderboard_table_files(
+    results_dir: str | Path,
+    out_dir: str | Path | None = None,
+    with_published: bool = False,
+    alpha: float = 0.05,
+    **kw: Any,
+) -> dict[Path, str]:
+    """{path: text} of leaderboard.md and leaderboard.tex in out_dir (default results_dir); nothing written."""
+    texts = leaderboard_tables(results_dir, with_published, alpha, **kw)
+    out = Path(out_dir) if out_dir is not None else Path(results_dir)
+    return {out / "leaderboard.md": texts["md"], out / "leaderboard.tex": texts["tex"]}
 
 
 def write_leaderboard_tables(
@@ -364,15 +384,12 @@ def write_leaderboard_tables(
     dataset: str | None = None,
     resamples: int = 10_000,
     seed: int = 0,
+    skip_damaged: bool = False,
 ) -> dict[str, Path]:
-    """Write leaderboard.md and leaderboard.tex (atomically) into out_dir (default results_dir)."""
-    from .io import write_text
+    """Write leaderboard.md and leaderboard.tex (atomically, as one set) into out_dir (default results_dir)."""
+    from .results import write_file_set
 
-    texts = leaderboard_tables(
-        results_dir, with_published, alpha, dataset=dataset, resamples=resamples, seed=seed
-    )
-    out = Path(out_dir) if out_dir is not None else Path(results_dir)
-    paths = {"md": out / "leaderboard.md", "tex": out / "leaderboard.tex"}
-    for key, path in paths.items():
-        write_text(path, texts[key])
-    return paths
+    files = leaderboard_table_files(results_dir, out_dir, with_published, alpha, dataset=dataset,
+                                    resamples=resamples, seed=seed, skip_damaged=skip_damaged)
+    write_file_set(files)
+    return dict(zip(("md", "tex"), files))
