@@ -102,8 +102,9 @@ def load_backbone_weights(model: nn.Module, weights: str | Path, name: str, part
     if not good:
         raise UserError(f"{weights}: no tensor matches backbone '{name}' (is it the right architecture?)")
     if (missing or shape_bad) and not partial:
-        what = f"{len(missing)} of the backbone's {len(own)} tensors are not in the file (first: {missing[0]})" \
-            if missing else f"{len(shape_bad)} tensors have another shape (first: {shape_bad[0]})"
+        what = f"{len(shape_bad)} tensor(s) have another shape than the backbone's (first: {shape_bad[0]})" \
+            if shape_bad else f"{len(missing)} of the backbone's {len(own)} tensors are not in the file " \
+            f"(first: {missing[0]})"
         raise UserError(f"{weights}: {what}; is it the right architecture for '{name}'? "
                         "Set backbone_partial=true to accept a partial load")
     model.load_state_dict(good, strict=False)
