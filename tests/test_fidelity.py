@@ -110,3 +110,24 @@ def test_paper_presets_ask_timm_for_torchvision_weights():
         assert name == f"{arch}.tv_in1k"
         cfg = timm.models.get_pretrained_cfg(name)
         assert cfg is not None and cfg.tag == "tv_in1k"
+
+
+def test_timm_weights_record_their_tag(monkeypatch):
+    """pretrained=true: the tag timm resolved (resnet18 -> its default tag) goes into the provenance.
+    The download is replaced by a weightless build (no network in tests); the tag logic is ours."""
+    import timm
+
+    real = timm.create_model
+    asked = []
+
+    def offline(name, pretrained=False, **kw):
+        asked.append((name, pretrained))
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    tv = create_backbone("resnet18.tv_in1k", pretrained=True, features_only=True, out_indices=(1, 2, 3, 4))
+    default = create_backbone("resnet50", pretrained=True, num_classes=0)
+    assert asked == [("resnet18.tv_in1k", True), ("resnet50", True)]
+    assert tv.rsbench_weights["source"] == "timm" and tv.rsbench_weights["tag"] == "resnet18.tv_in1k"
+    assert tv.rsbench_weights["loaded"] == len(tv.state_dict()) and tv.rsbench_weights["missing"] == 0
+    assert default.rsbench_weights["tag"] == "resnet50.a1_in1k"  # timm's default recipe, not torchvision's
