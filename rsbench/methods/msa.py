@@ -187,7 +187,8 @@ class FixedLengthTokenizer(HFTokenizer):
     """Pads every caption to max_len tokens (the authors' padding="max_length"), not to the longest."""
 
     def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(list(captions), padding="max_length", truncation=True, max_length=self.max_len,
+        texts = [f"{self.prefix}{c}" for c in captions]
+        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_len,
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
