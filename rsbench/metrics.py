@@ -311,7 +311,8 @@ def metrics_from_ranks(i2t_rank: Any, t2i_rank: Any, max_k: int = 100) -> dict[s
             out[f"{direction}_r{k}"] = _recall(r, k)
     out["mR"] = float(np.mean([out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in RECALL_KS]))
     for direction, r in (("i2t", i2t), ("t2i", t2i)):
-        out[f"{direction}_medr"] = float(np.median(r))
+        # the field's convention (VSE++, AMFMN, MSA): floor(median of 0-based ranks) + 1, an integer
+        out[f"{direction}_medr"] = float(np.floor(np.median(r - 1)) + 1)
         out[f"{direction}_meanr"] = float(np.mean(r))
     ks = np.arange(1, max_k + 1)
     out["recall_curve"] = {

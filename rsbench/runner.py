@@ -586,6 +586,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
     wall = time.time() - t0
     record = run_record(cfg, data, device, precision, wall)
     record["resumed_from_epoch"] = st.resumed_from
+    record["weights"] = method.weight_provenance()  # backbone weight tag/file and loaded/missing key counts
     record["world_size"] = dist.world_size()  # DDP processes; global batch = train.batch_size x this
     record["train_seconds"] = round(sum(float(r.get("seconds") or 0) for r in rows), 2)
     dist.on_main(write_json, cell / "run.json", record)

@@ -69,6 +69,40 @@ def test_mvsa_paper_size_is_unpooled() -> None:
     assert torch.allclose(mvsa.mask(lower, higher), direct)
 
 
+def test_mvsa_lower_conv_has_no_padding() -> None:
+    """L[o, y, x] = b[o] + sum_{c,dy,dx} W[o, c, dy, dx] lower[c, 4y + dy, 4x + dx]: windows start at
+    pixel 0 (no padding), as in the authors' VSA_Module; 64 x 64 -> 16 x 16."""
+    torch.manual_seed(0)
+    mvsa = MVSA(5, 7, 8)
+    lower = torch.randn(1, 5, 64, 64)
+    w, b = mvsa.lower_conv.weight.detach(), mvsa.lower_conv.bias.detach()
+    with torch.no_grad():
+        got = mvsa.lower_conv(lower)[0]
+    assert got.shape == (3, 16, 16)
+    for o, y, x in [(0, 0, 0), (1, 3, 7), (2, 15, 15), (0, 15, 0)]:
+        window = lower[0, :, 4 * y:4 * y + 3, 4 * x:4 * x + 3]
+        assert got[o, y, x].item() == pytest.approx((b[o] + (w[o] * window).sum()).item(), abs=1e-5)
+
+
+def test_similarity_gate_multiplies_projected_text(context) -> None:
+    """Paper eq. 25: T' = sigmoid((W_v F_v) * (W_t T)) * (W_t T), from the Linear weights, pair by pair."""
+    model = make(context, variant="similarity").eval()
+    att = model.attention
+    wv, bv, wt, bt = (x.detach() for x in (att.wv.weight, att.wv.bias, att.wt.weight, att.wt.bias))
+    g = torch.Generator().manual_seed(2)
+    v, t = torch.randn(5, 32, generator=g), torch.randn(6, 32, generator=g)
+    want = torch.empty(5, 6)
+    for i in range(5):
+        for j in range(6):
+            tt = wt @ t[j] + bt
+            tp = torch.sigmoid((wv @ v[i] + bv) * tt) * tt
+            want[i, j] = (v[i] @ tp) / (v[i].norm() * tp.norm())
+    with torch.no_grad():
+        assert (model.score(v, t) - want).abs().max() < 1e-5
+        att.chunk_bytes = 2 * 4 * 4 * 32  # the bounded-memory chunks give the same numbers
+        assert (model.score(v, t) - want).abs().max() < 1e-5
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_score_matches_per_pair_definition(context, variant) -> None:
     model = make(context, variant=variant).eval()
@@ -171,6 +205,8 @@ def test_registry_presets_and_config(context) -> None:
             else:
                 set_key(model_cfg, key, value)
     assert model_cfg.pretrained and train_cfg.image_size == 256 and train_cfg.resize == 278
+    # torchvision's ImageNet weights (the authors'), and the paper's dynamic margin
+    assert model_cfg.backbone == "resnet18.tv_in1k" and model_cfg.margin_mode == "dynamic"
     assert train_cfg.lr == 1e-4 and train_cfg.lr_step == 20 and train_cfg.lr_gamma == 0.7
     with pytest.raises(UserError, match="variant"):
         make(context, variant="nope")

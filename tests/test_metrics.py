@@ -197,6 +197,19 @@ def test_metrics_from_ranks_values() -> None:
     assert metrics_from_ranks(i2t, t2i, max_k=3)["recall_curve"]["k"] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("ranks, medr", [
+    ([1, 1, 2, 2], 1.0),  # 0-based median 0.5 -> floor 0 -> 1 (np.median of 1-based ranks: 1.5)
+    ([1, 2, 3, 4], 2.0),  # 0-based 1.5 -> 2 (not 2.5)
+    ([3, 1, 2], 2.0),  # odd count: the middle rank
+    ([7, 1, 100, 4, 4, 9], 5.0),  # 0-based sorted 0 3 3 6 8 99: median 4.5 -> 5
+])
+def test_median_rank_field_convention(ranks: list[int], medr: float) -> None:
+    """medr = floor(median of 0-based ranks) + 1 (VSE++/AMFMN/MSA evaluation code); meanr is 1-based."""
+    m = metrics_from_ranks(np.array(ranks), np.array(ranks[::-1]))
+    assert m["i2t_medr"] == medr and m["t2i_medr"] == medr
+    assert m["i2t_meanr"] == pytest.approx(sum(ranks) / len(ranks))
+
+
 def test_metrics_reject_bad_ranks() -> None:
     with pytest.raises(ValueError):
         metrics_from_ranks(np.array([0, 1]), np.array([1]))

@@ -17,7 +17,7 @@ from rsbench.config import set_key
 from rsbench.errors import UserError
 from rsbench.methods import Batch, MethodContext, create_method
 from rsbench.methods.msa import ImageTower, MSAConfig, pick_levels
-from rsbench.methods.mscmat import MSCMATBranch, csmmc_loss, hardest_triplet, mscma_loss
+from rsbench.methods.mscmat import MSCMAT, MSCMATBranch, csmmc_loss, hardest_triplet, mscma_loss
 from rsbench.runconfig import resolve_config
 
 CAPTIONS = ["a plane is parked near the terminal", "green trees beside a river",
@@ -64,14 +64,15 @@ def _branch_inputs(bi: int = 3, bt: int = 4, length: int = 6, c: int = 10, d: in
     return pooled, tokens, pad, g_t
 
 
-def _naive(branch: MSCMATBranch, pooled, tokens, pad, g_t) -> torch.Tensor:
+def _naive(branch: MSCMATBranch, pooled, tokens, pad, g_t, ln_q=None, ln_kv=None) -> torch.Tensor:
     """The definition, one (image, text) pair at a time through nn.MultiheadAttention itself."""
+    ln_q, ln_kv = ln_q or branch.ln_q, ln_kv or branch.ln_kv
     out = torch.empty(pooled.shape[0], tokens.shape[0])
     q = branch.query(pooled)
     for i in range(pooled.shape[0]):
         for j in range(tokens.shape[0]):
-            kv = branch.ln_kv(tokens[j:j + 1])
-            a, _ = branch.attn(branch.ln_q(q[i:i + 1])[:, None], kv, kv, key_padding_mask=pad[j:j + 1],
+            kv = ln_kv(tokens[j:j + 1])
+            a, _ = branch.attn(ln_q(q[i:i + 1])[:, None], kv, kv, key_padding_mask=pad[j:j + 1],
                                need_weights=False)
             out[i, j] = branch.head((a[0, 0] + g_t[j]) * q[i])[0]
     return out
@@ -100,6 +101,24 @@ def test_padding_mask_respected():
         assert torch.allclose(branch(pooled, tokens, pad, g_t), branch(pooled, changed, pad, g_t), atol=1e-6)
         unmasked = branch(pooled, changed, torch.zeros_like(pad), g_t)
     assert not torch.allclose(unmasked, branch(pooled, tokens, pad, g_t), atol=1e-3)
+
+
+def test_shared_norm_one_layernorm_pair_equals_naive():
+    torch.manual_seed(0)
+    mod = MSCMAT([10, 12], 24, 4, shared_norm=True).eval()
+    for p in mod.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    norms = [m for m in mod.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 and all(b.ln_q is None and b.ln_kv is None for b in mod.branches)
+    _, tokens, pad, g_t = _branch_inputs()
+    g = torch.Generator().manual_seed(3)
+    pooled = [torch.randn(3, 10, generator=g), torch.randn(3, 12, generator=g)]
+    with torch.no_grad():
+        fast = mod(pooled, tokens, pad, g_t)
+        for k, branch in enumerate(mod.branches):
+            slow = _naive(branch, pooled[k], tokens, pad, g_t, mod.ln_q, mod.ln_kv)
+            assert (fast[k] - slow).abs().max().item() < 1e-5
+    assert len([m for m in MSCMAT([10, 12], 24, 4).modules() if isinstance(m, torch.nn.LayerNorm)]) == 4
 
 
 def test_heads_must_divide_embed_dim():
@@ -140,13 +159,37 @@ def test_mscma_diagonal_lower_than_uniform_and_duplicates_masked():
     assert mscma_loss([m], same).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
-def test_csmmc_zero_when_scales_agree_and_reduction():
-    m = torch.rand(5, 5)
-    assert csmmc_loss([m, m.clone(), m.clone(), m.clone()], tau=2.0).item() == pytest.approx(0.0, abs=1e-7)
-    a, deep = torch.rand(5, 5), torch.rand(5, 5)
-    p_deep, p_a = (deep / 2).softmax(dim=0), (a / 2).softmax(dim=0)
-    expected = (p_deep * (p_deep.log() - p_a.log())).sum() / 25  # averaged over all B x B entries
-    assert csmmc_loss([a, deep], tau=2.0).item() == pytest.approx(expected.item(), rel=1e-5)
+def _csmmc_by_hand(mats: list[torch.Tensor], tau: float) -> torch.Tensor:
+    """sum_k (1/B^2) sum_ij P_k[i,j] log(P_k[i,j] / P_4[i,j]), P = softmax over images i per text j,
+    P_4 from the detached deepest matrix: an entry-by-entry loop of the authors' equation."""
+    deep = mats[-1].detach()
+    b_i, b_t = deep.shape
+    total = torch.zeros(())
+    for m in mats[:-1]:
+        for j in range(b_t):
+            z_k = sum(torch.exp(m[r, j] / tau) for r in range(b_i))
+            z_4 = sum(torch.exp(deep[r, j] / tau) for r in range(b_i))
+            for i in range(b_i):
+                p_k, p_4 = torch.exp(m[i, j] / tau) / z_k, torch.exp(deep[i, j] / tau) / z_4
+                total = total + p_k * torch.log(p_k / p_4) / (b_i * b_t)
+    return total
+
+
+def test_csmmc_is_kl_of_shallow_from_deep_with_gradient_through_shallow():
+    assert csmmc_loss([torch.rand(5, 5)] * 4, tau=2.0).item() == pytest.approx(0.0, abs=1e-7)
+    g = torch.Generator().manual_seed(0)
+    mats = [(3 * torch.rand(4, 4, generator=g)).requires_grad_() for _ in range(4)]
+    want = _csmmc_by_hand(mats, 2.0)
+    want_grads = torch.autograd.grad(want, mats[:3])
+    got = csmmc_loss(mats, tau=2.0)
+    got_grads = torch.autograd.grad(got, mats, allow_unused=True)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    for a, b in zip(got_grads[:3], want_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert got_grads[3] is None or not got_grads[3].any()  # the deepest scale only teaches
+    # the reversed direction KL(P_4 || P_k) is a different number on these inputs
+    p4, p0 = (mats[3] / 2).softmax(0), (mats[0] / 2).softmax(0)
+    assert abs((p4 * (p4.log() - p0.log())).mean().item() - _csmmc_by_hand(mats[:1] + mats[3:], 2.0).item()) > 1e-4
 
 
 # ---- feature levels ----------------------------------------------------------------------------
@@ -190,6 +233,41 @@ def test_minilm_text_encoder_offline(msa):
         g_v = msa.encode_images(torch.randn(3, 3, 32, 32))
     assert g_t.shape == (len(CAPTIONS) + 1, 384) and g_v.shape == (3, 384)
     assert msa.score(g_v, g_t).shape == (3, len(CAPTIONS) + 1)
+
+
+def test_g_t_enters_mscmat_l2_normalised(msa):
+    """m_k = sigmoid(Linear((a_k + g_t) * q_k)) with g_t = [CLS] / |[CLS]| (the authors' retrieval.py)."""
+    m = copy.deepcopy(msa).eval()
+    text = m.tokenizer()(CAPTIONS[:3])
+    pooled = m.image(torch.randn(2, 3, 32, 32))
+    with torch.no_grad():
+        h = m.text.proj(m.text.model(**text).last_hidden_state)
+        cls = h[:, 0] / h[:, 0].norm(dim=-1, keepdim=True)
+        pad = text["attention_mask"][:, 1:] == 0
+        got = m.match_logits(pooled, text)
+        for k, branch in enumerate(m.mscmat.branches):
+            want = _naive(branch, pooled[k], h[:, 1:], pad, cls)
+            assert (got[k] - want).abs().max().item() < 1e-4
+        assert m.encode_texts(text).norm(dim=-1).sub(1).abs().max() < 1e-5
+
+
+def test_unmasked_option_pads_to_max_len_and_attends_to_padding(msa):
+    m = copy.deepcopy(msa).eval()
+    m.config.mscmat.mask_padding = False
+    tok = pickle.loads(pickle.dumps(m.tokenizer()))
+    text = tok(CAPTIONS[:3])
+    assert text["input_ids"].shape == (3, 31) and (text["attention_mask"] == 0).any()
+    pooled = m.image(torch.randn(2, 3, 32, 32))
+    with torch.no_grad():
+        h = m.text.proj(m.text.model(**text).last_hidden_state)
+        cls = torch.nn.functional.normalize(h[:, 0], dim=-1)
+        no_mask = torch.zeros(3, 30, dtype=torch.bool)
+        got = m.match_logits(pooled, text)
+        for k, branch in enumerate(m.mscmat.branches):
+            assert (got[k] - _naive(branch, pooled[k], h[:, 1:], no_mask, cls)).abs().max().item() < 1e-4
+        m.config.mscmat.mask_padding = True  # the default masks the padding: another value
+        assert (m.match_logits(pooled, text)[0] - got[0]).abs().max().item() > 1e-4
+    assert m.training_loss(_batch(m, 4)).loss.isfinite()
 
 
 def test_text_projection_when_sizes_differ():
@@ -271,7 +349,9 @@ def test_presets_resolve():
     paper = resolve_config("msa", "synthetic", preset="paper")
     m, t = paper.model, paper.train
     assert (m.backbone, m.pretrained, m.text_model, m.embed_dim, m.num_heads) == \
-        ("resnet50", True, "bert-base-uncased", 768, 12)
+        ("resnet50.tv_in1k", True, "bert-base-uncased", 768, 12)  # torchvision's weights, as the authors
+    assert m.mscmat.shared_norm and not m.mscmat.mask_padding and m.max_len == 31
+    assert not small.model.mscmat.shared_norm and small.model.mscmat.mask_padding
     assert (t.optimizer, t.lr, t.weight_decay, t.batch_size, t.epochs, t.image_size) == \
         ("adamw", 1e-5, 0.1, 32, 60, 224)
     assert (m.loss.margin, m.loss.mscma, m.loss.csmmc, m.loss.tau, m.loss.mscma_logits) == \

@@ -42,13 +42,15 @@ class AMFMNConfig:
     backbone: str = "resnet18"  # timm name; any ResNet-like model with 4 feature stages
     pretrained: bool = False  # timm ImageNet weights (the paper preset turns this on)
     backbone_weights: str = ""  # local weights file for the backbone (overrides pretrained)
+    backbone_partial: bool = False  # accept a backbone_weights file that covers only part of the backbone
     mvsa_channels: int = 3  # c in MVSA
     mvsa_grid: int = 16  # mask grid fed to Linear(grid^2 -> D); 16 = stage-3 map of a 256 input
     word_dim: int = 300
     hidden_dim: int = 512  # bi-GRU hidden size (per direction)
     max_words: int = 48
     min_word_count: int = 1  # vocabulary from the training captions
-    margin_mode: str = "dynamic"  # dynamic (prior-similarity margin) | fixed (gamma everywhere)
+    margin_mode: str = "dynamic"  # dynamic (prior-similarity margin) | fixed (gamma everywhere; with gamma=0.2
+    # this is the authors' released code, which accepts the dynamic margin but never reads it)
     gamma: float = 0.2  # maximum margin (authors' config 0.2; paper ablates 0.2-0.8)
     beta: float = 1.0  # margin decay; paper: mR insensitive to it
     negatives: str = "sum"  # sum over in-batch negatives | hardest (max violation)
@@ -68,7 +70,7 @@ class MVSA(nn.Module):
     def __init__(self, lower_ch: int, higher_ch: int, embed_dim: int, c: int = 3, grid: int = 16):
         super().__init__()
         self.grid = grid
-        self.lower_conv = nn.Conv2d(lower_ch, c, 3, stride=4, padding=1)
+        self.lower_conv = nn.Conv2d(lower_ch, c, 3, stride=4, padding=0)  # no padding, as the authors
         self.higher_conv = nn.Conv2d(higher_ch, c, 1)
         self.main = nn.Conv2d(2 * c, 1, 1)
         self.attn = nn.Conv2d(2 * c, 1, 1)
@@ -76,6 +78,9 @@ class MVSA(nn.Module):
 
     def mask(self, lower: torch.Tensor, higher: torch.Tensor) -> torch.Tensor:
         """(B, 1, grid, grid) salient mask before the Linear."""
+        short = [max(0, 3 - n) for n in lower.shape[-2:]]
+        if any(short):  # images under ~12 px: a map smaller than the kernel, zero-pad it up to 3x3
+            lower = F.pad(lower, (0, short[1], 0, short[0]))
         low = self.lower_conv(lower)
         high = self.higher_conv(higher)
         if low.shape[-2:] != high.shape[-2:]:  # odd input sizes: align to the stage-3 map
@@ -96,7 +101,8 @@ class ImageEncoder(nn.Module):
     def __init__(self, cfg: AMFMNConfig):
         super().__init__()
         self.backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained,
-                                        weights=cfg.backbone_weights or None, features_only=True,
+                                        weights=cfg.backbone_weights or None, partial=cfg.backbone_partial,
+                                        features_only=True,
                                         out_indices=(1, 2, 3, 4))
         c1, c2, c3, c4 = self.backbone.feature_info.channels()
         self.mvsa = MVSA(c1 + c2, c3 + c4, cfg.embed_dim, cfg.mvsa_channels, cfg.mvsa_grid)
@@ -158,7 +164,8 @@ class TextAttention(nn.Module):
             return torch.sigmoid(self.w(v)) * t
         if self.variant == "fusion":
             return torch.sigmoid(self.w1v(v) + self.w1t(t)) * (self.w2v(v) + self.w2t(t))
-        return torch.sigmoid(self.wv(v) * self.wt(t)) * t
+        tp = self.wt(t)  # the gate multiplies the projected text (paper eq. 25, authors' CrossAttention)
+        return torch.sigmoid(self.wv(v) * tp) * tp
 
     def score(self, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(Ni, D) x (Nt, D) -> (Ni, Nt) cosine(F_v_i, T'_ij), never an Ni x Nt x D tensor at once."""
@@ -189,7 +196,7 @@ class TextAttention(nn.Module):
                 if self.variant == "fusion":
                     tp = torch.sigmoid(a[i, None] + b[None, j]) * (c[i, None] + d[None, j])
                 else:
-                    tp = torch.sigmoid(p[i, None] * q[None, j]) * t[None, j]
+                    tp = torch.sigmoid(p[i, None] * q[None, j]) * q[None, j]
                 num = torch.einsum("id,ijd->ij", v[i], tp)
                 cols.append(num / tp.norm(dim=2).clamp(min=_EPS) / v_norm[i, None])
             rows.append(torch.cat(cols, 1))
@@ -233,7 +240,8 @@ class TextAttention(nn.Module):
             "train.lr_step": 0,
         },
         "paper": {
-            "pretrained": True, "embed_dim": 512, "word_dim": 300, "hidden_dim": 512, "gamma": 0.2,
+            "backbone": "resnet18.tv_in1k", "pretrained": True, "embed_dim": 512, "word_dim": 300,
+            "hidden_dim": 512, "gamma": 0.2, "margin_mode": "dynamic",
             "train.image_size": 256, "train.resize": 278, "train.augment": "crop,flip,rotate",
             "train.epochs": 150, "train.batch_size": 128, "train.optimizer": "adam", "train.lr": 1e-4,
             "train.lr_step": 20, "train.lr_gamma": 0.7,

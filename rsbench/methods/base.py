@@ -110,6 +110,11 @@ class RetrievalMethod(nn.Module, ABC):
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr,
                  "weight_decay": weight_decay}]
 
+    def weight_provenance(self) -> dict[str, Any]:
+        """Where each backbone's weights came from (timm tag or file, key counts), for run.json."""
+        return {name or "model": dict(m.rsbench_weights) for name, m in self.named_modules()
+                if isinstance(getattr(m, "rsbench_weights", None), dict)}
+
     def extra_state_json(self) -> dict[str, Any]:
         """JSON-able state saved beside the weights (vocabulary...), never pickled."""
         return {}

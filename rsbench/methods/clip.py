@@ -34,6 +34,7 @@ class ClipConfig:
     backbone: str = "resnet50"  # any timm model name
     pretrained: bool = True  # timm ImageNet weights (downloaded, or from the HF cache)
     backbone_weights: str = ""  # local weights file for the backbone (.safetensors / state dict)
+    backbone_partial: bool = False  # accept a backbone_weights file that covers only part of the backbone
     text_model: str = DEFAULT_TEXT_MODEL  # 'minilm' (offline), a local folder or a hub name
     text_pretrained: bool = True  # False: same text architecture, random weights
     text_trainable_layers: int = -1  # -1: fine-tune the whole text model; 0: freeze it; k: only its top k layers
@@ -124,7 +125,8 @@ class ClipMethod(RetrievalMethod):
         if config.text_pool not in TEXT_POOLS:
             raise UserError(f"bad value for 'text_pool': '{config.text_pool}'; choose from: {', '.join(TEXT_POOLS)}")
         self.backbone = create_backbone(
-            config.backbone, pretrained=config.pretrained, weights=config.backbone_weights or None, num_classes=0
+            config.backbone, pretrained=config.pretrained, weights=config.backbone_weights or None, num_classes=0,
+            partial=config.backbone_partial,
         )
         self.is_cnn = not _is_transformer(self.backbone)  # instance value: channels_last only helps CNNs
         self._hf_tokenizer, self.text_model = load_text_model(config.text_model, pretrained=config.text_pretrained)

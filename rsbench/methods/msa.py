@@ -16,7 +16,8 @@ g_v = W2 (h * sigmoid(W_a h)).
 
 Text side: a BERT-family encoder through transformers (`text_model`: "minilm" (offline default),
 a local folder or a hub name such as "bert-base-uncased"), at most `max_len` = 31 tokens.
-g_t = the [CLS] output; the MSCMAT keys/values are the other outputs. When the encoder's hidden
+g_t = the [CLS] output, L2-normalised (as the authors, before it enters MSCMAT and the triplet);
+the MSCMAT keys/values are the other outputs. When the encoder's hidden
 size differs from `embed_dim` (the joint size, 768 in the paper; 384 = MiniLM's in the small
 preset) one Linear maps every output token to `embed_dim`; otherwise there is no projection.
 """
@@ -64,10 +65,19 @@ class MSALossConfig:
 
 
 @dataclass
+class MSCMATConfig:
+    """Where the authors' released code differs from our default (docs/fidelity.md); `paper` sets both."""
+
+    shared_norm: bool = False  # one LayerNorm for the queries and one for the text, shared by the 4 scales
+    mask_padding: bool = True  # False: pad captions to max_len and attend to the padding (authors)
+
+
+@dataclass
 class MSAConfig:
     backbone: str = "resnet50"  # any timm model with >= 4 feature levels (CNN, Swin, ViT)
     pretrained: bool = True  # timm ImageNet weights (fails clearly when they cannot be had)
     backbone_weights: str = ""  # local weights file for the backbone (overrides pretrained)
+    backbone_partial: bool = False  # accept a backbone_weights file that covers only part of the backbone
     backbone_img_size: int = 0  # img_size passed to timm (ViT/Swin); 0: the model's default
     text_model: str = DEFAULT_TEXT_MODEL  # "minilm" | local folder | hub name (bert-base-uncased)
     text_pretrained: bool = True
@@ -78,6 +88,7 @@ class MSAConfig:
     backbone_lr_mult: float = 1.0  # lr multipliers per part (paper: one lr for all; 0: frozen)
     text_lr_mult: float = 1.0
     loss: MSALossConfig = field(default_factory=MSALossConfig)
+    mscmat: MSCMATConfig = field(default_factory=MSCMATConfig)
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
@@ -123,13 +134,13 @@ class ImageTower(nn.Module):
     """timm features -> four pooled level vectors (max-pool S1..S3, average-pool S4)."""
 
     def __init__(self, name: str, pretrained: bool = False, weights: str = "", img_size: int = 0,
-                 **timm_kwargs: Any):
+                 partial: bool = False, **timm_kwargs: Any):
         super().__init__()
         kwargs = dict(timm_kwargs)
         if img_size:
             kwargs["img_size"] = img_size
         self.levels = pick_levels(_feature_info(name, kwargs))
-        self.body = create_backbone(name, pretrained=pretrained, weights=weights or None,
+        self.body = create_backbone(name, pretrained=pretrained, weights=weights or None, partial=partial,
                                     features_only=True, out_indices=tuple(self.levels), **kwargs)
         self.channels: list[int] = list(self.body.feature_info.channels())
         fmt = getattr(self.body, "output_fmt", "NCHW")
@@ -165,7 +176,7 @@ class GatedFusion(nn.Module):
 
 
 class TextTower(nn.Module):
-    """BERT-family encoder -> (g_t = [CLS], the other tokens, their padding mask), at embed_dim."""
+    """BERT-family encoder -> (g_t = L2-normalised [CLS], the other tokens, their padding mask), at embed_dim."""
 
     def __init__(self, name: str, pretrained: bool, embed_dim: int):
         super().__init__()
@@ -177,7 +188,17 @@ class TextTower(nn.Module):
         mask = text["attention_mask"]
         out = self.model(input_ids=text["input_ids"], attention_mask=mask).last_hidden_state
         h = self.proj(out)
-        return h[:, 0], h[:, 1:], mask[:, 1:] == 0
+        return F.normalize(h[:, 0], dim=-1), h[:, 1:], mask[:, 1:] == 0
+
+
+class FixedLengthTokenizer(HFTokenizer):
+    """Pads every caption to max_len tokens (the authors' padding="max_length"), not to the longest."""
+
+    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        texts = [f"{self.prefix}{c}" for c in captions]
+        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.max_len,
+                             return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
 # ---- the method --------------------------------------------------------------------------------
@@ -195,7 +216,8 @@ class TextTower(nn.Module):
             "train.batch_size": 32, "train.epochs": 20,
         },
         "paper": {
-            "backbone": "resnet50", "pretrained": True, "text_model": "bert-base-uncased",
+            "backbone": "resnet50.tv_in1k", "pretrained": True, "text_model": "bert-base-uncased",
+            "mscmat.shared_norm": True, "mscmat.mask_padding": False,
             "text_pretrained": True, "embed_dim": 768, "num_heads": 12, "backbone_lr_mult": 1.0,
             "text_lr_mult": 1.0, "train.image_size": 224, "train.optimizer": "adamw", "train.lr": 1e-5,
             "train.weight_decay": 0.1, "train.batch_size": 32, "train.epochs": 60,
@@ -219,11 +241,13 @@ class MSA(RetrievalMethod):
                             f"not '{lc.triplet_reduction}'")
         if c.max_len < 3:
             raise UserError(f"msa: max_len={c.max_len} leaves no word token")
-        self.image = ImageTower(c.backbone, c.pretrained, c.backbone_weights, c.backbone_img_size)
+        self.image = ImageTower(c.backbone, c.pretrained, c.backbone_weights, c.backbone_img_size,
+                                c.backbone_partial)
         self.is_cnn = self.image.is_cnn
         self.fusion = GatedFusion(self.image.channels, c.embed_dim)
         self.text = TextTower(c.text_model, c.text_pretrained, c.embed_dim)
-        self.mscmat = MSCMAT(self.image.channels, c.embed_dim, c.num_heads, c.attn_dropout)
+        self.mscmat = MSCMAT(self.image.channels, c.embed_dim, c.num_heads, c.attn_dropout,
+                             shared_norm=c.mscmat.shared_norm)
         for part, mult in ((self.image, c.backbone_lr_mult), (self.text.model, c.text_lr_mult)):
             if mult == 0:  # frozen: no gradient at all (and none in the clipping norm)
                 part.requires_grad_(False)
@@ -233,7 +257,14 @@ class MSA(RetrievalMethod):
         return self.image.mean_std
 
     def tokenizer(self) -> Tokenizer:
+        if not self.config.mscmat.mask_padding:  # the authors pad every caption to max_len tokens
+            return FixedLengthTokenizer(self.text.hf_tokenizer, max_len=self.config.max_len)
         return HFTokenizer(self.text.hf_tokenizer, max_len=self.config.max_len)
+
+    def _text(self, text: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """g_t, tokens and the MSCMAT padding mask (all False when mask_padding is off)."""
+        g_t, tokens, pad = self.text(text)
+        return g_t, tokens, pad if self.config.mscmat.mask_padding else torch.zeros_like(pad)
 
     # ---- encoders ----------------------------------------------------------------------------
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -244,7 +275,7 @@ class MSA(RetrievalMethod):
 
     def match_logits(self, pooled: list[torch.Tensor], text: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Per-scale pre-sigmoid B_i x B_t matching logits (training-only cross-attention)."""
-        g_t, tokens, pad = self.text(text)
+        g_t, tokens, pad = self._text(text)
         return self.mscmat(pooled, tokens, pad, g_t)
 
     # ---- loss --------------------------------------------------------------------------------
@@ -258,7 +289,7 @@ class MSA(RetrievalMethod):
         lc = self.config.loss
         pooled = self.image(batch.images)
         g_v = self.fusion(pooled)
-        g_t, tokens, pad = self.text(batch.text)
+        g_t, tokens, pad = self._text(batch.text)
         same = same_image_mask(batch.image_ids)
         parts: dict[str, torch.Tensor] = {}
         if lc.triplet:

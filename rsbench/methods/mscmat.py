@@ -4,6 +4,7 @@ One branch per visual scale k scores every image x text pair of a batch:
 
     q_k    = Linear_k(p_k)                                   (one query token per image)
     a_k    = MHA_k(query=LN(q_k), key=value=LN(text tokens)) (padding masked, [CLS] excluded)
+             (shared_norm: one LN pair for all scales, as the authors; mask_padding=False: unmasked)
     m_k    = sigmoid(Linear_k((a_k + g_t) * q_k))            -> a B_img x B_txt matrix M_k
 
 Why the batched form: the query is a single token, so attention for all B x B pairs is a set of
@@ -30,30 +31,34 @@ from .triplet import hinge_triplet
 class MSCMATBranch(nn.Module):
     """Cross-attention branch of one scale: pooled image vector (B_i, C) x text (B_t, L, D) -> (B_i, B_t)."""
 
-    def __init__(self, in_channels: int, embed_dim: int, num_heads: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, embed_dim: int, num_heads: int, dropout: float = 0.0,
+                 own_norms: bool = True):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide embed_dim={embed_dim}")
         self.query = nn.Linear(in_channels, embed_dim)
-        self.ln_q = nn.LayerNorm(embed_dim)
-        self.ln_kv = nn.LayerNorm(embed_dim)
+        # own_norms=False: the caller (MSCMAT with shared_norm) passes one LayerNorm pair shared by all scales
+        self.ln_q = nn.LayerNorm(embed_dim) if own_norms else None
+        self.ln_kv = nn.LayerNorm(embed_dim) if own_norms else None
         self.attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
         self.head = nn.Linear(embed_dim, 1)
 
     def forward(self, pooled: torch.Tensor, tokens: torch.Tensor, pad: torch.Tensor,
-                g_t: torch.Tensor) -> torch.Tensor:
+                g_t: torch.Tensor, norms: tuple[nn.Module, nn.Module] | None = None) -> torch.Tensor:
         """Pre-sigmoid matching logits for every (image i, text j) pair.
 
         pooled: (B_i, C) the scale's pooled image vector; tokens: (B_t, L, D) text tokens without
-        [CLS]; pad: (B_t, L) bool, True at padding; g_t: (B_t, D) global text embeddings.
+        [CLS]; pad: (B_t, L) bool, True at padding; g_t: (B_t, D) global text embeddings;
+        norms: the shared (LN for the query, LN for the text) pair, when the branch has none of its own.
         """
+        ln_q, ln_kv = norms if norms is not None else (self.ln_q, self.ln_kv)
         q = self.query(pooled)  # (B_i, D)
         d = q.shape[-1]
         heads = self.attn.num_heads
         dh = d // heads
         w_in, b_in = self.attn.in_proj_weight, self.attn.in_proj_bias
-        kv = self.ln_kv(tokens)
-        qh = F.linear(self.ln_q(q), w_in[:d], b_in[:d]).view(-1, heads, dh) * dh**-0.5
+        kv = ln_kv(tokens)
+        qh = F.linear(ln_q(q), w_in[:d], b_in[:d]).view(-1, heads, dh) * dh**-0.5
         k = F.linear(kv, w_in[d:2 * d], b_in[d:2 * d]).view(*kv.shape[:2], heads, dh)
         v = F.linear(kv, w_in[2 * d:], b_in[2 * d:]).view(*kv.shape[:2], heads, dh)
 
@@ -71,15 +76,24 @@ class MSCMATBranch(nn.Module):
 
 
 class MSCMAT(nn.Module):
-    """One branch per scale; returns the list of pre-sigmoid B_i x B_t logit matrices, shallow to deep."""
+    """One branch per scale; returns the list of pre-sigmoid B_i x B_t logit matrices, shallow to deep.
 
-    def __init__(self, channels: list[int], embed_dim: int, num_heads: int, dropout: float = 0.0):
+    shared_norm: one LayerNorm for the image queries and one for the text tokens, shared by all
+    scales (the authors' Multi_img_crossatt); default: one pair per branch.
+    """
+
+    def __init__(self, channels: list[int], embed_dim: int, num_heads: int, dropout: float = 0.0,
+                 shared_norm: bool = False):
         super().__init__()
-        self.branches = nn.ModuleList(MSCMATBranch(c, embed_dim, num_heads, dropout) for c in channels)
+        self.branches = nn.ModuleList(MSCMATBranch(c, embed_dim, num_heads, dropout, own_norms=not shared_norm)
+                                      for c in channels)
+        self.ln_q = nn.LayerNorm(embed_dim) if shared_norm else None
+        self.ln_kv = nn.LayerNorm(embed_dim) if shared_norm else None
 
     def forward(self, pooled: list[torch.Tensor], tokens: torch.Tensor, pad: torch.Tensor,
                 g_t: torch.Tensor) -> list[torch.Tensor]:
-        return [b(p, tokens, pad, g_t) for b, p in zip(self.branches, pooled, strict=True)]
+        norms = (self.ln_q, self.ln_kv) if self.ln_q is not None else None
+        return [b(p, tokens, pad, g_t, norms) for b, p in zip(self.branches, pooled, strict=True)]
 
 
 # ---- losses ----------------------------------------------------------------------------------
@@ -111,14 +125,17 @@ def mscma_loss(logits: list[torch.Tensor], same: torch.Tensor) -> torch.Tensor:
 
 
 def csmmc_loss(matrices: list[torch.Tensor], tau: float = 2.0) -> torch.Tensor:
-    """Cross-scale consistency: the deepest scale (detached) teaches each shallower one.
+    """Cross-scale consistency: sum over the shallower scales k of KL(P_k || P_deep).
 
-    Softmax over images (column-wise, one distribution per text) at temperature tau. The spec's
-    KL(P_k || P_deep) lists the arguments in torch's kl_div(input=log P_k, target=P_deep) order,
-    which computes sum P_deep log(P_deep / P_k): the usual teacher -> student distillation, and
-    what we compute. Its terms are averaged over all B x B entries (torch's reduction='mean', the
-    authors' choice, not 'batchmean'), then summed over the shallower scales.
+    P = softmax over images (column-wise, one distribution per text) at temperature tau; P_deep
+    comes from the detached deepest matrix, so the gradient flows only through P_k, the first
+    argument of the KL (the authors' retrieval.py element_neig_rank_loss: F.kl_div(P_deep.log(), P_k)).
+    Each KL is the mean of P_k (log P_k - log P_deep) over all B x B entries (torch's
+    reduction='mean', the authors' choice, not 'batchmean').
     """
-    teacher = (matrices[-1].detach().float() / tau).softmax(dim=0)
-    return sum(F.kl_div((m.float() / tau).log_softmax(dim=0), teacher, reduction="none").mean()
-               for m in matrices[:-1])
+    log_deep = (matrices[-1].detach().float() / tau).log_softmax(dim=0)
+    total = matrices[0].new_zeros((), dtype=torch.float32)
+    for m in matrices[:-1]:
+        log_p = (m.float() / tau).log_softmax(dim=0)
+        total = total + (log_p.exp() * (log_p - log_deep)).mean()
+    return total

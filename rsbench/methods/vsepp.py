@@ -26,6 +26,7 @@ class VSEConfig:
     backbone: str = "resnet152"
     pretrained: bool = True
     backbone_weights: str = ""
+    backbone_partial: bool = False  # accept a backbone_weights file that covers only part of the backbone
     embed_dim: int = 1024
     word_dim: int = 300
     hidden_dim: int = 1024
@@ -64,7 +65,7 @@ class VSEPP(RetrievalMethod):
         c = config
         self.vocab = Vocabulary.build(context.train_captions, min_count=c.min_word_count)
         self.cnn = create_backbone(c.backbone, pretrained=c.pretrained, weights=c.backbone_weights or None,
-                                   num_classes=0)
+                                   partial=c.backbone_partial, num_classes=0)
         self.img_fc = nn.Linear(self.cnn.num_features, c.embed_dim)
         self.embed = nn.Embedding(len(self.vocab), c.word_dim, padding_idx=0)
         self.gru = nn.GRU(c.word_dim, c.hidden_dim, batch_first=True)
