@@ -107,7 +107,7 @@ def test_encoders_and_a_training_step(tmp_path) -> None:
 @pytest.mark.usefixtures("isolated_cache")
 def test_trains_on_synthetic_far_above_chance(tiny_synthetic, tmp_path) -> None:
     metrics = run_small("scan", tiny_synthetic, tmp_path, epochs=6)
-    assert metrics["mR"] > 3 * metrics["chance_mR"], metrics
+    assert_far_above_chance(metrics)
 
 
 def run_small(method: str, root: Path, tmp_path: Path, epochs: int, **extra: str) -> dict:
@@ -116,9 +116,15 @@ def run_small(method: str, root: Path, tmp_path: Path, epochs: int, **extra: str
     from rsbench.runconfig import resolve_config
     from rsbench.runner import run_cell
 
-    over = {"backbone": "test_resnet", "train.image_size": "32", "train.sampling": "image", **extra}
+    over = {"backbone": "test_resnet", "train.image_size": "32", **extra}
     cfg = resolve_config(method, "synthetic", 0, "small", {}, {"epochs": epochs, "batch_size": 8}, over)
     torch.manual_seed(0)
     cell = tmp_path / method / "seed0"
     run_cell(cfg, load_dataset("synthetic", data_root=root), cell, torch.device("cpu"), log=lambda *_: None)
     return json.loads((cell / "metrics.json").read_text())
+
+
+def assert_far_above_chance(m: dict) -> None:
+    """The tiny set has 6 test images, so R@5/R@10 saturate (chance mR ~61): judge R@1 against 1/6."""
+    chance_r1 = 100.0 / m["n_images"]
+    assert (m["i2t_r1"] + m["t2i_r1"]) / 2 > 2 * chance_r1 and m["mR"] > m["chance_mR"] + 10, m
