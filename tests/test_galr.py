@@ -168,5 +168,5 @@ def test_detector_path_caches_region_features(tmp_path, monkeypatch) -> None:
 @pytest.mark.slow
 @pytest.mark.usefixtures("isolated_cache")
 def test_trains_on_synthetic_far_above_chance(tiny_synthetic, tmp_path) -> None:
-    metrics = run_small("galr", tiny_synthetic, tmp_path, epochs=6)
+    metrics = run_small("galr", tiny_synthetic, tmp_path, epochs=15)
     assert_far_above_chance(metrics)
