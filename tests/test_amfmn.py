@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from helpers import fit_one_batch
 
-from rsbench.config import TrainConfig, set_key
+from rsbench.config.schema import TrainConfig, set_key
 from rsbench.errors import UserError
 from rsbench.methods import get_method_spec
 from rsbench.methods.amfmn import AMFMN, MVSA, VARIANTS, AMFMNConfig, triplet_loss
 from rsbench.methods.base import Batch, MethodContext
-from rsbench.methods.prior_similarity import dynamic_margin
+from rsbench.methods.components.prior_similarity import dynamic_margin
 
 CAPS = [
     "many planes are parked in an airport", "a plane is parked at the airport",

@@ -12,7 +12,7 @@ from helpers import fit_one_batch
 
 from rsbench.errors import UserError
 from rsbench.methods.base import Batch, MethodContext
-from rsbench.methods.losses import LogitScale, decay_param_groups, format_caption, info_nce
+from rsbench.methods.components.contrastive import LogitScale, decay_param_groups, format_caption, info_nce
 
 
 def _ctx(tmp_path: Path) -> MethodContext:
@@ -103,7 +103,7 @@ def tiny_clip(tmp_path_factory):
 
 def test_clip_registered_with_presets():
     from rsbench.methods.registry import get_method_spec
-    from rsbench.runconfig import resolve_config
+    from rsbench.config.resolve import resolve_config
 
     spec = get_method_spec("clip")
     assert set(spec.presets) >= {"small", "paper"}

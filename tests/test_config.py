@@ -2,9 +2,9 @@
 
 import pytest
 
-from rsbench.config import TrainConfig, load_config_file, parse_set_options, parse_value, set_key
+from rsbench.config.schema import TrainConfig, load_config_file, parse_set_options, parse_value, set_key
 from rsbench.errors import UserError
-from rsbench.runconfig import resolve_config
+from rsbench.config.resolve import resolve_config
 
 
 def test_parse_value_types():

@@ -13,7 +13,7 @@ from helpers import run_cli as run_main
 from helpers import shared_data
 from typer.testing import CliRunner
 
-from rsbench.cli_data import data_app
+from rsbench.cli.data import data_app
 from rsbench.datasets import check_dataset
 
 

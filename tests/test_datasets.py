@@ -18,7 +18,7 @@ from PIL import Image, ImageFile
 
 from rsbench.datasets import get_dataset_info, list_datasets, load_dataset, load_image
 from rsbench.datasets.images import decode_image
-from rsbench.datasets.splits import carve_val, class_from_name
+from rsbench.datasets.assembly import carve_val, class_from_name
 from rsbench.errors import DataError, UserError
 
 

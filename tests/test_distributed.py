@@ -28,13 +28,13 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_ranks_equal_single_process_eval(tmp_path: Path, tiny_synthetic: Path) -> None:
-    from rsbench.checkpoint import load_best
+    from rsbench.engine.checkpoint import load_best
     from rsbench.datasets import load_dataset
-    from rsbench.device import pick_precision
+    from rsbench.engine.device import pick_precision
     from rsbench.methods.base import MethodContext
     from rsbench.methods.registry import create_method
-    from rsbench.runconfig import resolve_config
-    from rsbench.runner import evaluate
+    from rsbench.config.resolve import resolve_config
+    from rsbench.engine.cell import evaluate
 
     syn = tiny_synthetic
     out = tmp_path / "res"
@@ -71,7 +71,7 @@ def _gather_worker(rank: int, world: int, port: int, q: object) -> None:
     """One rank: InfoNCE on its half of the batch through the DDP step wrapper; report the grads."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
-    from rsbench import distributed as dist
+    from rsbench.engine import distributed as dist
 
     dist.setup(torch.device("cpu"))
     model, x, ids = _gather_problem()
@@ -93,7 +93,7 @@ class _TwoTower(torch.nn.Module):
 
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> object:
         from rsbench.methods.base import LossOutput
-        from rsbench.methods.losses import info_nce
+        from rsbench.methods.components.contrastive import info_nce
 
         x, ids = batch
         return LossOutput(info_nce(self.a(x), self.b(x), 10.0, ids))
@@ -134,7 +134,7 @@ def test_info_nce_gathers_global_batch_with_gradients() -> None:
 
 
 def test_single_process_is_unchanged() -> None:
-    from rsbench import distributed as dist
+    from rsbench.engine import distributed as dist
 
     assert not dist.is_distributed() and dist.is_main() and dist.world_size() == 1
     assert dist.train_sampler([1, 2, 3], 0, 0) is None

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from rsbench.errors import UserError
-from rsbench.methods.backbones import create_backbone
+from rsbench.methods.components.backbones import create_backbone
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -82,8 +82,8 @@ def test_foreign_file_matches_nothing(tmp_path):
 
 def test_weight_provenance_reaches_run_json(tiny_synthetic, tmp_path):
     from rsbench.datasets import load_dataset
-    from rsbench.runconfig import resolve_config
-    from rsbench.runner import run_cell
+    from rsbench.config.resolve import resolve_config
+    from rsbench.engine.cell import run_cell
 
     path = _save(tmp_path / "bb.safetensors", _full_state("test_resnet"))
     cfg = resolve_config("vsepp", "synthetic", 0, "small", {}, {"epochs": 0, "batch_size": 8},
@@ -103,7 +103,7 @@ def test_paper_presets_ask_timm_for_torchvision_weights():
     """The authors used torchvision's ImageNet weights; timm's default ResNet-50 tag (a1_in1k) is another recipe."""
     import timm
 
-    from rsbench.runconfig import resolve_config
+    from rsbench.config.resolve import resolve_config
 
     for method, arch in (("amfmn", "resnet18"), ("msa", "resnet50")):
         name = resolve_config(method, "synthetic", preset="paper").model.backbone

@@ -14,9 +14,9 @@ import pytest
 import torch
 from helpers import run_cli
 
-from rsbench.config import load_config_file
+from rsbench.config.schema import load_config_file
 from rsbench.errors import DataError, UserError
-from rsbench.runconfig import resolve_config
+from rsbench.config.resolve import resolve_config
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -81,7 +81,7 @@ def test_good_values_still_resolve():
 
 
 def test_metric_directions():
-    from rsbench.metrics import METRIC_DIRECTION, METRIC_KEYS, metric_sign
+    from rsbench.evaluation.metrics import METRIC_DIRECTION, METRIC_KEYS, metric_sign
 
     assert set(METRIC_DIRECTION) == set(METRIC_KEYS)
     for k in ("i2t_medr", "i2t_meanr", "t2i_medr", "t2i_meanr"):
@@ -91,7 +91,7 @@ def test_metric_directions():
 
 
 def test_run_refuses_bad_value_before_loading_data(tmp_path, capsys, monkeypatch):
-    from rsbench import cli_run
+    from rsbench.cli import run as cli_run
 
     def no_data(*_a, **_k):
         raise AssertionError("data loaded before the config was validated")
@@ -107,7 +107,7 @@ def test_run_refuses_bad_value_before_loading_data(tmp_path, capsys, monkeypatch
 
 def test_lower_is_better_metric_selects_the_minimum(tiny_synthetic, tmp_path, monkeypatch):
     """Selection on i2t_meanr keeps the epoch with the LOWEST mean rank (fake val values 5, 2, 9)."""
-    from rsbench import runner
+    from rsbench.engine import cell as runner
     from rsbench.datasets import load_dataset
 
     fake = iter([5.0, 2.0, 9.0])
@@ -156,7 +156,7 @@ def test_deep_json_run_config_via_cli(tmp_path, capsys):
 
 
 def test_deep_json_annotation_file_is_one_line(tmp_path):
-    from rsbench.datasets.karpathy import read_karpathy
+    from rsbench.datasets.formats.karpathy import read_karpathy
 
     f = tmp_path / "dataset.json"
     f.write_text('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}")
@@ -180,8 +180,8 @@ def test_first_line(exc, expect):
 
 
 def test_zero_byte_weights_and_resume_files(tmp_path):
-    from rsbench.checkpoint import load_resume
-    from rsbench.methods.backbones import load_state_dict_file
+    from rsbench.engine.checkpoint import load_resume
+    from rsbench.methods.components.backbones import load_state_dict_file
 
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
@@ -300,7 +300,7 @@ def test_score_overwrite_keeps_old_result_when_new_input_is_bad(tmp_path, tiny_s
 
 def test_score_overwrite_computes_before_clearing(tmp_path, tiny_synthetic, test_shape, capsys, monkeypatch):
     """A failure while ranking (after the input checks) leaves the old cell complete."""
-    from rsbench import metrics as rm
+    from rsbench.evaluation import metrics as rm
 
     good = tmp_path / "good.npy"
     np.save(good, np.random.default_rng(0).standard_normal(test_shape).astype(np.float32))
@@ -353,7 +353,7 @@ class _SyncCounter:
 
 
 def _methods_and_batches(tmp_path: Path):
-    from rsbench.config import set_key
+    from rsbench.config.schema import set_key
     from rsbench.methods import Batch, MethodContext, create_method
 
     caps = ["a plane at the airport", "many ships in the harbor", "green farmland", "a dense forest"] * 2
@@ -391,7 +391,7 @@ def test_training_loss_makes_no_host_sync(tmp_path, monkeypatch):
 
 def test_runner_reads_logs_once_per_epoch(tiny_synthetic, tmp_path, monkeypatch):
     """The step loop reads nothing back; the epoch's mean loss and logs are read once, at its end."""
-    from rsbench import runner
+    from rsbench.engine import cell as runner
     from rsbench.datasets import load_dataset
 
     data = load_dataset("synthetic", data_root=tiny_synthetic)

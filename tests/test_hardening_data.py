@@ -14,7 +14,7 @@ from rsbench.datasets import check_dataset, load_dataset
 
 def _no_training(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Replace runner.run_cell with a recorder: the refusal must come before any cell trains."""
-    from rsbench import runner
+    from rsbench.engine import cell as runner
 
     calls: list[str] = []
 
@@ -175,7 +175,7 @@ def test_pickled_pytorch_model_bin_is_one_line_refusal(tmp_path, capsys):
     import torch
 
     from rsbench.errors import UserError
-    from rsbench.methods.hf_text import load_text_model
+    from rsbench.methods.components.hf_text import load_text_model
 
     folder = _copy_minilm(tmp_path / "pickled", weights=False)
     torch.save({"embeddings.word_embeddings.weight": torch.zeros(2, 2)}, folder / "pytorch_model.bin")
@@ -190,7 +190,7 @@ def test_pickled_pytorch_model_bin_is_one_line_refusal(tmp_path, capsys):
 def test_load_text_model_leaves_hf_hub_offline_alone(monkeypatch):
     import os
 
-    from rsbench.methods.hf_text import load_text_model
+    from rsbench.methods.components.hf_text import load_text_model
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     tok, model = load_text_model("minilm")
@@ -199,7 +199,7 @@ def test_load_text_model_leaves_hf_hub_offline_alone(monkeypatch):
 
 
 def test_minilm_weights_sha256_verified(tmp_path, monkeypatch, capsys):
-    import rsbench.methods.hf_text as hf
+    import rsbench.methods.components.hf_text as hf
 
     folder = _copy_minilm(tmp_path / "tampered", weights=True)
     data = bytearray((folder / "model.safetensors").read_bytes())
@@ -264,7 +264,7 @@ def test_conftest_marks_the_test_session():
 def test_submitit_folder_is_per_user_and_private(tmp_path):
     import os
 
-    from rsbench.launch import submitit_folder
+    from rsbench.engine.launch import submitit_folder
 
     out = tmp_path / "res"
     folder = submitit_folder(out, None)
@@ -278,7 +278,7 @@ def test_submitit_folder_is_per_user_and_private(tmp_path):
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o755])
 def test_submitit_folder_with_loose_permissions_is_refused(tmp_path, mode):
     from rsbench.errors import UserError
-    from rsbench.launch import submitit_folder
+    from rsbench.engine.launch import submitit_folder
 
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -293,7 +293,7 @@ def test_submitit_folder_of_another_user_is_refused(tmp_path, monkeypatch):
     import os
 
     from rsbench.errors import UserError
-    from rsbench.launch import submitit_folder
+    from rsbench.engine.launch import submitit_folder
 
     owner = os.getuid()
     folder = submitit_folder(tmp_path / "res", None)
@@ -305,7 +305,7 @@ def test_submitit_folder_of_another_user_is_refused(tmp_path, monkeypatch):
 # ---- item 6: one cache root --------------------------------------------------------------------------
 @pytest.mark.parametrize("value", ["", "   "])
 def test_empty_rsbench_cache_means_the_default_everywhere(monkeypatch, tmp_path, value):
-    from rsbench import runner
+    from rsbench.engine import cell as runner
     from rsbench.datasets.cache import cache_root
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -317,7 +317,7 @@ def test_empty_rsbench_cache_means_the_default_everywhere(monkeypatch, tmp_path,
 
 
 def test_relative_rsbench_cache_is_made_absolute(monkeypatch, tmp_path):
-    from rsbench import runner
+    from rsbench.engine import cell as runner
     from rsbench.datasets.cache import cache_root
 
     monkeypatch.chdir(tmp_path)

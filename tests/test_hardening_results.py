@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from helpers import run_cli
 
-from rsbench.results import is_complete
+from rsbench.results.cell import is_complete
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 TINY = ["--methods", "vsepp", "--dataset", "synthetic", "--device", "cpu",
@@ -143,7 +143,7 @@ def test_file_set_is_all_or_none(tmp_path: Path) -> None:
     a.write_text("old a")
     b.mkdir()  # the rename onto b fails
     from rsbench.errors import UserError
-    from rsbench.results import write_file_set
+    from rsbench.results.cell import write_file_set
 
     with pytest.raises(UserError):
         write_file_set({a: "new a", b: "new b"})
@@ -181,8 +181,8 @@ def test_check_not_collapsed_uses_chance_of_the_val_split() -> None:
     """Val mR at or below chance after training is a failed cell (for a val split big enough to tell)."""
     from types import SimpleNamespace
 
-    from rsbench.metrics import chance_metrics
-    from rsbench.runner import TrainingCollapsed, check_not_collapsed
+    from rsbench.evaluation.metrics import chance_metrics
+    from rsbench.engine.cell import TrainingCollapsed, check_not_collapsed
 
     cap2img = np.repeat(np.arange(40), 5)
     split = SimpleNamespace(n_images=40, cap2img=cap2img)
@@ -208,7 +208,7 @@ def test_finite_divergence_marks_cell_failed(tmp_path: Path, tiny_synthetic: Pat
 def test_error_in_one_cell_does_not_stop_the_grid(tmp_path: Path, tiny_synthetic: Path, capsys,
                                                  monkeypatch, isolated_cache) -> None:
     """An unexpected exception in one cell: its failed.json and a FAILED row, the next cell runs, exit 2."""
-    from rsbench import runner
+    from rsbench.engine import cell as runner
 
     real = runner.run_cell
 

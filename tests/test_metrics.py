@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rsbench.metrics import (
+from rsbench.evaluation.metrics import (
     METRIC_KEYS,
     chance_metrics,
     compute_ranks,
@@ -99,7 +99,7 @@ def test_blockwise_equals_full(name: str, sims: np.ndarray, cap2img: np.ndarray,
 @pytest.mark.parametrize("name,sims,cap2img", galleries(), ids=[g[0] for g in galleries()])
 def test_torch_counting_path_matches_naive(name: str, sims: np.ndarray, cap2img: np.ndarray) -> None:
     """Non-CPU blocks are counted with torch ops: check that kernel on CPU against the reference."""
-    from rsbench import metrics
+    from rsbench.evaluation import metrics
 
     ref = naive_ranks(sims.astype(np.float64), cap2img)
     counter = metrics._Counter()

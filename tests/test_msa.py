@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from helpers import fit_one_batch
 
-from rsbench.config import set_key
+from rsbench.config.schema import set_key
 from rsbench.errors import UserError
 from rsbench.methods import Batch, MethodContext, create_method
 from rsbench.methods.msa import ImageTower, MSAConfig, pick_levels
-from rsbench.methods.mscmat import MSCMAT, MSCMATBranch, csmmc_loss, hardest_triplet, mscma_loss
-from rsbench.runconfig import resolve_config
+from rsbench.methods.components.mscmat import MSCMAT, MSCMATBranch, csmmc_loss, hardest_triplet, mscma_loss
+from rsbench.config.resolve import resolve_config
 
 CAPTIONS = ["a plane is parked near the terminal", "green trees beside a river",
             "many buildings and roads", "a ship in the harbour next to a long pier with cranes",

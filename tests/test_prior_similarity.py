@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from rsbench.methods import prior_similarity as ps
-from rsbench.methods.prior_similarity import (
+from rsbench.methods.components import prior_similarity as ps
+from rsbench.methods.components.prior_similarity import (
     STOP_WORDS,
     CaptionFeatures,
     PriorParams,
@@ -19,7 +19,7 @@ from rsbench.methods.prior_similarity import (
     dynamic_margin,
     stem,
 )
-from rsbench.methods.text import words
+from rsbench.methods.components.vocab import words
 
 CAPS = [
     "Many planes are parked next to a long building in an airport.",

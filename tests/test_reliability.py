@@ -24,8 +24,8 @@ import pytest
 import torch
 from helpers import run_cli
 
-from rsbench.checkpoint import load_resume
-from rsbench.results import is_complete, scan_results
+from rsbench.engine.checkpoint import load_resume
+from rsbench.results.cell import is_complete, scan_results
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 CELL = ("synthetic", "vsepp", "seed0")

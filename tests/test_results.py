@@ -13,8 +13,8 @@ import pytest
 from helpers import run_cli
 
 from rsbench.errors import UserError
-from rsbench.metrics import METRIC_KEYS, compute_ranks
-from rsbench.results import (
+from rsbench.evaluation.metrics import METRIC_KEYS, compute_ranks
+from rsbench.results.cell import (
     LEADERBOARD_COLUMNS,
     Cell,
     cell_dir,
@@ -102,7 +102,7 @@ def test_is_complete_and_load_cell(tmp_path: Path) -> None:
 def test_rewrite_marks_incomplete_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """While ranks.npz is being rewritten, the old metrics.json must not vouch for it."""
     cell = make_cell(tmp_path, "d", "m", 0)
-    from rsbench import results
+    from rsbench.results import cell as results
 
     def failing_write_with(path: Path, writer: object) -> None:
         raise OSError("disk full")
@@ -199,7 +199,7 @@ def _cli_ready() -> bool:
     try:
         import importlib
 
-        for mod in ("rsbench.cli_data", "rsbench.cli_run", "rsbench.datasets"):
+        for mod in ("rsbench.cli.data", "rsbench.cli.run", "rsbench.datasets"):
             importlib.import_module(mod)
     except ImportError:
         return False
@@ -328,7 +328,7 @@ def test_cli_score_and_leaderboard_respect_locks(tmp_path: Path, capsys: pytest.
     import subprocess
     import sys
 
-    from rsbench import cli_report
+    from rsbench.cli import report as cli_report
     from rsbench.locks import lock_path
 
     ann = fake_karpathy(tmp_path, [5, 5, 3])

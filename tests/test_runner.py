@@ -17,9 +17,9 @@ from fakedata import make_karpathy, write_image
 from helpers import run_cli as main
 
 from rsbench import io as rio
-from rsbench.checkpoint import load_resume
+from rsbench.engine.checkpoint import load_resume
 from rsbench.errors import DataError, UserError
-from rsbench.results import is_complete
+from rsbench.results.cell import is_complete
 
 TINY_SET = {"train.sampling": "image", "train.image_size": "32", "backbone": "test_resnet", "embed_dim": "32", "hidden_dim": "32",
             "word_dim": "16"}
@@ -35,7 +35,7 @@ def syn(tiny_synthetic: Path) -> Path:
 
 
 def tiny(epochs: int = 2, **train: object):
-    from rsbench.runconfig import resolve_config
+    from rsbench.config.resolve import resolve_config
 
     return resolve_config("vsepp", "synthetic", 0, "small", {}, {"epochs": epochs, "batch_size": 8},
                           {**TINY_SET, **{f"train.{k}": str(v) for k, v in train.items()}})
@@ -43,7 +43,7 @@ def tiny(epochs: int = 2, **train: object):
 
 def run(cfg, syn: Path, cell: Path, **kw):
     from rsbench.datasets import load_dataset
-    from rsbench.runner import run_cell
+    from rsbench.engine.cell import run_cell
 
     return run_cell(cfg, load_dataset("synthetic", data_root=syn), cell, torch.device("cpu"), log=lambda *_: None,
                     **kw)
@@ -64,7 +64,7 @@ def finished(syn, tmp_path_factory) -> Path:
 def patch_loss(monkeypatch, fail_at_call: int, make):
     """Wrap every created method's training_loss: call number `fail_at_call` returns/raises
     make(loss) (or make(loss, method) when make takes two arguments)."""
-    from rsbench import runner
+    from rsbench.engine import cell as runner
 
     real = runner.create_method
     calls = {"n": 0}
@@ -90,7 +90,7 @@ def patch_loss(monkeypatch, fail_at_call: int, make):
 
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(syn, tmp_path, monkeypatch):
-    from rsbench.runner import TrainingDiverged
+    from rsbench.engine.cell import TrainingDiverged
 
     patch_loss(monkeypatch, 4, lambda loss: loss * float("nan"))  # 3 steps per epoch: epoch 2, step 1
     cell = tmp_path / "seed0"
@@ -120,7 +120,7 @@ def test_non_finite_weights_are_never_saved_as_last_good(syn, tmp_path, monkeypa
     """A finite loss but a model gone non-finite (here a BatchNorm buffer) stops before last.pt is written."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from rsbench.runner import TrainingDiverged
+    from rsbench.engine.cell import TrainingDiverged
 
     handles = []
 
@@ -142,7 +142,7 @@ def test_non_finite_weights_are_never_saved_as_last_good(syn, tmp_path, monkeypa
 
 
 def test_nan_scores_in_evaluation_are_one_line(syn, tmp_path, monkeypatch):
-    from rsbench import runner
+    from rsbench.engine import cell as runner
 
     real = runner.create_method
 
@@ -169,7 +169,7 @@ def test_out_of_memory_in_training_suggests_a_smaller_batch(syn, tmp_path, monke
 
 
 def test_out_of_memory_in_evaluation_suggests_a_smaller_eval_batch(syn, tmp_path, monkeypatch):
-    from rsbench import runner
+    from rsbench.engine import cell as runner
 
     def oom(*_a, **_k):
         raise torch.OutOfMemoryError("CUDA out of memory.")
@@ -183,10 +183,11 @@ def test_out_of_memory_in_evaluation_suggests_a_smaller_eval_batch(syn, tmp_path
 def test_failed_cell_goes_on_alone_but_stops_a_distributed_rank(syn, tmp_path, monkeypatch, capsys):
     """One process: the failure is printed, recorded and the grid goes on. Under torchrun the rank
     raises instead, so that it exits and torchrun stops the ranks waiting for it in a collective."""
-    from rsbench import cli_run, runner
-    from rsbench import distributed as dist
+    from rsbench.cli import run as cli_run
+    from rsbench.engine import cell as runner
+    from rsbench.engine import distributed as dist
     from rsbench.datasets import load_dataset
-    from rsbench.launch import FAILED_FILE
+    from rsbench.engine.launch import FAILED_FILE
 
     def fail(*_a, **_k):
         raise UserError("out of memory on cuda:1 at epoch 1, step 3 with batch size 8")
@@ -214,7 +215,7 @@ def test_failed_cell_goes_on_alone_but_stops_a_distributed_rank(syn, tmp_path, m
 def test_default_synthetic_is_generated_by_the_preparing_rank_only_when_needed(tmp_path):
     """Under torchrun rank 0 runs this before the others load: it generates the default synthetic set
     (and only that: a given data root or another dataset generates nothing)."""
-    from rsbench.datasets.registry import default_data_root
+    from rsbench.datasets.catalogue import default_data_root
 
     cache = tmp_path / "cache"
     assert default_data_root("rsicd", None, None) is None
@@ -235,7 +236,7 @@ class Killed(BaseException):
 @pytest.mark.slow
 def test_kill_between_last_and_best_checkpoint_is_repaired(syn, finished, tmp_path, monkeypatch):
     """last.pt of epoch 1 written, best.safetensors of epoch 1 not: the resume rebuilds best from last.pt."""
-    from rsbench import runner
+    from rsbench.engine import cell as runner
 
     def die(*_a, **_k):
         raise Killed
@@ -270,7 +271,7 @@ def test_early_stopped_cell_is_not_trained_further_on_resume(syn, finished, tmp_
               metadata=header)
     lines: list[str] = []
     from rsbench.datasets import load_dataset
-    from rsbench.runner import run_cell
+    from rsbench.engine.cell import run_cell
 
     run_cell(tiny(), load_dataset("synthetic", data_root=syn), cell, torch.device("cpu"), log=lines.append)
     assert not any("epoch 2/2" in ln for ln in lines), lines
@@ -278,7 +279,7 @@ def test_early_stopped_cell_is_not_trained_further_on_resume(syn, finished, tmp_
 
 
 def test_config_differences_ignore_speed_only_options():
-    from rsbench.runner import config_differences, config_record
+    from rsbench.engine.cell import config_differences, config_record
 
     a = config_record(tiny())
     b = json.loads(json.dumps(a))
@@ -352,7 +353,7 @@ def test_disk_full_during_a_run_is_one_line(syn, tmp_path, capsys, monkeypatch):
 # ---- dirty datasets, user-facing ---------------------------------------------------------------
 
 def test_worker_traceback_becomes_one_line():
-    from rsbench.runner import one_line
+    from rsbench.engine.cell import one_line
 
     e = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                   '  File "x.py", line 1, in f\nrsbench.errors.DataError: /d/img.png: corrupt or truncated image (x)\n')

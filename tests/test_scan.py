@@ -113,8 +113,8 @@ def test_trains_on_synthetic_far_above_chance(tiny_synthetic, tmp_path) -> None:
 def run_small(method: str, root: Path, tmp_path: Path, epochs: int, **extra: str) -> dict:
     """The method's small preset on the tiny synthetic set through the runner; test metrics."""
     from rsbench.datasets import load_dataset
-    from rsbench.runconfig import resolve_config
-    from rsbench.runner import run_cell
+    from rsbench.config.resolve import resolve_config
+    from rsbench.engine.cell import run_cell
 
     over = {"backbone": "test_resnet", "train.image_size": "32", **extra}
     cfg = resolve_config(method, "synthetic", 0, "small", {}, {"epochs": epochs, "batch_size": 8}, over)

@@ -1,9 +1,9 @@
-"""Paired randomisation test, cluster bootstrap, Holm, and `bench compare` (rsbench.significance).
+"""Paired randomisation test, cluster bootstrap, Holm, and `bench compare` (rsbench.evaluation.statistics).
 
 The statistical tests check calibration on simulated data whose truth is known: p is about
 uniform under the null (with per-image correlation, as in real text->image queries), small for a
 planted difference, the bootstrap CI covers a planted difference at about its nominal rate, and
-the matrix-wise resampling agrees exactly with a naive recomputation from rsbench.metrics.
+the matrix-wise resampling agrees exactly with a naive recomputation from rsbench.evaluation.metrics.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from rsbench.errors import UserError
-from rsbench.metrics import metrics_from_ranks
-from rsbench.results import write_eval_outputs
-from rsbench.significance import (
+from rsbench.evaluation.metrics import metrics_from_ranks
+from rsbench.results.cell import write_eval_outputs
+from rsbench.evaluation.statistics import (
     COLUMNS,
     METRICS,
     compare_results,
@@ -82,7 +82,7 @@ def _naive_metrics(i2t, t2i):
 
 def test_resampling_matches_naive_recomputation():
     """Each sign flip equals swapping A/B ranks of whole images (+ their captions) and recomputing
-    the metrics with rsbench.metrics; each bootstrap row equals recomputing on the resampled images."""
+    the metrics with rsbench.evaluation.metrics; each bootstrap row equals recomputing on the resampled images."""
     rng = np.random.default_rng(3)
     caps = np.array([1, 2, 3, 5, 4, 2, 3])  # unequal clusters: t2i is a ratio estimator
     cap2img = np.repeat(np.arange(caps.size), caps)
@@ -251,7 +251,7 @@ def test_compare_results_table(tmp_path):
     gt = mr.loc[("good", "twin")]
     assert gt.n_seeds == 0 and math.isnan(gt.seed_p) and gt.significant
     # the means are the seed means of metrics.json
-    from rsbench.results import scan_results
+    from rsbench.results.cell import scan_results
 
     seed_mr = [c.metrics["mR"] for c in scan_results(root) if c.method == "good"]
     assert gm.mean_a == pytest.approx(np.mean(seed_mr))
@@ -285,8 +285,8 @@ def test_compare_errors(tmp_path):
 def test_cli_compare(tmp_path):
     from typer.testing import CliRunner
 
-    import rsbench.cli_compare  # noqa: F401  (registers the commands)
-    from rsbench.cli import app
+    import rsbench.cli.compare  # noqa: F401  (registers the commands)
+    from rsbench.cli.app import app
 
     root = _results(tmp_path)
     result = CliRunner().invoke(app, ["compare", str(root), "--resamples", "500", "--metric", "t2i_r1"])

@@ -1,4 +1,4 @@
-"""Leaderboard tables (rsbench.tables) and figures (rsbench.plots) from synthetic result folders."""
+"""Leaderboard tables (rsbench.results.tables) and figures (rsbench.results.plots) from synthetic result folders."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rsbench.results import write_eval_outputs
-from rsbench.tables import leaderboard_tables, published_results, tex_escape, write_leaderboard_tables
+from rsbench.results.cell import write_eval_outputs
+from rsbench.results.tables import leaderboard_tables, published_results, tex_escape, write_leaderboard_tables
 
 FAR = 50
 
@@ -142,7 +142,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_plots_written(results, tmp_path):
-    from rsbench.plots import plot_results
+    from rsbench.results.plots import plot_results
 
     paths = plot_results(results, tmp_path / "fig")
     names = sorted(p.name for p in paths)
@@ -157,8 +157,8 @@ def test_plots_written(results, tmp_path):
 def test_plot_single_seed_linear_axis_and_cli(tmp_path):
     from typer.testing import CliRunner
 
-    import rsbench.cli_compare  # noqa: F401  (registers the commands)
-    from rsbench.cli import app
+    import rsbench.cli.compare  # noqa: F401  (registers the commands)
+    from rsbench.cli.app import app
 
     root = make_results(tmp_path / "r", dataset="rsitmd", n=40, seeds=(0,))
     result = CliRunner().invoke(app, ["plot", str(root), "--no-logx", "--dataset", "rsitmd"])
@@ -169,7 +169,7 @@ def test_plot_single_seed_linear_axis_and_cli(tmp_path):
 
 
 def test_method_colours_stable_and_colour_blind_safe():
-    from rsbench.plots import OKABE_ITO, method_styles
+    from rsbench.results.plots import OKABE_ITO, method_styles
 
     a = method_styles(["vsepp", "amfmn", "msa"])
     b = method_styles(["msa", "amfmn", "vsepp", "amfmn"])

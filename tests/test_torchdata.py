@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from rsbench.config import TrainConfig
+from rsbench.config.schema import TrainConfig
 from rsbench.datasets import load_dataset, load_image
 from rsbench.datasets.cache import ImageCache, train_resize_size
 from rsbench.datasets.torchdata import (

@@ -6,8 +6,8 @@ from helpers import fit_one_batch
 
 from rsbench.methods.base import Batch, MethodContext, same_image_mask
 from rsbench.methods.registry import create_method
-from rsbench.methods.triplet import hinge_triplet
-from rsbench.runconfig import resolve_config
+from rsbench.methods.components.triplet import hinge_triplet
+from rsbench.config.resolve import resolve_config
 
 
 def test_hinge_triplet_by_hand():

@@ -323,7 +323,7 @@ class Workspace:
     def synthetic(self) -> Any:
         """A synthetic data set at 256 px (generated once per run)."""
         if self._data is None:
-            from ..datasets.registry import load_dataset
+            from ..datasets.catalogue import load_dataset
             from ..datasets.synthetic import generate_synthetic
 
             folder = self.root / "synthetic"
@@ -336,7 +336,7 @@ class Workspace:
 
 
 def item_metrics(ws: Workspace) -> list[Row]:
-    from ..metrics import compute_ranks, metrics_from_ranks
+    from ..evaluation.metrics import compute_ranks, metrics_from_ranks
 
     ni, nt = ws.sizes.metrics
     sims = torch.rand(ni, nt, generator=torch.Generator().manual_seed(0))  # float32: ties do occur
@@ -426,7 +426,7 @@ def item_amfmn(ws: Workspace) -> list[Row]:
 
 def mscmat_setup(batch: int) -> dict[str, Any]:
     """Seeded MSCMAT (LayerNorms moved off their trivial init) and inputs with padded texts."""
-    from ..methods.mscmat import MSCMAT
+    from ..methods.components.mscmat import MSCMAT
 
     torch.manual_seed(0)
     model = MSCMAT(list(MSCMAT_CHANNELS), MSCMAT_DIM, MSCMAT_HEADS).train()
@@ -536,7 +536,7 @@ def loading_epoch(split: Any, transform: Any, cache: Any, batch_size: int = 32) 
 
 
 def item_loading(ws: Workspace) -> list[Row]:
-    from ..config import TrainConfig
+    from ..config.schema import TrainConfig
     from ..datasets.cache import ImageCache, train_resize_size
     from ..datasets.torchdata import build_transform
 
@@ -583,8 +583,8 @@ def image_backbone(method: torch.nn.Module, name: str) -> torch.nn.Module:
 def build_method(name: str, ws: Workspace, device: torch.device) -> dict[str, Any]:
     """A method from its small preset, its optimiser and one seeded batch."""
     from ..methods import Batch, MethodContext, create_method
-    from ..runconfig import resolve_config
-    from ..runner import build_optimizer
+    from ..config.resolve import resolve_config
+    from ..engine.cell import build_optimizer
 
     split = ws.synthetic().train
     cfg = resolve_config(name, "synthetic")
@@ -729,7 +729,7 @@ def gpu_rows(ws: Workspace) -> list[Row]:
 
 def child_scale(task: dict[str, Any]) -> dict[str, Any]:
     """Blockwise ranks of random L2-normalised embeddings; peak RSS, time and a spot check."""
-    from ..metrics import compute_ranks_blockwise, metrics_from_ranks
+    from ..evaluation.metrics import compute_ranks_blockwise, metrics_from_ranks
 
     ni, nt, dim = task["shape"]
     g = torch.Generator().manual_seed(0)

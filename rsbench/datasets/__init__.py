@@ -3,10 +3,10 @@
 Light imports only here (numpy, PIL); torch-side helpers live in rsbench.datasets.torchdata.
 """
 
-from .base import DatasetSplits, Split
+from ..contracts import DatasetSplits, Split
 from .check import CheckReport, check_dataset
 from .images import decode_image, load_image
-from .registry import DatasetInfo, get_dataset_info, list_datasets, load_dataset
+from .catalogue import DatasetInfo, get_dataset_info, list_datasets, load_dataset
 
 __all__ = [
     "CheckReport",

@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..io import read_json, write_json
-from .base import DatasetSplits, Split
+from ..contracts import DatasetSplits, Split
 from .images import load_image, resize_square
 
 CACHE_VERSION = 1

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .base import DatasetSplits, Problem, Split
+from ..contracts import DatasetSplits, Problem, Split
 from .images import DecodedImage, decode_image
-from .registry import load_dataset
+from .catalogue import load_dataset
 
 
 @dataclass

@@ -17,9 +17,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from ..config import TrainConfig
+from ..config.schema import TrainConfig
 from ..methods.base import Batch, Tokenizer
-from .base import Split
+from ..contracts import Split
 from .cache import ImageCache, train_resize_size
 from .images import load_image
 

@@ -5,7 +5,7 @@ Text: word embeddings -> bi-GRU -> mean over real steps -> T. The image re-weigh
 (soft / fusion / similarity variants), so the score needs both sides (cross interaction); it is
 computed as a matrix without an images x captions x D tensor (soft: two matrix products; the other
 variants: chunks sized to `score_chunk_mb`). Loss: bidirectional hinge triplet with a dynamic margin
-from the prior text similarity of the training captions (rsbench.methods.prior_similarity).
+from the prior text similarity of the training captions (rsbench.methods.components.prior_similarity).
 
 Input size: MVSA's 16x16 grid is the stage-3 map of a 256 input. For other sizes the stage-3 map is
 (H/16)x(W/16); the fused mask is adaptive-average-pooled to `mvsa_grid` x `mvsa_grid` (a no-op at
@@ -25,11 +25,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import UserError
-from .backbones import create_backbone
+from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
-from .prior_similarity import PriorParams, PriorSimilarity, dynamic_margin
+from .components.prior_similarity import PriorParams, PriorSimilarity, dynamic_margin
 from .registry import register_method
-from .text import Vocabulary, WordTokenizer
+from .components.vocab import Vocabulary, WordTokenizer
 
 VARIANTS = ("soft", "fusion", "similarity")
 _EPS = 1e-8
@@ -58,7 +58,7 @@ class AMFMNConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config import require_at_least
+        from ..config.schema import require_at_least
 
         require_at_least(self, "model.", {"word_dim": 1, "hidden_dim": 1, "max_words": 1})
         _check_config(self)

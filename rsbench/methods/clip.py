@@ -18,10 +18,16 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .backbones import create_backbone
+from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
-from .hf_text import DEFAULT_TEXT_MODEL, FrozenTextCache, HFTokenizer, load_text_model
-from .losses import LogitScale, PromptTokenizer, check_same_image_mode, decay_param_groups, info_nce
+from .components.hf_text import DEFAULT_TEXT_MODEL, FrozenTextCache, HFTokenizer, load_text_model
+from .components.contrastive import (
+    LogitScale,
+    PromptTokenizer,
+    check_same_image_mode,
+    decay_param_groups,
+    info_nce,
+)
 from .registry import register_method
 
 TEXT_POOLS = ("mean", "cls")
@@ -50,7 +56,7 @@ class ClipConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config import require_above, require_at_least
+        from ..config.schema import require_above, require_at_least
 
         require_at_least(self, "model.", {"embed_dim": 1, "max_len": 2})
         require_above(self, "model.", ("init_temperature", "max_logit_scale"))

@@ -38,8 +38,8 @@ from .amfmn import TextEncoder as AMFMNTextEncoder
 from .base import IMAGENET_MEAN, IMAGENET_STD, Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
 from .base import same_image_mask
 from .registry import register_method
-from .text import Vocabulary, WordTokenizer
-from .triplet import hinge_triplet
+from .components.vocab import Vocabulary, WordTokenizer
+from .components.triplet import hinge_triplet
 
 
 @dataclass
@@ -189,7 +189,7 @@ class DetectorRegions(nn.Module):
         super().__init__()
         from torchvision.models import detection
 
-        from .backbones import load_state_dict_file
+        from .components.backbones import load_state_dict_file
 
         sd = load_state_dict_file(cfg.detector_weights)
         key = "roi_heads.box_predictor.cls_score.weight"

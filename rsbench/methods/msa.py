@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .backbones import create_backbone
+from .components.backbones import create_backbone
 from .base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -44,8 +44,8 @@ from .base import (
     Tokenizer,
     same_image_mask,
 )
-from .hf_text import DEFAULT_TEXT_MODEL, HFTokenizer, load_text_model
-from .mscmat import MSCMAT, csmmc_loss, hardest_triplet, mscma_loss
+from .components.hf_text import DEFAULT_TEXT_MODEL, HFTokenizer, load_text_model
+from .components.mscmat import MSCMAT, csmmc_loss, hardest_triplet, mscma_loss
 from .registry import register_method
 
 NUM_LEVELS = 4
@@ -92,7 +92,7 @@ class MSAConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config import require_at_least
+        from ..config.schema import require_at_least
 
         require_at_least(self, "model.", {"embed_dim": 1, "num_heads": 1, "max_len": 2})
         if self.embed_dim % self.num_heads:

@@ -23,9 +23,9 @@ from torch import nn
 
 from ..errors import UserError, first_line, suggest, unknown
 from ..io import write_json
-from .backbones import load_state_dict_file
+from .components.backbones import load_state_dict_file
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
-from .losses import PromptTokenizer, check_same_image_mode, decay_param_groups, info_nce
+from .components.contrastive import PromptTokenizer, check_same_image_mode, decay_param_groups, info_nce
 from .registry import register_method
 
 DEFAULT_MODEL = "ViT-B-32"
@@ -60,7 +60,7 @@ class OpenClipConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config import require_above
+        from ..config.schema import require_above
 
         require_above(self, "model.", ("max_logit_scale",))
 

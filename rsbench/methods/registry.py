@@ -54,6 +54,6 @@ def list_methods() -> list[MethodSpec]:
 
 
 def create_method(name: str, config: Any, context: MethodContext) -> RetrievalMethod:
-    """Build a method from its resolved config dataclass (see rsbench.runconfig.resolve_config)."""
+    """Build a method from its resolved config dataclass (see rsbench.config.resolve.resolve_config)."""
     spec = get_method_spec(name)
     return spec.cls(config, context)

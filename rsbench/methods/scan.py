@@ -30,11 +30,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import UserError
-from .backbones import create_backbone
+from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
 from .registry import register_method
-from .text import Vocabulary, WordTokenizer
-from .triplet import hinge_triplet
+from .components.vocab import Vocabulary, WordTokenizer
+from .components.triplet import hinge_triplet
 
 _EPS = 1e-8
 # the authors' recommended temperatures per direction (README of kuanghuei/SCAN, Flickr30K rows)

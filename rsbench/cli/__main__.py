@@ -1,0 +1,5 @@
+"""`python -m rsbench.cli` (torchrun launches it this way)."""
+
+from rsbench.cli.app import main
+
+main()

@@ -1,0 +1,69 @@
+"""`bench compare` (paired significance between methods) and `bench plot` (paper figures).
+
+Both read only result cell folders. Imports of numpy/pandas/scipy/matplotlib stay inside the
+commands so that `bench --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import app
+from ..errors import UserError, unknown
+
+SKIP_DAMAGED_HELP = ("Leave out result cells whose files do not read back (each is still named in a "
+                     "warning) instead of refusing.")
+
+
+@app.command()
+def compare(
+    results_dir: Annotated[Path, typer.Argument(metavar="RESULTS_DIR", help="Results root holding <dataset>/<method>/seed<k>/ cells.")],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only this dataset (default: every dataset).")] = None,
+    metric: Annotated[str, typer.Option("--metric", help="Metric to print: mR, i2t_r1 ... t2i_r10, or 'all'. The CSV always has all seven.")] = "mR",
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level (Holm-corrected) and 1 - CI level.")] = 0.05,
+    resamples: Annotated[int, typer.Option("--resamples", min=1, help="Random sign flips and bootstrap resamples.")] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the resampling (results are reproducible).")] = 0,
+    split: Annotated[str, typer.Option("--split", help="Compare cells scored on this split.")] = "test",
+    out: Annotated[Path | None, typer.Option("--out", help="CSV path (default RESULTS_DIR/significance.csv).")] = None,
+    skip_damaged: Annotated[bool, typer.Option("--skip-damaged", help=SKIP_DAMAGED_HELP)] = False,
+) -> None:
+    """Paired significance of every pair of methods per dataset; writes significance.csv.
+
+    p: two-sided paired sign-flip test over test queries, p = (b+1)/(n+1); an image and its captions move together.
+
+    CI: paired cluster-bootstrap interval of A - B. Holm over all pairs per metric; W/T/L counted per image.
+
+    seed_p: paired t-test over the seeds both methods share.
+    """
+    from ..evaluation.statistics import METRICS, compare_results, format_significance, write_significance
+
+    if metric != "all" and metric not in METRICS:
+        raise unknown("metric", metric, [*METRICS, "all"])
+    df = compare_results(results_dir, dataset=dataset, alpha=alpha, resamples=resamples, seed=seed, split=split,
+                         skip_damaged=skip_damaged)
+    if df.empty:
+        raise UserError(f"{results_dir}: nothing to compare (each dataset has fewer than two methods)")
+    path = out if out is not None else Path(results_dir) / "significance.csv"
+    write_significance(df, path)
+    typer.echo(format_significance(df, None if metric == "all" else metric, alpha=alpha))
+    typer.echo(f"wrote {path}", err=True)
+
+
+@app.command()
+def plot(
+    results_dir: Annotated[Path, typer.Argument(metavar="RESULTS_DIR", help="Results root holding <dataset>/<method>/seed<k>/ cells.")],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only this dataset (default: every dataset).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default RESULTS_DIR/figures).")] = None,
+    logx: Annotated[bool, typer.Option("--logx/--no-logx", help="Logarithmic K axis on the recall curves.")] = True,
+    split: Annotated[str, typer.Option("--split", help="Plot cells scored on this split.")] = "test",
+    skip_damaged: Annotated[bool, typer.Option("--skip-damaged", help=SKIP_DAMAGED_HELP)] = False,
+) -> None:
+    """Recall@K curves (both directions, band over seeds) and an mR bar chart, PNG (200 dpi) and PDF."""
+    from ..results.plots import plot_results
+
+    paths = plot_results(results_dir, out_dir=out, dataset=dataset, logx=logx, split=split, skip_damaged=skip_damaged)
+    for p in paths:
+        typer.echo(f"wrote {p}")

@@ -1,0 +1,96 @@
+"""`bench data check / synth / cache`: inspect a dataset copy, generate the synthetic set, build the image cache.
+
+Exit codes: 0 fine (warnings, e.g. empty train captions, are printed as `warning: <file>: ...`); 1 the data has problems (each printed as `error: <file>: <problem>` on stderr);
+2 user-input errors (missing folder, unknown dataset), raised as UserError for the main CLI.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+data_app = typer.Typer(
+    help="Check a dataset copy, generate the synthetic dataset, build the decoded-image cache.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DatasetArg = Annotated[str, typer.Argument(help="ucm | sydney | rsicd | rsitmd | synthetic")]
+DataRootOpt = Annotated[Path | None, typer.Option("--data-root", help="Folder holding the annotation and images.")]
+AnnFileOpt = Annotated[Path | None, typer.Option("--ann-file", help="Annotation JSON, or a <name>_precomp folder.")]
+ImageDirOpt = Annotated[Path | None, typer.Option("--image-dir", help="Image folder (default: found in the root).")]
+LayoutOpt = Annotated[str, typer.Option("--layout", help="auto | karpathy | precomp")]
+ValSeedOpt = Annotated[int, typer.Option("--val-seed", help="Seed of the carved val split (when there is none).")]
+
+
+@data_app.command("check")
+def check_cmd(
+    dataset: DatasetArg,
+    data_root: DataRootOpt = None,
+    ann_file: AnnFileOpt = None,
+    image_dir: ImageDirOpt = None,
+    layout: LayoutOpt = "auto",
+    val_seed: ValSeedOpt = 0,
+) -> None:
+    """Read every caption and decode every image once; print per-split counts and all problems."""
+    from ..datasets.check import check_dataset, format_report
+
+    report = check_dataset(dataset, data_root=data_root, ann_file=ann_file, image_dir=image_dir,
+                           layout=layout, val_seed=val_seed,
+                           progress=lambda msg: typer.echo(msg, err=True))
+    typer.echo(format_report(report))
+    for w in report.warnings:
+        typer.echo(f"warning: {w.line}", err=True)
+    if report.problems:
+        for p in report.problems:
+            typer.echo(f"error: {p.line}", err=True)
+        # SystemExit, not typer.Exit: the main CLI runs click with standalone_mode=False, where
+        # typer.Exit would be turned into a return value and the process would exit 0.
+        sys.exit(1)
+
+
+@data_app.command("synth")
+def synth_cmd(
+    out: Annotated[Path, typer.Argument(help="Output folder (dataset.json + images/).")],
+    n_images: Annotated[int, typer.Option("--n-images", min=1)] = 300,
+    image_size: Annotated[int, typer.Option("--image-size", min=8)] = 64,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Generate the synthetic dataset (Karpathy-style JSON + PNG images) into OUT."""
+    from ..datasets.synthetic import generate_synthetic
+
+    ann = generate_synthetic(out, n_images=n_images, image_size=image_size, seed=seed)
+    typer.echo(f"wrote {ann} ({n_images} images, {image_size}px, seed {seed}); "
+               f"use: bench data check synthetic --data-root {out}")
+
+
+@data_app.command("cache")
+def cache_cmd(
+    dataset: DatasetArg,
+    data_root: DataRootOpt = None,
+    ann_file: AnnFileOpt = None,
+    image_dir: ImageDirOpt = None,
+    layout: LayoutOpt = "auto",
+    image_size: Annotated[int, typer.Option("--image-size", help="Training image size (train.image_size).")] = 224,
+    resize: Annotated[int, typer.Option("--resize", help="train.resize (0: round(image_size * 1.09)).")] = 0,
+    val_seed: ValSeedOpt = 0,
+) -> None:
+    """Decode and resize every image once into $RSBENCH_CACHE/images (used with train.image_cache=true)."""
+    from ..datasets.cache import ImageCache, train_resize_size
+    from ..datasets.catalogue import load_dataset
+
+    ds = load_dataset(dataset, data_root=data_root, ann_file=ann_file, image_dir=image_dir, layout=layout,
+                      val_seed=val_seed)
+    size = train_resize_size(image_size, resize)
+    step = max(1, (ds.train.n_images + ds.val.n_images + ds.test.n_images) // 20)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            typer.echo(f"  {done}/{total}", err=True)
+
+    cache = ImageCache.build(ds, size, fingerprint=ds.fingerprint, progress=progress)
+    state = "reused" if cache.reused else "built"
+    typer.echo(f"{state} {cache.data_path} ({len(cache)} images, {size}x{size})")

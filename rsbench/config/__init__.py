@@ -1,0 +1,1 @@
+"""Run configuration: schema and validation, the dotted overlay, resolution of a grid."""

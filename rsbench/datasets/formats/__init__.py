@@ -1,0 +1,1 @@
+"""One module per annotation file format; each returns ImageRecords for assembly."""

@@ -1,0 +1,95 @@
+"""Karpathy-style JSON (dataset_rsicd.json, dataset_RSITMD.json, dataset.json) -> ImageRecords.
+
+Only the keys the field's code relies on are required (top-level `images`; per image `filename`,
+`split`, `sentences`; per sentence `raw`), so copies that drop tokens/sentid/imgid still load.
+Captions per image are read from the data, never assumed to be 5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ...errors import DataError
+from ..assembly import ImageRecord, class_from_name, normalize_caption
+
+
+def decode_utf8(data: bytes, path: Path) -> str:
+    """Strict UTF-8 decode (a BOM is allowed); DataError naming the file and the byte offset."""
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        off = e.start + bom
+        line = data.count(b"\n", 0, off) + 1
+        raise DataError(f"{path}: not valid UTF-8 at byte offset {off} (line {line}): "
+                        f"{data[off:off + 4]!r}") from None
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: annotation file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, expected an annotation file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _require(obj: dict[str, Any], key: str, typ: type | tuple[type, ...], path: Path, where: str) -> Any:
+    if key not in obj:
+        raise DataError(f"{path}: {where}: missing key '{key}'")
+    val = obj[key]
+    if not isinstance(val, typ):
+        names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+        raise DataError(f"{path}: {where}: '{key}' must be a {names}, got {type(val).__name__}")
+    return val
+
+
+def read_karpathy(path: Path) -> tuple[list[ImageRecord], str, dict[str, Any]]:
+    """Parse the JSON file; returns (records, sha256 of the file bytes, notes).
+
+    Split values other than train/val/test (e.g. Karpathy's 'restval') count as train; how many is
+    recorded in notes['split_remap'].
+    """
+    data = read_bytes(path)
+    text = decode_utf8(data, path)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON for a dataset (nested too deeply)") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: top level must be an object with an 'images' list, "
+                        f"got {type(obj).__name__}")
+    images = _require(obj, "images", list, path, "top level")
+    records: list[ImageRecord] = []
+    remap: dict[str, int] = {}
+    for i, img in enumerate(images):
+        where = f"images[{i}]"
+        if not isinstance(img, dict):
+            raise DataError(f"{path}: {where}: must be an object, got {type(img).__name__}")
+        fname = _require(img, "filename", str, path, where)
+        where = f"images[{i}] ('{fname}')"
+        split = _require(img, "split", str, path, where)
+        sents = _require(img, "sentences", list, path, where)
+        caps = []
+        for j, s in enumerate(sents):
+            if not isinstance(s, dict):
+                raise DataError(f"{path}: {where}: sentences[{j}] must be an object, got {type(s).__name__}")
+            raw = _require(s, "raw", str, path, f"{where} sentences[{j}]")
+            caps.append(normalize_caption(raw))
+        if split not in ("train", "val", "test"):
+            remap[split] = remap.get(split, 0) + 1
+            split = "train"
+        cls = img.get("class")
+        cls = cls if isinstance(cls, str) else class_from_name(fname)
+        records.append(ImageRecord(fname, split, caps, cls, f"images[{i}]"))
+    notes: dict[str, Any] = {"layout": "karpathy"}
+    if remap:
+        notes["split_remap"] = {k: {"to": "train", "n_images": v} for k, v in sorted(remap.items())}
+    return records, hashlib.sha256(data).hexdigest(), notes

@@ -1,0 +1,1 @@
+"""Running cells: grid, one cell, training, evaluation, checkpoints, devices, DDP, launchers."""

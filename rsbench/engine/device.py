@@ -1,0 +1,60 @@
+"""Device, mixed precision and loader sizing: the GPU fast path with safe CPU defaults."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA GPU is visible (try --device auto or cpu)")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"unknown device '{name}'; choose from: auto, cpu, cuda, cuda:N")
+    return torch.device(name)
+
+
+@dataclass
+class Precision:
+    """How the forward passes run: autocast dtype (None = fp32) and whether a GradScaler is needed."""
+
+    dtype: torch.dtype | None
+    use_scaler: bool
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self, device: torch.device) -> Any:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.dtype)
+
+
+def pick_precision(amp: str, device: torch.device) -> Precision:
+    """auto: bf16 where the GPU supports it, else fp16 with a scaler; off on CPU."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return Precision(None, False)
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return Precision(torch.bfloat16, False)
+    if device.type != "cuda":
+        raise UserError("train.amp=fp16 needs a CUDA device")
+    return Precision(torch.float16, True)
+
+
+def auto_workers(requested: int, device: torch.device) -> int:
+    """DataLoader workers sized to the machine: most cores on GPU runs, none on a small CPU box."""
+    if requested >= 0:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return max(1, min(8, cpus - 1))
+    return 0 if cpus <= 2 else min(4, cpus // 2)

@@ -1,0 +1,1 @@
+"""Metrics (the one list of metric names) and pure statistics; no file system."""

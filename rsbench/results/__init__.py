@@ -1,0 +1,1 @@
+"""Result folders: the cell folder, scanning and status, the leaderboard, comparisons, tables, plots."""

@@ -1,0 +1,395 @@
+"""Paper-ready leaderboard tables (Markdown and LaTeX/booktabs) with significance marks.
+
+One table per dataset found under a results folder (cells of the test split). Rows are our methods (mean and std
+over seeds of the test metrics), sorted by mR, each labelled with a letter (a, b, c, ...). A
+superscript on a value lists the letters of the rows that this row beats significantly on that
+metric: paired randomisation test over test queries clustered by image, Holm-corrected over all
+pairs of the table, at the stated alpha (see rsbench.evaluation.statistics). The best of our rows per
+column is bold. With `with_published`, the numbers reported in papers for the same dataset (the
+shipped rsbench/data/published_results.csv) follow under a rule and a "reported" heading; they
+are not re-run, not tested and not bolded, and rows whose checkpoint was picked on the test set
+carry a dagger explained in a footnote.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..evaluation.statistics import METRICS, MethodRuns, compare_runs, group_runs
+
+# table column order (mR last, as papers print it)
+TABLE_METRICS: tuple[str, ...] = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
+_TEST_SELECTED = "test"
+_DATASET_NAMES = {"rsicd": "RSICD", "rsitmd": "RSITMD", "ucm": "UCM-captions", "sydney": "Sydney-captions"}
+
+
+@dataclass
+class Row:
+    name: str
+    mean: dict[str, float]
+    std: dict[str, float] = field(default_factory=dict)
+    n_seeds: int = 0
+    selection: str = ""
+    letter: str = ""
+    marks: dict[str, list[str]] = field(default_factory=dict)  # metric -> letters beaten
+    reported: bool = False
+    source: str = ""
+
+
+@dataclass
+class Table:
+    dataset: str
+    split: str
+    n_images: int
+    n_captions: int
+    rows: list[Row]
+    published: list[Row]
+    alpha: float
+    resamples: int
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def display_dataset(name: str) -> str:
+    """Paper spelling of a dataset name (RSICD, RSITMD, ...); unknown names unchanged."""
+    return _DATASET_NAMES.get(name.lower(), name)
+
+
+def published_results(dataset: str | None = None) -> list[dict[str, str]]:
+    """Rows of the shipped published_results.csv (optionally of one dataset, case-insensitive)."""
+    text = (resources.files("rsbench") / "data" / "published_results.csv").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if dataset is not None:
+        rows = [r for r in rows if r["dataset"].strip().lower() == dataset.strip().lower()]
+    return rows
+
+
+def _letters(i: int) -> str:
+    s = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        s = chr(ord("a") + r) + s
+    return s
+
+
+def _selection(runs: MethodRuns) -> str:
+    epochs = [m.get("selected_epoch") for m in runs.metrics.values()]
+    return "val" if any(e is not None for e in epochs) else "none"
+
+
+def _our_rows(lb, runs: dict[str, MethodRuns]) -> list[Row]:
+    """Rows of one dataset from rsbench.results.leaderboard (mean/std over seeds), sorted by mR."""
+    rows = []
+    for rec in lb.to_dict("records"):
+        if rec["method"] not in runs:
+            continue
+        rows.append(
+            Row(
+                name=rec["method"],
+                mean={m: float(rec[m]) for m in TABLE_METRICS},
+                std={m: float(rec[f"{m}_std"]) for m in TABLE_METRICS},
+                n_seeds=int(rec["n_seeds"]),
+                selection=_selection(runs[rec["method"]]),
+            )
+        )
+    rows.sort(key=lambda row: (-round(row.mean["mR"], 2), row.name))
+    for i, row in enumerate(rows):
+        row.letter = _letters(i)
+    return rows
+
+
+def _published_rows(dataset: str) -> list[Row]:
+    rows = []
+    for p in published_results(dataset):
+        name = p["method"].strip() + (f" ({p['variant'].strip()})" if p.get("variant", "").strip() else "")
+        rows.append(
+            Row(
+                name=name,
+                mean={m: float(p[m]) for m in TABLE_METRICS},
+                selection=p.get("selection", "").strip(),
+                reported=True,
+                source=p.get("source", "").strip(),
+            )
+        )
+    rows.sort(key=lambda row: (-row.mean["mR"], row.name))
+    return rows
+
+
+def build_tables(
+    results_dir: str | Path,
+    with_published: bool = False,
+    alpha: float = 0.05,
+    *,
+    dataset: str | None = None,
+    resamples: int = 10_000,
+    seed: int = 0,
+    split: str = "test",
+    skip_damaged: bool = False,
+    cells: list | None = None,
+) -> list[Table]:
+    """Collect rows, means/stds and significance marks for each dataset (cells of `split`; `cells`:
+    already scanned ones, else results_dir is scanned)."""
+    from .cell import complete_cells, leaderboard
+
+    cells = complete_cells(results_dir, skip_damaged) if cells is None else cells
+    groups = group_runs(cells, dataset, split, where=str(results_dir))
+    lb = leaderboard(cells, split=split)
+    tables = []
+    for (ds, split_), runs in sorted(groups.items()):
+        rows = _our_rows(lb[lb["dataset"] == ds], runs)
+        by_name = {r.name: r for r in rows}
+        if len(rows) > 1:
+            sig = compare_runs(ds, split_, runs, METRICS, alpha, resamples, seed)
+            for rec in sig[sig["significant"]].itertuples(index=False):
+                win, lose = (rec.method_a, rec.method_b) if rec.diff > 0 else (rec.method_b, rec.method_a)
+                by_name[win].marks.setdefault(rec.metric, []).append(by_name[lose].letter)
+            for r in rows:
+                for m in r.marks:
+                    r.marks[m].sort(key=lambda s: (len(s), s))
+        any_cell = next(iter(runs.values()))
+        cap2img = any_cell.cap2img
+        n_img = any_cell.n_images
+        tables.append(
+            Table(
+                dataset=ds,
+                split=split_,
+                n_images=n_img,
+                n_captions=0 if cap2img is None else len(cap2img),
+                rows=rows,
+                published=_published_rows(ds) if with_published else [],
+                alpha=alpha,
+                resamples=resamples,
+            )
+        )
+    return tables
+
+
+def _best(rows: Sequence[Row]) -> dict[str, float]:
+    if len(rows) < 2:
+        return {}
+    return {m: max(round(r.mean[m], 2) for r in rows) for m in TABLE_METRICS}
+
+
+def _caption_parts(t: Table) -> tuple[str, str, str]:
+    seeds = sorted({r.n_seeds for r in t.rows})
+    seed_txt = "/".join(str(s) for s in seeds) + (" seed" if seeds == [1] else " seeds")
+    main = (
+        f"Image-text retrieval on {display_dataset(t.dataset)} ({t.split} split: {t.n_images} images, "
+        f"{t.n_captions} captions). Recall in %, mean@PM@std over {seed_txt}; mR is the mean of the six recalls; "
+        "bold marks the best of our runs per column."
+    )
+    sig = ""
+    if len(t.rows) > 1:
+        sig = (
+            "Superscript letters list the rows that an entry is significantly better than at "
+            "@ALPHA@: two-sided paired randomisation (sign-flip) test over test queries, "
+            f"an image and its captions flipped together, {t.resamples:,} resamples, "
+            "Holm-corrected over all pairs of rows per metric."
+        )
+    pub = ""
+    if t.published:
+        pub = (
+            "Rows under 'reported' are numbers copied from the papers (their own protocols; not re-run, "
+            "not tested, not bolded)."
+        )
+    return main, sig, pub
+
+
+# --------------------------------------------------------------------------------------------
+# LaTeX
+
+_TEX_ESCAPE = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+}  # fmt: skip
+
+
+def tex_escape(s: str) -> str:
+    return "".join(_TEX_ESCAPE.get(ch, ch) for ch in s)
+
+
+@dataclass(frozen=True)
+class _Markup:
+    """How one table format writes a bold best value, significance marks and the std."""
+
+    bold: str  # str.format fields: {v}
+    marks: str  # {marks}
+    std: str  # {std}
+
+
+_TEX = _Markup(bold=r"\textbf{{{v}}}", marks=r"\textsuperscript{{{marks}}}", std=r"{{\scriptsize$\pm${std}}}")
+_MD = _Markup(bold="**{v}**", marks="<sup>{marks}</sup>", std=" ± {std}")
+
+
+def _value(r: Row, m: str, best: dict[str, float], markup: _Markup) -> str:
+    """mean (bold if best), then the marks of rows it beats significantly, then ± std."""
+    v = f"{r.mean[m]:.2f}"
+    if m in best and round(r.mean[m], 2) == best[m]:
+        v = markup.bold.format(v=v)
+    if r.marks.get(m):  # marks sit on the mean, before the std
+        v += markup.marks.format(marks=",".join(r.marks[m]))
+    if not math.isnan(r.std.get(m, math.nan)):
+        v += markup.std.format(std=f"{r.std[m]:.2f}")
+    return v
+
+
+def _tex_table(t: Table) -> str:
+    with_sel = bool(t.published)
+    lead = ["", "Method"] + (["Sel."] if with_sel else [])
+    nl = len(lead)
+    ncol = nl + len(TABLE_METRICS)
+    colspec = "l" * nl + "rrr" + "rrr" + "r"
+    main, sig, pub = _caption_parts(t)
+    caption = " ".join(tex_escape(x) for x in (main, sig, pub) if x)
+    caption = caption.replace("@ALPHA@", rf"$\alpha={t.alpha:g}$").replace("@PM@", r"$\pm$")
+    lines = [
+        r"\begin{table*}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{caption}}}",
+        rf"\label{{tab:leaderboard-{_label(t.dataset)}-{_label(t.split)}}}",
+        r"\setlength{\tabcolsep}{4pt}",
+        rf"\begin{{tabular}}{{{colspec}}}",
+        r"\toprule",
+        " & " * (nl - 1)
+        + r" & \multicolumn{3}{c}{Image$\to$Text} & \multicolumn{3}{c}{Text$\to$Image} & \\",
+        rf"\cmidrule(lr){{{nl + 1}-{nl + 3}}} \cmidrule(lr){{{nl + 4}-{nl + 6}}}",
+        " & ".join(lead + ["R@1", "R@5", "R@10", "R@1", "R@5", "R@10", "mR"]) + r" \\",
+        r"\midrule",
+    ]
+    best = _best(t.rows)
+    for r in t.rows:
+        cells = [f"({r.letter})", tex_escape(r.name)] + ([tex_escape(r.selection)] if with_sel else [])
+        cells += [_value(r, m, best, _TEX) for m in TABLE_METRICS]
+        lines.append(" & ".join(cells) + r" \\")
+    dagger = False
+    if t.published:
+        lines += [r"\midrule", rf"\multicolumn{{{ncol}}}{{l}}{{\textit{{reported in papers}}}} \\"]
+        for r in t.published:
+            test_sel = r.selection.lower() == _TEST_SELECTED
+            dagger |= test_sel
+            name = tex_escape(r.name) + (r"\textsuperscript{\dag}" if test_sel else "")
+            cells = ["", name, tex_escape(r.selection)] + [f"{r.mean[m]:.2f}" for m in TABLE_METRICS]
+            lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if dagger:
+        lines += [r"\par\smallskip", r"{\footnotesize \textsuperscript{\dag}\,checkpoint selected on test.}"]
+    lines.append(r"\end{table*}")
+    return "\n".join(lines)
+
+
+def _label(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-" else "-" for ch in s.lower())
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _md_escape(s: str) -> str:
+    return s.replace("|", r"\|").replace("*", r"\*").replace("_", r"\_")
+
+
+def _md_table(t: Table) -> str:
+    with_sel = bool(t.published)
+    head = ["", "Method"] + (["Sel."] if with_sel else [])
+    head += ["I→T R@1", "I→T R@5", "I→T R@10", "T→I R@1", "T→I R@5", "T→I R@10", "mR"]
+    align = ["---", ":---"] + ([":---"] if with_sel else []) + ["---:"] * len(TABLE_METRICS)
+    lines = [f"### {display_dataset(t.dataset)} ({t.split})", "", "| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    best = _best(t.rows)
+    for r in t.rows:
+        cells = [f"({r.letter})", _md_escape(r.name)] + ([r.selection] if with_sel else [])
+        cells += [_value(r, m, best, _MD) for m in TABLE_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    dagger = False
+    if t.published:
+        lines.append("| | ***reported in papers*** |" + " |" * (len(head) - 2))
+        for r in t.published:
+            test_sel = r.selection.lower() == _TEST_SELECTED
+            dagger |= test_sel
+            cells = ["", _md_escape(r.name) + (" †" if test_sel else ""), r.selection]
+            cells += [f"{r.mean[m]:.2f}" for m in TABLE_METRICS]
+            lines.append("| " + " | ".join(cells) + " |")
+    main, sig, pub = _caption_parts(t)
+    caption = " ".join(x for x in (main, sig, pub) if x)
+    lines += ["", caption.replace("@ALPHA@", f"α = {t.alpha:g}").replace("@PM@", " ± ")]
+    if dagger:
+        lines += ["", "† checkpoint selected on test."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def render_tables(tables: Sequence[Table]) -> dict[str, str]:
+    md = "\n\n".join(_md_table(t) for t in tables) + "\n"
+    tex = (
+        "% requires \\usepackage{booktabs}\n" + "\n\n".join(_tex_table(t) for t in tables) + "\n"
+    )
+    return {"md": md, "tex": tex}
+
+
+def leaderboard_tables(
+    results_dir: str | Path,
+    with_published: bool = False,
+    alpha: float = 0.05,
+    *,
+    dataset: str | None = None,
+    resamples: int = 10_000,
+    seed: int = 0,
+    skip_damaged: bool = False,
+    cells: list | None = None,
+) -> dict[str, str]:
+    """{"md": Markdown, "tex": LaTeX} leaderboards of every (dataset, split) under results_dir."""
+    from ..evaluation.statistics import _check_alpha
+
+    _check_alpha(alpha)
+    tables = build_tables(
+        results_dir, with_published, alpha, dataset=dataset, resamples=resamples, seed=seed,
+        skip_damaged=skip_damaged, cells=cells,
+    )
+    return render_tables(tables)
+
+
+def leaderboard_table_files(
+    results_dir: str | Path,
+    out_dir: str | Path | None = None,
+    with_published: bool = False,
+    alpha: float = 0.05,
+    **kw: Any,
+) -> dict[Path, str]:
+    """{path: text} of leaderboard.md and leaderboard.tex in out_dir (default results_dir); nothing written."""
+    texts = leaderboard_tables(results_dir, with_published, alpha, **kw)
+    out = Path(out_dir) if out_dir is not None else Path(results_dir)
+    return {out / "leaderboard.md": texts["md"], out / "leaderboard.tex": texts["tex"]}
+
+
+def write_leaderboard_tables(
+    results_dir: str | Path,
+    out_dir: str | Path | None = None,
+    with_published: bool = False,
+    alpha: float = 0.05,
+    *,
+    dataset: str | None = None,
+    resamples: int = 10_000,
+    seed: int = 0,
+    skip_damaged: bool = False,
+) -> dict[str, Path]:
+    """Write leaderboard.md and leaderboard.tex (atomically, as one set) into out_dir (default results_dir)."""
+    from .cell import write_file_set
+
+    files = leaderboard_table_files(results_dir, out_dir, with_published, alpha, dataset=dataset,
+                                    resamples=resamples, seed=seed, skip_damaged=skip_damaged)
+    write_file_set(files)
+    return dict(zip(("md", "tex"), files))
