@@ -26,15 +26,26 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> UserError:
     return UserError(f"unknown {kind} '{name}'{suggest(name, choices)}; choose from: {', '.join(choices)}")
 
 
-def first_line(e: BaseException, limit: int | None = None) -> str:
-    """The first non-blank line of an error's message, cut to `limit` characters; never fails.
+def one_line(e: BaseException, limit: int | None = None) -> str:
+    """The one-line form of an error's message, cut to `limit` characters; never fails.
 
-    Some errors carry no message at all (torch.load of a 0-byte file raises a bare EOFError), so an
-    empty message gives the exception's type name instead of an IndexError in the error handler.
+    Usually the first non-blank line. A DataLoader worker re-raises its error with the worker's
+    traceback as the message; its last line ('pkg.DataError: file: problem') names the error's own
+    type, and then what follows the type is kept. Some errors carry no message at all (torch.load of
+    a 0-byte file raises a bare EOFError): an empty message gives the exception's type name.
     """
     try:
         text = str(e)
     except Exception:  # noqa: BLE001 - a broken __str__ must not hide the original error
         text = ""
-    line = next((s.strip() for s in text.splitlines() if s.strip()), "") or type(e).__name__
+    lines = [s.strip() for s in text.splitlines() if s.strip()]
+    line = lines[0] if lines else type(e).__name__
+    if len(lines) > 1:
+        head, sep, rest = lines[-1].partition(": ")
+        if sep and head.replace(".", "").replace("_", "").isalnum() and head.split(".")[-1] == type(e).__name__:
+            line = rest
     return line[:limit] if limit is not None else line
+
+
+# the older name of the same helper (config, checkpoint, datasets, methods and the CLI still call it)
+first_line = one_line

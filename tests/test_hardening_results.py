@@ -291,3 +291,23 @@ def test_signal_prints_resume_point_and_exits(tmp_path: Path, tiny_synthetic: Pa
     assert name in lines[0] and "seed0" in lines[0] and "resumes it from epoch" in lines[0]
     n = int(lines[0].split("from epoch ")[1].split()[0])
     assert n >= 1 and n == len(log.read_text().strip().splitlines()) - 1
+
+
+# ---- #14: one helper for the one-line form of an error -------------------------------------------
+
+@pytest.mark.parametrize(("exc", "expect"), [
+    (EOFError(), "EOFError"),                                # no message: the type name
+    (RuntimeError("\nfirst\nsecond"), "first"),              # a multi-line message: its first line
+    (OSError("x" * 500), "x" * 500),
+    # a DataLoader worker's re-raised error: the worker's own last traceback line, without its type
+    (ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                "last):\n  File \"x.py\", line 1, in f\nValueError: /d/a.png: corrupt image\n"), "/d/a.png: corrupt image"),
+    # a last line naming another type is not the worker's error line: the first line stays
+    (ValueError("summary\nKeyError: k"), "summary"),
+])
+def test_one_line_is_the_one_first_line_helper(exc: BaseException, expect: str) -> None:
+    from rsbench.errors import first_line, one_line
+
+    assert one_line(exc) == expect
+    assert one_line(exc, 10) == expect[:10]
+    assert first_line is one_line  # the old name is the same function, not a second implementation
