@@ -251,3 +251,55 @@ def test_chance_metrics_closed_form() -> None:
     assert m["chance_i2t_r10"] == pytest.approx(100.0)
     assert m["chance_t2i_r1"] == pytest.approx(50.0)
     assert m["chance_t2i_r5"] == pytest.approx(100.0)
+
+
+# ---- #14: the metric list exists in one place ------------------------------------------------------
+
+def test_metric_table_derives_every_list() -> None:
+    from rsbench.evaluation import metrics as mt
+
+    assert mt.METRIC_KEYS == ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR",
+                              "i2t_medr", "i2t_meanr", "t2i_medr", "t2i_meanr")
+    assert mt.METRIC_KEYS == tuple(s.name for s in mt.METRICS)
+    assert mt.RECALL_KS == (1, 5, 10)
+    assert mt.TABLE_METRICS == ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
+    assert mt.TESTED_METRICS == ("mR", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+    assert mt.LEADERBOARD_METRICS == ("mR", *(k for k in mt.METRIC_KEYS if k != "mR"))
+    assert {k for k, v in mt.METRIC_DIRECTION.items() if v < 0} == {"i2t_medr", "i2t_meanr", "t2i_medr", "t2i_meanr"}
+    assert mt.METRIC_HEADERS["t2i_r10"] == "T2I R@10" and mt.METRIC_HEADERS["i2t_meanr"] == "I2T MeanR"
+    for s in mt.METRICS:  # a recall's K and direction are the ones its name says
+        if s.recall_k is not None:
+            assert s.name == f"{s.query}_r{s.recall_k}"
+
+
+def test_no_other_module_spells_out_a_metric_list() -> None:
+    """A tuple, list, set or dict naming three or more metrics outside evaluation/metrics.py is a
+    second copy of the metric list (it drifts when a metric is added)."""
+    import ast
+    from pathlib import Path
+
+    import rsbench
+    from rsbench.evaluation.metrics import METRIC_KEYS
+
+    names, pkg, found = set(METRIC_KEYS), Path(rsbench.__file__).parent, []
+    for f in sorted(pkg.rglob("*.py")):
+        if f == pkg / "evaluation" / "metrics.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            elts = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None)
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict)) and elts:
+                hits = {e.value for e in elts if isinstance(e, ast.Constant) and e.value in names}
+                if len(hits) >= 3:
+                    found.append(f"{f.relative_to(pkg)}:{node.lineno}")
+    assert found == []
+
+
+def test_format_metrics_lists_every_metric() -> None:
+    from rsbench.evaluation.metrics import format_metrics
+
+    m = metrics_from_ranks(np.array([1, 2, 6, 11, 100]), np.array([1, 1, 5, 10, 10, 50, 200, 3, 2, 1]))
+    m["chance_mR"] = 1.5
+    assert format_metrics(m) == (
+        "mR 48.33  (chance 1.50)\n"
+        "i2t  R@1 20.00  R@5 40.00  R@10 60.00  medr 6  meanr 24.0\n"
+        "t2i  R@1 30.00  R@5 60.00  R@10 80.00  medr 4  meanr 28.3")

@@ -9,29 +9,58 @@ lets the same count run block by block, so a 50,000 x 250,000 gallery never has 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-RECALL_KS = (1, 5, 10)
-METRIC_KEYS = (
-    "i2t_r1",
-    "i2t_r5",
-    "i2t_r10",
-    "t2i_r1",
-    "t2i_r5",
-    "t2i_r10",
-    "mR",
-    "i2t_medr",
-    "i2t_meanr",
-    "t2i_medr",
-    "t2i_meanr",
+@dataclass(frozen=True)
+class MetricSpec:
+    """One reported metric. The table below is THE metric list: every other list (metrics.json keys,
+    leaderboard and paper-table columns, tested metrics, selection directions, headers) derives from it."""
+
+    name: str  # key in metrics.json and column name
+    header: str  # column header in the Markdown leaderboard
+    higher_is_better: bool
+    in_table: bool  # a column of the paper tables and a metric of the significance tests
+    recall_k: int | None = None  # R@K of direction `query`
+
+    @property
+    def query(self) -> str | None:
+        """'i2t' or 't2i' for a metric of one retrieval direction, None for mR."""
+        head = self.name.split("_")[0]
+        return head if head in ("i2t", "t2i") else None
+
+
+def _recall(query: str, k: int) -> MetricSpec:
+    return MetricSpec(f"{query}_r{k}", f"{query.upper()} R@{k}", True, True, k)
+
+
+def _rank(query: str, stat: str, header: str) -> MetricSpec:
+    return MetricSpec(f"{query}_{stat}", f"{query.upper()} {header}", False, False)
+
+
+# in metrics.json order; mR is the mean of the six recalls
+METRICS: tuple[MetricSpec, ...] = (
+    *(_recall(q, k) for q in ("i2t", "t2i") for k in (1, 5, 10)),
+    MetricSpec("mR", "mR", True, True),
+    *(_rank(q, stat, header) for q in ("i2t", "t2i") for stat, header in (("medr", "MedR"), ("meanr", "MeanR"))),
 )
+SUMMARY_METRIC = "mR"  # the leaderboard's sort key and first column
+
+METRIC_KEYS: tuple[str, ...] = tuple(s.name for s in METRICS)
+RECALL_KS: tuple[int, ...] = tuple(sorted({s.recall_k for s in METRICS if s.recall_k is not None}))
+METRIC_HEADERS: dict[str, str] = {s.name: s.header for s in METRICS}
+# paper-table column order (mR last, as papers print it)
+TABLE_METRICS: tuple[str, ...] = tuple(s.name for s in METRICS if s.in_table)
+# summary metric first: leaderboard columns, and the metrics the significance tests report
+LEADERBOARD_METRICS: tuple[str, ...] = (SUMMARY_METRIC, *(k for k in METRIC_KEYS if k != SUMMARY_METRIC))
+TESTED_METRICS: tuple[str, ...] = (SUMMARY_METRIC, *(k for k in TABLE_METRICS if k != SUMMARY_METRIC))
 
 # +1: higher is better (recalls, mR); -1: lower is better (median / mean rank). Checkpoint selection
 # on a validation metric (train.select_metric) compares sign * value.
-METRIC_DIRECTION: dict[str, int] = {k: -1 if k.endswith(("_medr", "_meanr")) else 1 for k in METRIC_KEYS}
+METRIC_DIRECTION: dict[str, int] = {s.name: 1 if s.higher_is_better else -1 for s in METRICS}
 
 
 def metric_sign(name: str) -> int:
@@ -351,3 +380,12 @@ def evaluate_scores(sims: Any, cap2img: Any, max_k: int = 100) -> dict[str, Any]
     """Metrics of a full score matrix: compute_ranks then metrics_from_ranks."""
     i2t, t2i = compute_ranks(sims, cap2img)
     return metrics_from_ranks(i2t, t2i, max_k=max_k)
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    """A short human summary of one cell's metrics (summary metric and chance, then one line per direction)."""
+    lines = [f"{SUMMARY_METRIC} {m[SUMMARY_METRIC]:.2f}  (chance {m['chance_' + SUMMARY_METRIC]:.2f})"]
+    for q in ("i2t", "t2i"):
+        recalls = "  ".join(f"R@{k} {m[f'{q}_r{k}']:.2f}" for k in RECALL_KS)
+        lines.append(f"{q}  {recalls}  medr {m[f'{q}_medr']:g}  meanr {m[f'{q}_meanr']:.1f}")
+    return "\n".join(lines)

@@ -77,8 +77,9 @@ import numpy as np
 
 from ..errors import UserError, unknown
 
-KS: tuple[int, ...] = (1, 5, 10)
-METRICS: tuple[str, ...] = ("mR", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+from .metrics import METRICS as _SPECS
+from .metrics import RECALL_KS as KS
+from .metrics import TESTED_METRICS as METRICS  # the older name (cli/compare.py imports it)
 COLUMNS: tuple[str, ...] = (
     "dataset", "split", "method_a", "method_b", "metric", "mean_a", "mean_b", "std_a", "std_b", "diff",
     "ci_low", "ci_high", "p", "p_holm", "significant", "wins", "ties", "losses", "n_queries",
@@ -135,14 +136,14 @@ def query_values(i2t_rank: np.ndarray, t2i_rank: np.ndarray, cap2img: np.ndarray
 
 def _metric_weights(metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Weights (over K) of the i2t and t2i recalls making up `metric`."""
+    spec = next((s for s in _SPECS if s.name == metric and s.in_table), None)
+    if spec is None:
+        raise unknown("metric", metric, METRICS)
     wi, wt = np.zeros(len(KS)), np.zeros(len(KS))
-    if metric == "mR":
+    if spec.recall_k is None:  # mR: the mean of the six recalls
         wi[:] = wt[:] = 1.0 / (2 * len(KS))
     else:
-        direction, _, k = metric.partition("_r")
-        if direction not in ("i2t", "t2i") or not k.isdigit() or int(k) not in KS:
-            raise unknown("metric", metric, METRICS)
-        (wi if direction == "i2t" else wt)[KS.index(int(k))] = 1.0
+        (wi if spec.query == "i2t" else wt)[KS.index(spec.recall_k)] = 1.0
     return wi, wt
 
 

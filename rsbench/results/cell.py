@@ -19,15 +19,14 @@ import pandas as pd
 
 from ..errors import UserError
 from ..io import read_json, write_json, write_with
-from ..evaluation.metrics import METRIC_KEYS, chance_metrics, metrics_from_ranks
+from ..evaluation.metrics import LEADERBOARD_METRICS, METRIC_HEADERS, METRIC_KEYS, chance_metrics, metrics_from_ranks
 
 METRICS_FILE = "metrics.json"
 RANKS_FILE = "ranks.npz"
 CONFIG_FILE = "config.json"
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
-# leaderboard metrics, in column order (each followed by its _std column)
-LEADERBOARD_METRICS = ("mR", *(k for k in METRIC_KEYS if k != "mR"))
+# leaderboard columns: each metric followed by its _std column
 LEADERBOARD_COLUMNS = ["dataset", "method", "n_seeds"] + [
     c for m in LEADERBOARD_METRICS for c in (m, f"{m}_std")
 ]
@@ -285,22 +284,7 @@ def _as_float(v: Any) -> float:
         return math.nan
 
 
-MARKDOWN_HEADERS = {
-    "dataset": "Dataset",
-    "method": "Method",
-    "n_seeds": "Seeds",
-    "mR": "mR",
-    "i2t_r1": "I2T R@1",
-    "i2t_r5": "I2T R@5",
-    "i2t_r10": "I2T R@10",
-    "t2i_r1": "T2I R@1",
-    "t2i_r5": "T2I R@5",
-    "t2i_r10": "T2I R@10",
-    "i2t_medr": "I2T MedR",
-    "i2t_meanr": "I2T MeanR",
-    "t2i_medr": "T2I MedR",
-    "t2i_meanr": "T2I MeanR",
-}
+MARKDOWN_HEADERS = {"dataset": "Dataset", "method": "Method", "n_seeds": "Seeds", **METRIC_HEADERS}
 
 
 def format_mean_std(mean: float, std: float, digits: int = 2) -> str:

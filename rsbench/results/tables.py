@@ -22,10 +22,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..evaluation.statistics import METRICS, MethodRuns, compare_runs, group_runs
+from ..evaluation.metrics import METRIC_HEADERS, METRICS, TABLE_METRICS, TESTED_METRICS
+from ..evaluation.statistics import MethodRuns, compare_runs, group_runs
 
-# table column order (mR last, as papers print it)
-TABLE_METRICS: tuple[str, ...] = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mR")
+_SPECS = {s.name: s for s in METRICS}
 _TEST_SELECTED = "test"
 _DATASET_NAMES = {"rsicd": "RSICD", "rsitmd": "RSITMD", "ucm": "UCM-captions", "sydney": "Sydney-captions"}
 
@@ -149,7 +149,7 @@ def build_tables(
         rows = _our_rows(lb[lb["dataset"] == ds], runs)
         by_name = {r.name: r for r in rows}
         if len(rows) > 1:
-            sig = compare_runs(ds, split_, runs, METRICS, alpha, resamples, seed)
+            sig = compare_runs(ds, split_, runs, TESTED_METRICS, alpha, resamples, seed)
             for rec in sig[sig["significant"]].itertuples(index=False):
                 win, lose = (rec.method_a, rec.method_b) if rec.diff > 0 else (rec.method_b, rec.method_a)
                 by_name[win].marks.setdefault(rec.metric, []).append(by_name[lose].letter)
@@ -264,7 +264,7 @@ def _tex_table(t: Table) -> str:
         " & " * (nl - 1)
         + r" & \multicolumn{3}{c}{Image$\to$Text} & \multicolumn{3}{c}{Text$\to$Image} & \\",
         rf"\cmidrule(lr){{{nl + 1}-{nl + 3}}} \cmidrule(lr){{{nl + 4}-{nl + 6}}}",
-        " & ".join(lead + ["R@1", "R@5", "R@10", "R@1", "R@5", "R@10", "mR"]) + r" \\",
+        " & ".join(lead + [_tex_header(m) for m in TABLE_METRICS]) + r" \\",
         r"\midrule",
     ]
     best = _best(t.rows)
@@ -288,6 +288,12 @@ def _tex_table(t: Table) -> str:
     return "\n".join(lines)
 
 
+def _tex_header(metric: str) -> str:
+    """'R@K' under the direction's multicolumn heading; the metric's own header otherwise (mR)."""
+    k = _SPECS[metric].recall_k
+    return f"R@{k}" if k is not None else METRIC_HEADERS[metric]
+
+
 def _label(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-" else "-" for ch in s.lower())
 
@@ -303,7 +309,7 @@ def _md_escape(s: str) -> str:
 def _md_table(t: Table) -> str:
     with_sel = bool(t.published)
     head = ["", "Method"] + (["Sel."] if with_sel else [])
-    head += ["I→T R@1", "I→T R@5", "I→T R@10", "T→I R@1", "T→I R@5", "T→I R@10", "mR"]
+    head += [METRIC_HEADERS[m].replace("I2T", "I→T").replace("T2I", "T→I") for m in TABLE_METRICS]
     align = ["---", ":---"] + ([":---"] if with_sel else []) + ["---:"] * len(TABLE_METRICS)
     lines = [f"### {display_dataset(t.dataset)} ({t.split})", "", "| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     best = _best(t.rows)
