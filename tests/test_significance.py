@@ -1,4 +1,4 @@
-"""Paired randomisation test, cluster bootstrap, Holm, and `bench compare` (rsbench.evaluation.statistics).
+"""Paired randomisation test, cluster bootstrap, Holm, and `bench compare` (rsbench.evaluation.statistics, rsbench.results.compare).
 
 The statistical tests check calibration on simulated data whose truth is known: p is about
 uniform under the null (with per-image correlation, as in real text->image queries), small for a
@@ -17,19 +17,17 @@ import pytest
 
 from rsbench.errors import UserError
 from rsbench.evaluation.metrics import metrics_from_ranks
-from rsbench.results.cell import write_eval_outputs
 from rsbench.evaluation.statistics import (
     COLUMNS,
     METRICS,
-    compare_results,
     draw_resamples,
-    format_significance,
     holm,
     paired_test,
     query_values,
     resampling_distributions,
-    write_significance,
 )
+from rsbench.results.cell import write_eval_outputs
+from rsbench.results.compare import compare_results, format_significance, write_significance
 
 FAR = 50  # a rank beyond K = 10
 
@@ -294,3 +292,19 @@ def test_cli_compare(tmp_path):
     assert "t2i_r1" in result.output and (root / "significance.csv").is_file()
     bad = CliRunner().invoke(app, ["compare", str(root), "--metric", "mr"])
     assert isinstance(bad.exception, UserError) and "did you mean 'mR'" in str(bad.exception)
+
+
+def test_statistics_is_pure_and_the_folder_half_lives_in_results() -> None:
+    """evaluation.statistics reads no folder (#14): no import of rsbench.results or rsbench.io in it."""
+    import ast
+    from pathlib import Path
+
+    import rsbench.evaluation.statistics as st
+
+    tree = ast.parse(Path(st.__file__).read_text(encoding="utf-8"))
+    # the round-1 forwarder `__getattr__` (old import path of cli/compare.py) is the one exemption; drop it in round 2
+    body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name == "__getattr__")]
+    imported = {("." * n.level) + (n.module or "") for t in body for n in ast.walk(t) if isinstance(n, ast.ImportFrom)}
+    assert not {m for m in imported if "results" in m or m.endswith("io")}
+    assert not any(callable(getattr(st, name, None)) and name in st.__dict__
+                   for name in ("group_runs", "load_runs", "compare_results", "format_significance"))

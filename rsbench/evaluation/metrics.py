@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+
 @dataclass(frozen=True)
 class MetricSpec:
     """One reported metric. The table below is THE metric list: every other list (metrics.json keys,

@@ -18,8 +18,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
+from ..evaluation.metrics import (
+    LEADERBOARD_METRICS,
+    METRIC_HEADERS,
+    METRIC_KEYS,
+    chance_metrics,
+    metrics_from_ranks,
+)
 from ..io import read_json, write_json, write_with
-from ..evaluation.metrics import LEADERBOARD_METRICS, METRIC_HEADERS, METRIC_KEYS, chance_metrics, metrics_from_ranks
 
 METRICS_FILE = "metrics.json"
 RANKS_FILE = "ranks.npz"

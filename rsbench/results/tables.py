@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..evaluation.metrics import METRIC_HEADERS, METRICS, TABLE_METRICS, TESTED_METRICS
-from ..evaluation.statistics import MethodRuns, compare_runs, group_runs
+from ..evaluation.statistics import check_alpha
+from .compare import MethodRuns, compare_runs, group_runs
 
 _SPECS = {s.name: s for s in METRICS}
 _TEST_SELECTED = "test"
@@ -358,9 +359,7 @@ def leaderboard_tables(
     cells: list | None = None,
 ) -> dict[str, str]:
     """{"md": Markdown, "tex": LaTeX} leaderboards of every (dataset, split) under results_dir."""
-    from ..evaluation.statistics import _check_alpha
-
-    _check_alpha(alpha)
+    check_alpha(alpha)
     tables = build_tables(
         results_dir, with_published, alpha, dataset=dataset, resamples=resamples, seed=seed,
         skip_damaged=skip_damaged, cells=cells,
