@@ -51,6 +51,38 @@ def lock_path(cell: str | Path) -> Path:
     return cell.parent / f".{cell.name}.lock"
 
 
+def cell_of_lock(lock: str | Path) -> Path | None:
+    """The cell folder a lock file belongs to (inverse of `lock_path`); None for any other file."""
+    lock = Path(lock)
+    name = lock.name
+    if not (name.startswith(".") and name.endswith(".lock")) or len(name) <= len("..lock"):
+        return None
+    return lock.parent / name[1:-len(".lock")]
+
+
+def is_held(path: str | Path) -> bool:
+    """True when a live process holds the lock file `path` (a non-blocking try, released at once).
+
+    Opened read-only and never created or written, so checking leaves no trace. The holder's lock is
+    the same `flock` that filelock takes (UnixFileLock), so this is the one probe of that protocol.
+    """
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 class PathLock:
     """A non-blocking (or bounded-wait) exclusive lock on `path`, with an owner note beside it."""
 
@@ -89,7 +121,12 @@ class PathLock:
 
     @property
     def held(self) -> bool:
+        """True while THIS object holds the lock (see probe() for any process)."""
         return self._lock.is_locked
+
+    def probe(self) -> bool:
+        """True when some live process (this one included) holds the lock; takes nothing."""
+        return self.held or is_held(self.path)
 
     def owner(self) -> dict[str, Any]:
         """What the holder wrote about itself ({} if unknown: it may not have written it yet)."""

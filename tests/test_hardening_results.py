@@ -143,7 +143,7 @@ def test_file_set_is_all_or_none(tmp_path: Path) -> None:
     a.write_text("old a")
     b.mkdir()  # the rename onto b fails
     from rsbench.errors import UserError
-    from rsbench.results.cell import write_file_set
+    from rsbench.results.leaderboard import write_file_set
 
     with pytest.raises(UserError):
         write_file_set({a: "new a", b: "new b"})

@@ -14,18 +14,14 @@ from helpers import run_cli
 
 from rsbench.errors import UserError
 from rsbench.evaluation.metrics import METRIC_KEYS, compute_ranks
-from rsbench.results.cell import (
+from rsbench.results.cell import Cell, cell_dir, is_complete, load_cell, write_eval_outputs
+from rsbench.results.leaderboard import (
     LEADERBOARD_COLUMNS,
-    Cell,
-    cell_dir,
-    is_complete,
     leaderboard,
     leaderboard_markdown,
-    load_cell,
-    scan_results,
-    write_eval_outputs,
     write_leaderboard,
 )
+from rsbench.results.scan import scan_results
 
 CAP2IMG = np.repeat(np.arange(6), [5, 5, 5, 4, 3, 5]).astype(np.int64)
 
@@ -59,7 +55,8 @@ def test_write_eval_outputs_layout(tmp_path: Path) -> None:
     m = json.loads((cell / "metrics.json").read_text())
     assert list(m)[:3] == ["split", "n_images", "n_captions"]
     assert list(m)[3:14] == list(METRIC_KEYS)
-    assert list(m)[14:] == ["chance_mR", "recall_curve", "selected_epoch", "val"]
+    assert list(m)[14:] == ["chance_mR", "recall_curve", "selected_epoch", "val", "dataset", "method", "seed",
+                            "fingerprint"]
     assert m["split"] == "test" and m["n_images"] == 6 and m["n_captions"] == CAP2IMG.size
     assert m["selected_epoch"] == 3 and m["val"] == {"mR": 1.0}
     assert m["recall_curve"]["k"] == list(range(1, 101))
@@ -184,7 +181,9 @@ def test_write_leaderboard(tmp_path: Path) -> None:
     csv = pd.read_csv(tmp_path / "tables" / "leaderboard.csv")
     assert list(csv.columns) == LEADERBOARD_COLUMNS
     assert csv["mR"].iloc[0] == pytest.approx(df["mR"].iloc[0])
-    assert (tmp_path / "tables" / "leaderboard.md").read_text() == leaderboard_markdown(df)
+    md = (tmp_path / "tables" / "leaderboard.md").read_text()
+    assert md.startswith("### RSICD (test)") and "| (a) | vsepp |" in md  # the paper table, not the CLI print
+    assert (tmp_path / "tables" / "leaderboard.tex").read_text().startswith("% requires \\usepackage{booktabs}")
     write_leaderboard(tmp_path / "r")
     assert (tmp_path / "r" / "leaderboard.csv").is_file()
     (tmp_path / "empty").mkdir()
@@ -364,3 +363,152 @@ def test_cli_leaderboard_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert code == 2 and "no complete result cells" in err
     code, _, err = run_cli(["leaderboard", str(tmp_path / "nope")], capsys)
     assert code == 2 and "not found" in err
+
+
+# ---- #14: one leaderboard writer, one run.json schema, cell identity, layout, status --------------
+
+
+def test_bench_run_and_bench_leaderboard_write_the_same_three_files(tmp_path: Path) -> None:
+    """Both paths go through results.leaderboard: the same .csv/.md/.tex whichever command ran last."""
+    from rsbench.results.leaderboard import update_leaderboard
+
+    root = tmp_path / "r"
+    for s in range(2):
+        make_cell(root, "rsicd", "weak", s, quality=0.0)
+        make_cell(root, "rsicd", "strong", s, quality=3.0)
+    write_leaderboard(root)
+    first = {s: (root / f"leaderboard.{s}").read_text() for s in ("csv", "md", "tex")}
+    assert "<sup>" in first["md"] or "(b)" in first["md"]  # rows lettered for the significance marks
+    for s in ("csv", "md", "tex"):
+        (root / f"leaderboard.{s}").unlink()
+    ok, line = update_leaderboard(root, wait_s=0.5)
+    assert ok and "leaderboard.md" in line
+    assert {s: (root / f"leaderboard.{s}").read_text() for s in ("csv", "md", "tex")} == first
+
+
+def test_update_leaderboard_reports_busy_empty_and_damaged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rsbench.locks import leaderboard_lock
+    from rsbench.results.leaderboard import update_leaderboard
+
+    (tmp_path / "empty").mkdir()
+    assert update_leaderboard(tmp_path / "empty", wait_s=0) == (
+        True, f"no complete result cells in {tmp_path / 'empty'} yet; no leaderboard written")
+    cell = make_cell(tmp_path / "r", "rsicd", "vsepp", 0)
+    with leaderboard_lock(tmp_path / "r") as lock:
+        assert lock.acquire()
+        ok, line = update_leaderboard(tmp_path / "r", wait_s=0)
+        assert ok and line.startswith("leaderboard not written: another process is writing it (pid")
+    (cell / "ranks.npz").write_bytes(b"")
+    ok, line = update_leaderboard(tmp_path / "r", wait_s=0)
+    assert not ok and line.startswith("error: leaderboard not written:") and "1 damaged result cell" in line
+    assert "ranks.npz: empty file" in capsys.readouterr().err  # the warning names the file
+    assert not (tmp_path / "r" / "leaderboard.md").exists()
+
+
+def test_metrics_json_names_its_cell(tmp_path: Path) -> None:
+    cell = cell_dir(tmp_path, "rsicd", "vsepp", 3)
+    m = write_eval_outputs(cell, np.array([1, 2]), np.array([1, 2, 1]), np.array([0, 1, 1]), {}, fingerprint="abc")
+    on_disk = json.loads((cell / "metrics.json").read_text())
+    assert on_disk == m
+    assert (m["dataset"], m["method"], m["seed"], m["split"], m["fingerprint"]) == ("rsicd", "vsepp", 3, "test", "abc")
+    assert list(m)[3:14] == list(METRIC_KEYS)  # the metrics stay where readers expect them
+    with pytest.raises(ValueError, match="may not override"):
+        write_eval_outputs(cell, np.array([1]), np.array([1]), np.array([0]), {"seed": 9})
+    loose = write_eval_outputs(tmp_path / "x", np.array([1]), np.array([1]), np.array([0]))
+    assert (loose["dataset"], loose["method"], loose["seed"], loose["fingerprint"]) == (None, None, None, None)
+
+
+def test_run_record_one_schema_and_old_score_records_read_back(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from rsbench.io import write_json
+    from rsbench.results.cell import read_run_record, run_record
+
+    data = SimpleNamespace(name="rsicd", fingerprint="f1", ann_file=None, image_dir="/img", notes={"n": 1})
+    rec = run_record(data, 12.345, precision="fp32", extra={"source": "s.npy"})
+    assert rec["schema"] == 2 and rec["wall_s"] == 12.35 and rec["precision"] == "fp32"
+    assert rec["data"] == {"dataset": "rsicd", "fingerprint": "f1", "ann_file": "", "image_dir": "/img",
+                           "notes": {"n": 1}}
+    assert rec["hardware"]["device"] == "cpu" and "numpy" in rec["versions"] and rec["source"] == "s.npy"
+    with pytest.raises(ValueError, match="may not override"):
+        run_record(data, 1.0, extra={"wall_s": 3})
+    write_json(tmp_path / "run.json", rec)
+    assert read_run_record(tmp_path) == json.loads(json.dumps(rec))
+    # what `bench score` wrote before the one schema
+    write_json(tmp_path / "run.json", {"wall_seconds": 1.5, "data_fingerprint": "f0", "ann_file": "/a.json"})
+    old = read_run_record(tmp_path)
+    assert old["wall_s"] == 1.5 and old["data"]["fingerprint"] == "f0" and old["data"]["ann_file"] == "/a.json"
+    assert "wall_seconds" not in old and "data_fingerprint" not in old
+    (tmp_path / "run.json").write_text("{broken")
+    assert read_run_record(tmp_path) is None
+
+
+def test_failure_marker_round_trip(tmp_path: Path) -> None:
+    from rsbench.results.cell import clear_failure, read_failure, write_failure
+
+    cell = tmp_path / "d" / "m" / "seed0"
+    assert read_failure(cell) is None
+    write_failure(cell, ValueError("first line\nsecond"))
+    assert read_failure(cell) == "first line"
+    assert json.loads((cell / "failed.json").read_text())["type"] == "ValueError"
+    (cell / "failed.json").write_text("[")
+    assert read_failure(cell) == "unknown error"
+    clear_failure(cell)
+    assert read_failure(cell) is None
+
+
+def test_layout_parses_and_finds_cells(tmp_path: Path) -> None:
+    from rsbench.locks import cell_of_lock, lock_path
+    from rsbench.results.layout import iter_cells, parse_cell
+
+    assert parse_cell(tmp_path / "rsicd" / "clip" / "seed12") == ("rsicd", "clip", 12)
+    for bad in ("rsicd/clip/seedx", "rsicd/.trash/seed0", ".tmp/clip/seed0", "rsicd/clip/run0"):
+        assert parse_cell(tmp_path / bad) is None
+    for rel in ("a/m/seed0", "a/m/seed1", "a/.trash/seed0", "a/m/seedz"):
+        (tmp_path / rel).mkdir(parents=True)
+    (tmp_path / "b" / "m").mkdir(parents=True)
+    (tmp_path / "b" / "m" / "seed2").write_text("a file, not a cell")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in iter_cells(tmp_path)) == ["a/m/seed0", "a/m/seed1"]
+    cell = tmp_path / "a" / "m" / "seed7"
+    assert cell_of_lock(lock_path(cell)) == cell
+    assert cell_of_lock(tmp_path / "a" / "m" / "seed7.lock") is None
+    assert cell_of_lock(tmp_path / "a" / "m" / ".lock") is None
+
+
+def test_lock_probe_sees_a_holder_and_leaves_no_trace(tmp_path: Path) -> None:
+    from rsbench.locks import PathLock, is_held
+
+    path = tmp_path / "x" / ".seed0.lock"
+    assert not is_held(path) and not path.exists()  # probing creates nothing
+    holder, other = PathLock(path), PathLock(path)
+    assert not other.probe()
+    assert holder.acquire()
+    assert other.probe() and holder.probe() and is_held(path)
+    holder.release()
+    assert not other.probe() and not is_held(path)
+
+
+def test_scan_status_states(tmp_path: Path) -> None:
+    from rsbench.locks import PathLock, lock_path
+    from rsbench.results.cell import write_failure
+    from rsbench.results.scan import record_jobs, scan_status
+
+    done = make_cell(tmp_path, "d", "m", 0)
+    write_failure(cell_dir(tmp_path, "d", "m", 1), "boom")
+    resumable = cell_dir(tmp_path, "d", "m", 2)
+    (resumable / "checkpoint").mkdir(parents=True)
+    (resumable / "checkpoint" / "last.pt").write_bytes(b"x")
+    (resumable / "train_log.csv").write_text("epoch,loss\n1,0.5\n2,0.4\n")
+    cell_dir(tmp_path, "d", "m", 3).mkdir(parents=True)
+    record_jobs(tmp_path, [(cell_dir(tmp_path, "d", "m", 5), "job42")], "slurm", tmp_path / "logs")
+    running = PathLock(lock_path(cell_dir(tmp_path, "d", "m", 4)))
+    assert running.acquire()
+    try:
+        rows = scan_status(tmp_path)
+    finally:
+        running.release()
+    got = [(r.seed, r.state, r.job) for r in rows]
+    assert got == [(0, "done", ""), (1, "failed", ""), (2, "incomplete", ""), (3, "started", ""),
+                   (4, "running", ""), (5, "queued", "job42")]
+    assert rows[0].detail == f"test mR {load_cell(done).metrics['mR']:.2f}"
+    assert rows[1].detail == "boom" and rows[2].detail == "interrupted after epoch 2, will resume"

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from rsbench.results.cell import write_eval_outputs
-from rsbench.results.tables import leaderboard_tables, published_results, tex_escape, write_leaderboard_tables
+from rsbench.results.leaderboard import leaderboard_files, write_leaderboard
+from rsbench.results.published import published_results
+from rsbench.results.tables import TableOptions, tex_escape
+
+
+def leaderboard_tables(results_dir: Path, **options) -> dict[str, str]:
+    """{"md", "tex"} texts as the one leaderboard writer would write them (nothing written)."""
+    _, files = leaderboard_files(results_dir, options=TableOptions(**options))
+    return {p.suffix[1:]: text for p, text in files.items() if p.suffix in (".md", ".tex")}
 
 FAR = 50
 
@@ -113,9 +121,12 @@ def test_without_published_and_write(results, tmp_path):
     texts = leaderboard_tables(results, with_published=False, alpha=0.01, resamples=199)
     assert "reported" not in texts["tex"] and r"\dag" not in texts["tex"]
     assert r"\alpha=0.01" in texts["tex"]
-    paths = write_leaderboard_tables(results, tmp_path / "out", with_published=True, resamples=199)
-    assert paths["tex"].read_text().count(r"\toprule") == 1
-    assert paths["md"].read_text().startswith("### RSICD")
+    write_leaderboard(results, tmp_path / "out", options=TableOptions(with_published=True, resamples=199))
+    assert (tmp_path / "out" / "leaderboard.tex").read_text().count(r"\toprule") == 1
+    assert (tmp_path / "out" / "leaderboard.md").read_text().startswith("### RSICD")
+    assert (tmp_path / "out" / "leaderboard.csv").read_text().startswith("dataset,method,n_seeds,mR,")
+    with pytest.raises(Exception, match="alpha"):
+        TableOptions(alpha=1.5)
 
 
 def test_tex_escape():

@@ -1,46 +1,29 @@
-"""Result cell folders (<out>/<dataset>/<method>/seed<k>/, see docs/DESIGN.md) and the leaderboard.
+"""One result cell folder (<out>/<dataset>/<method>/seed<k>/, see docs/DESIGN.md): its writer, its one
+reader, its run record (run.json) and its failure marker.
 
-A cell is complete when its metrics.json exists and parses; it is written last, so a crashed or
-running job never counts. Cells are found by walking folders, so results from several machines
-merge by copying their folders into one root.
+A cell is complete when its metrics.json exists and every result file reads back; metrics.json is
+written last, so a crashed or running job never counts. File names live in rsbench.results.layout.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from ..errors import UserError
-from ..evaluation.metrics import (
-    LEADERBOARD_METRICS,
-    METRIC_HEADERS,
-    METRIC_KEYS,
-    chance_metrics,
-    metrics_from_ranks,
-)
+from ..errors import UserError, one_line
+from ..evaluation.metrics import LEADERBOARD_METRICS, METRIC_KEYS, chance_metrics, metrics_from_ranks
 from ..io import read_json, write_json, write_with
+from .layout import CONFIG_FILE, FAILED_FILE, METRICS_FILE, RANKS_FILE, RUN_FILE, cell_dir, parse_cell
 
-METRICS_FILE = "metrics.json"
-RANKS_FILE = "ranks.npz"
-CONFIG_FILE = "config.json"
-_SEED_DIR = re.compile(r"^seed(\d+)$")
-
-# leaderboard columns: each metric followed by its _std column
-LEADERBOARD_COLUMNS = ["dataset", "method", "n_seeds"] + [
-    c for m in LEADERBOARD_METRICS for c in (m, f"{m}_std")
-]
-
-
-def cell_dir(out: str | Path, dataset: str, method: str, seed: int) -> Path:
-    """The folder of one (dataset, method, seed) result."""
-    return Path(out) / dataset / method / f"seed{int(seed)}"
+__all__ = ["Cell", "DamagedCell", "cell_damage", "cell_dir", "clear_failure", "is_complete", "load_cell",
+           "mark_incomplete", "read_cell", "read_failure", "read_run_record", "run_record", "write_eval_outputs",
+           "write_failure"]
 
 
 def mark_incomplete(cell: str | Path) -> None:
@@ -54,11 +37,15 @@ def write_eval_outputs(
     t2i_rank: Any,
     cap2img: Any,
     extra: dict[str, Any] | None = None,
+    *,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Write ranks.npz, then metrics.json last; return the metrics dict as written.
 
     extra adds split, n_images, n_captions, selected_epoch, val (defaults: "test", the rank
     lengths, None, None) and any further keys; it may not override a computed metric.
+    metrics.json also names the cell it belongs to: dataset, method and seed (from the folder, when
+    it is shaped like a cell) and the data fingerprint, so a copied file still says what it measures.
     """
     cell = Path(cell)
     i2t = np.asarray(i2t_rank, dtype=np.int64)
@@ -71,7 +58,7 @@ def write_eval_outputs(
         if key in extra and int(extra[key]) != n:
             raise ValueError(f"extra[{key!r}] = {extra[key]} but the ranks have {n}")
     computed = metrics_from_ranks(i2t, t2i)
-    clash = (set(computed) | {"chance_mR"}) & set(extra)
+    clash = (set(computed) | {"chance_mR", "dataset", "method", "seed", "fingerprint"}) & set(extra)
     if clash:
         raise ValueError(f"extra may not override metrics: {sorted(clash)}")
 
@@ -89,9 +76,16 @@ def write_eval_outputs(
     metrics["recall_curve"] = computed["recall_curve"]
     metrics["selected_epoch"] = extra.pop("selected_epoch", None)
     metrics["val"] = extra.pop("val", None)
+    metrics.update(_identity(cell, fingerprint))
     metrics.update(extra)
     write_json(cell / METRICS_FILE, metrics)
     return metrics
+
+
+def _identity(cell: Path, fingerprint: str | None) -> dict[str, Any]:
+    """dataset, method, seed (None outside a <dataset>/<method>/seed<k> folder) and the data fingerprint."""
+    dataset, method, seed = parse_cell(cell) or (None, None, None)
+    return {"dataset": dataset, "method": method, "seed": seed, "fingerprint": fingerprint}
 
 
 class DamagedCell(UserError):
@@ -144,8 +138,8 @@ def read_cell(cell: str | Path) -> Cell:
     or interrupted); DamagedCell when metrics.json exists but a result file does not read back.
     """
     cell = Path(cell)
-    m = _SEED_DIR.match(cell.name)
-    if not m:
+    where = parse_cell(cell)
+    if where is None:
         raise UserError(f"{cell}: not a result cell folder (expected <dataset>/<method>/seed<k>)")
     if not (cell / METRICS_FILE).exists():
         raise UserError(f"{cell}: incomplete result cell (no {METRICS_FILE})")
@@ -158,8 +152,8 @@ def read_cell(cell: str | Path) -> Cell:
         except UserError as e:
             raise DamagedCell(str(e)) from None
         config = cfg if isinstance(cfg, dict) else {}
-    return Cell(path=cell, dataset=cell.parent.parent.name, method=cell.parent.name, seed=int(m.group(1)),
-                metrics=metrics, config=config, _ranks=ranks)
+    return Cell(path=cell, dataset=where[0], method=where[1], seed=where[2], metrics=metrics, config=config,
+                _ranks=ranks)
 
 
 def cell_damage(cell: str | Path) -> str | None:
@@ -199,14 +193,7 @@ class Cell:
     def ranks(self) -> dict[str, np.ndarray]:
         """{"i2t_rank", "t2i_rank", "cap2img"} as int64 arrays."""
         if self._ranks is None:
-            f = self.path / RANKS_FILE
-            try:
-                with np.load(f, allow_pickle=False) as z:
-                    self._ranks = {k: z[k].astype(np.int64) for k in ("i2t_rank", "t2i_rank", "cap2img")}
-            except FileNotFoundError:
-                raise UserError(f"{f}: file not found") from None
-            except (KeyError, ValueError, OSError) as e:
-                raise UserError(f"{f}: not a valid ranks file ({e})") from None
+            self._ranks = _read_ranks(self.path, self.metrics)
         return self._ranks
 
 
@@ -215,168 +202,123 @@ def load_cell(cell: str | Path) -> Cell:
     return read_cell(cell)
 
 
-def require_results_dir(root: str | Path) -> Path:
-    """`root` as a Path; a UserError if it is not an existing folder (checked before anything is written)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{root}: results folder not found")
-    return root
+# ---- run.json: ONE schema for `bench run` and `bench score` --------------------------------------
+
+RUN_SCHEMA = 2
+_VERSIONED = ("torch", "torchvision", "timm", "transformers", "open_clip_torch", "numpy")
 
 
-def _warn(msg: str) -> None:
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
     import sys
 
-    print(msg, file=sys.stderr, flush=True)
+    from .. import __version__
 
-
-def scan_results(root: str | Path, skip_damaged: bool = False, warn: Any = _warn) -> list[Cell]:
-    """All complete cells under root/<dataset>/<method>/seed<k>/, sorted; cells still running skipped.
-
-    A damaged cell (metrics.json present, a result file unreadable) is never dropped silently: each
-    gets a warning line, then a UserError unless skip_damaged (the caller's --skip-damaged).
-    """
-    root = require_results_dir(root)
-    cells, damaged = [], []
-    for f in root.glob(f"*/*/seed*/{METRICS_FILE}"):
-        cell = f.parent
-        hidden = cell.parent.name.startswith(".") or cell.parent.parent.name.startswith(".")
-        if hidden or not _SEED_DIR.match(cell.name):
-            continue
+    versions = {"python": sys.version.split()[0], "rsbench": __version__}
+    for pkg in _VERSIONED:
         try:
-            cells.append(read_cell(cell))
-        except DamagedCell as e:
-            damaged.append(str(e))
-    for msg in sorted(damaged):
-        warn(f"warning: damaged result cell: {msg}")
-    if damaged and not skip_damaged:
-        raise DamagedCell(f"{root}: {len(damaged)} damaged result cell(s), listed above; re-run them with "
-                          "`bench run` (same options) to repair, or pass --skip-damaged to leave them out")
-    cells.sort(key=lambda c: (c.dataset, c.method, c.seed))
-    return cells
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return versions
 
 
-def leaderboard(cells: list[Cell], split: str = "test") -> pd.DataFrame:
-    """One row per (dataset, method): n_seeds, then each metric's mean over seeds and its std.
-
-    Only cells of `split` (metrics.json "split", default "test") count, so scores on another
-    split never mix into a test row. std is the sample std (ddof=1); with a single seed it is
-    NaN (an empty field in the CSV), because a spread cannot be estimated from one run.
-    Rows: by dataset, then mR descending (method name breaks ties).
-    """
-    rows = []
-    groups: dict[tuple[str, str], list[Cell]] = {}
-    for c in cells:
-        if str(c.metrics.get("split", "test")) != split:
-            continue
-        groups.setdefault((c.dataset, c.method), []).append(c)
-    for (dataset, method), group in groups.items():
-        row: dict[str, Any] = {"dataset": dataset, "method": method, "n_seeds": len(group)}
-        for m in LEADERBOARD_METRICS:
-            vals = np.array([_as_float(c.metrics.get(m)) for c in group], dtype=np.float64)
-            row[m] = float(np.mean(vals))
-            row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
-    if len(df):
-        df = df.sort_values(["dataset", "mR", "method"], ascending=[True, False, True], kind="stable")
-    df["n_seeds"] = df["n_seeds"].astype(np.int64)
-    return df.reset_index(drop=True)
-
-
-def _as_float(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-MARKDOWN_HEADERS = {"dataset": "Dataset", "method": "Method", "n_seeds": "Seeds", **METRIC_HEADERS}
-
-
-def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
-    """'12.34 ± 0.56'; just the mean when std is NaN (one seed); '-' when the mean is missing."""
-    if mean is None or math.isnan(mean):
-        return "-"
-    if std is None or math.isnan(std):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def leaderboard_markdown(df: pd.DataFrame) -> str:
-    """The leaderboard as a Markdown table, mean ± std with 2 decimals (recalls in %)."""
-    cols = ["dataset", "method", "n_seeds", *LEADERBOARD_METRICS]
-    lines = [
-        "| " + " | ".join(MARKDOWN_HEADERS[c] for c in cols) + " |",
-        "|" + "|".join(":---" if c in ("dataset", "method") else "---:" for c in cols) + "|",
-    ]
-    for _, r in df.iterrows():
-        cells = [str(r["dataset"]), str(r["method"]), str(int(r["n_seeds"]))]
-        cells += [format_mean_std(r[m], r[f"{m}_std"]) for m in LEADERBOARD_METRICS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def complete_cells(root: str | Path, skip_damaged: bool = False) -> list[Cell]:
-    """`scan_results`, and a UserError when the folder holds no complete cell at all."""
-    cells = scan_results(root, skip_damaged)
-    if not cells:
-        raise UserError(f"{root}: no complete result cells (<dataset>/<method>/seed<k>/{METRICS_FILE})")
-    return cells
-
-
-# a temp file of a leaderboard writer (rsbench.io.atomic_open names it `.<name>.<random>.tmp`)
-_LEADERBOARD_TEMP = re.compile(r"^\.leaderboard\.(csv|md|tex)\.[A-Za-z0-9_]+\.tmp$")
-
-
-def remove_stale_leaderboard_temps(folder: str | Path) -> int:
-    """Delete temp files a killed leaderboard writer left in `folder`; call only while holding
-    `locks.leaderboard_lock(folder)` (then no live writer owns one). Only our own name pattern."""
-    n = 0
-    folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if _LEADERBOARD_TEMP.match(p.name) and p.is_file() and not p.is_symlink():
-                p.unlink(missing_ok=True)
-                n += 1
-    return n
-
-
-def write_file_set(files: dict[Path, str]) -> None:
-    """Write text files as one set: every temp file is written and fsynced before the first rename,
-    so an error (disk full) leaves all the old files and never a mix of old and new."""
+def _hardware(device: Any) -> dict[str, Any]:
     import os
-    from contextlib import ExitStack
+    import platform
 
-    from ..io import atomic_open
+    import torch
 
-    with ExitStack() as stack:
-        handles = [(stack.enter_context(atomic_open(path, "w")), text) for path, text in files.items()]
-        for f, text in handles:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def leaderboard_files(root: str | Path, out_dir: str | Path | None = None, skip_damaged: bool = False,
-                      cells: list[Cell] | None = None) -> tuple[pd.DataFrame, dict[Path, str]]:
-    """The leaderboard table and {path: text} of leaderboard.csv and leaderboard.md (nothing written)."""
-    root = Path(root)
-    df = leaderboard(scan_results(root, skip_damaged) if cells is None else cells)
-    if df.empty:
-        raise UserError(
-            f"{root}: no complete result cells of the test split "
-            f"(expected <dataset>/<method>/seed<k>/{METRICS_FILE})"
-        )
-    out = Path(out_dir) if out_dir is not None else root
-    return df, {out / "leaderboard.csv": df.to_csv(index=False), out / "leaderboard.md": leaderboard_markdown(df)}
+    hw = {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+          "device": str(device), "torch_threads": torch.get_num_threads()}
+    if getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        hw["gpu"] = torch.cuda.get_device_name(device)
+        hw["cuda"] = torch.version.cuda
+    return hw
 
 
-def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, skip_damaged: bool = False) -> pd.DataFrame:
-    """Scan root, write leaderboard.csv and leaderboard.md (as one set) into out_dir (default root).
+def run_record(data: Any, wall_s: float, *, device: Any = "cpu", precision: str | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What run.json holds, for every writer: versions, hardware, precision, the data (name, fingerprint,
+    files, notes), wall time in seconds, command line, finish time; then `extra` (resumed_from_epoch,
+    weights, world_size ... or bench score's source and source_sha256). `data` is a DatasetSplits."""
+    import sys
 
-    The caller holds the leaderboard lock of out_dir: temp files of a killed writer are removed first.
-    """
-    df, files = leaderboard_files(root, out_dir, skip_damaged)
-    remove_stale_leaderboard_temps(Path(out_dir) if out_dir is not None else Path(root))
-    write_file_set(files)
-    return df
+    record: dict[str, Any] = {
+        "schema": RUN_SCHEMA, "versions": _versions(), "hardware": _hardware(device), "precision": precision,
+        "data": {"dataset": data.name, "fingerprint": data.fingerprint, "ann_file": str(data.ann_file or ""),
+                 "image_dir": str(data.image_dir or ""), "notes": json.loads(json.dumps(data.notes, default=str))},
+        "wall_s": round(float(wall_s), 2), "command": list(sys.argv), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    clash = set(record) & set(extra or {})
+    if clash:
+        raise ValueError(f"extra may not override run record fields: {sorted(clash)}")
+    record.update(extra or {})
+    return record
+
+
+def read_run_record(cell: str | Path) -> dict[str, Any] | None:
+    """run.json in the current schema; None when missing or unreadable. Records written before the one
+    schema (`bench score`'s wall_seconds / data_fingerprint / ann_file) are read into its fields."""
+    try:
+        rec = json.loads((Path(cell) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec, dict):
+        return None
+    rec = dict(rec)
+    data = rec.get("data") if isinstance(rec.get("data"), dict) else {}
+    if "wall_seconds" in rec and "wall_s" not in rec:
+        rec["wall_s"] = rec.pop("wall_seconds")
+    if "data_fingerprint" in rec:
+        data = {"fingerprint": rec.pop("data_fingerprint"), "ann_file": rec.pop("ann_file", None) or "", **data}
+    rec["data"] = data
+    return rec
+
+
+# ---- failure marker -------------------------------------------------------------------------------
+
+def write_failure(cell: str | Path, error: BaseException | str) -> None:
+    """Write `<cell>/failed.json` with the one-line error (callers under DDP write it on rank 0 only)."""
+    cell = Path(cell)
+    cell.mkdir(parents=True, exist_ok=True)
+    write_json(cell / FAILED_FILE, {"error": error if isinstance(error, str) else one_line(error),
+                                    "type": "" if isinstance(error, str) else type(error).__name__,
+                                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def clear_failure(cell: str | Path) -> None:
+    """Forget an earlier failure when the cell is started again."""
+    (Path(cell) / FAILED_FILE).unlink(missing_ok=True)
+
+
+def read_failure(cell: str | Path) -> str | None:
+    """The recorded one-line error of a failed cell ('unknown error' if unreadable); None if none."""
+    f = Path(cell) / FAILED_FILE
+    if not f.is_file():
+        return None
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "unknown error"
+    return str(data.get("error", "unknown error")) if isinstance(data, dict) else "unknown error"
+
+
+# ---- round-1 compatibility (#14): names that moved to results.scan / results.leaderboard -----------
+# cli/run.py, cli/report.py, cli/status.py and tests/test_reliability.py still import them from here;
+# remove this forwarder when those imports are rewritten (round 2).
+_MOVED = {"require_results_dir": "scan", "scan_results": "scan", "complete_cells": "scan",
+          "leaderboard": "leaderboard", "leaderboard_markdown": "leaderboard", "format_mean_std": "leaderboard",
+          "LEADERBOARD_COLUMNS": "leaderboard", "MARKDOWN_HEADERS": "leaderboard", "leaderboard_files": "leaderboard",
+          "remove_stale_leaderboard_temps": "leaderboard", "write_file_set": "leaderboard",
+          # the old write_leaderboard expected its caller to hold the lock (cli/run.py does)
+          "write_leaderboard": "leaderboard:write_leaderboard_holding_lock"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        module, _, attr = _MOVED[name].partition(":")
+        return getattr(importlib.import_module(f"{__package__}.{module}"), attr or name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

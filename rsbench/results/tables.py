@@ -1,6 +1,7 @@
-"""Paper-ready leaderboard tables (Markdown and LaTeX/booktabs) with significance marks.
+"""Paper-ready leaderboard tables (Markdown and LaTeX/booktabs) with significance marks: rendering only.
+rsbench.results.leaderboard scans the folder and writes the files; this module turns cells into text.
 
-One table per dataset found under a results folder (cells of the test split). Rows are our methods (mean and std
+One table per dataset of the given cells (cells of the test split). Rows are our methods (mean and std
 over seeds of the test metrics), sorted by mR, each labelled with a letter (a, b, c, ...). A
 superscript on a value lists the letters of the rows that this row beats significantly on that
 metric: paired randomisation test over test queries clustered by image, Holm-corrected over all
@@ -13,22 +14,34 @@ carry a dagger explained in a footnote.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..evaluation.metrics import METRIC_HEADERS, METRICS, TABLE_METRICS, TESTED_METRICS
 from ..evaluation.statistics import check_alpha
 from .compare import MethodRuns, compare_runs, group_runs
+from .published import published_results
 
 _SPECS = {s.name: s for s in METRICS}
 _TEST_SELECTED = "test"
 _DATASET_NAMES = {"rsicd": "RSICD", "rsitmd": "RSITMD", "ucm": "UCM-captions", "sydney": "Sydney-captions"}
+
+
+@dataclass(frozen=True)
+class TableOptions:
+    """What the tables show: published rows, the significance level and resampling, one dataset or all."""
+
+    with_published: bool = False
+    alpha: float = 0.05
+    dataset: str | None = None
+    resamples: int = 10_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_alpha(self.alpha)
 
 
 @dataclass
@@ -63,15 +76,6 @@ class Table:
 def display_dataset(name: str) -> str:
     """Paper spelling of a dataset name (RSICD, RSITMD, ...); unknown names unchanged."""
     return _DATASET_NAMES.get(name.lower(), name)
-
-
-def published_results(dataset: str | None = None) -> list[dict[str, str]]:
-    """Rows of the shipped published_results.csv (optionally of one dataset, case-insensitive)."""
-    text = (resources.files("rsbench") / "data" / "published_results.csv").read_text(encoding="utf-8")
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if dataset is not None:
-        rows = [r for r in rows if r["dataset"].strip().lower() == dataset.strip().lower()]
-    return rows
 
 
 def _letters(i: int) -> str:
@@ -126,53 +130,35 @@ def _published_rows(dataset: str) -> list[Row]:
     return rows
 
 
-def build_tables(
-    results_dir: str | Path,
-    with_published: bool = False,
-    alpha: float = 0.05,
-    *,
-    dataset: str | None = None,
-    resamples: int = 10_000,
-    seed: int = 0,
-    split: str = "test",
-    skip_damaged: bool = False,
-    cells: list | None = None,
-) -> list[Table]:
-    """Collect rows, means/stds and significance marks for each dataset (cells of `split`; `cells`:
-    already scanned ones, else results_dir is scanned)."""
-    from .cell import complete_cells, leaderboard
-
-    cells = complete_cells(results_dir, skip_damaged) if cells is None else cells
-    groups = group_runs(cells, dataset, split, where=str(results_dir))
-    lb = leaderboard(cells, split=split)
+def build_tables(cells: Sequence[Any], lb: Any, opts: TableOptions = TableOptions(), *, split: str = "test",
+                 where: str = "results") -> list[Table]:
+    """Rows, means/stds (from `lb`, results.leaderboard.leaderboard(cells)) and significance marks for
+    each dataset of `cells` (those of `split`)."""
+    groups = group_runs(cells, opts.dataset, split, where=where)
     tables = []
     for (ds, split_), runs in sorted(groups.items()):
         rows = _our_rows(lb[lb["dataset"] == ds], runs)
-        by_name = {r.name: r for r in rows}
         if len(rows) > 1:
-            sig = compare_runs(ds, split_, runs, TESTED_METRICS, alpha, resamples, seed)
-            for rec in sig[sig["significant"]].itertuples(index=False):
-                win, lose = (rec.method_a, rec.method_b) if rec.diff > 0 else (rec.method_b, rec.method_a)
-                by_name[win].marks.setdefault(rec.metric, []).append(by_name[lose].letter)
-            for r in rows:
-                for m in r.marks:
-                    r.marks[m].sort(key=lambda s: (len(s), s))
+            _mark_significant(rows, compare_runs(ds, split_, runs, TESTED_METRICS, opts.alpha, opts.resamples,
+                                                 opts.seed))
         any_cell = next(iter(runs.values()))
-        cap2img = any_cell.cap2img
-        n_img = any_cell.n_images
-        tables.append(
-            Table(
-                dataset=ds,
-                split=split_,
-                n_images=n_img,
-                n_captions=0 if cap2img is None else len(cap2img),
-                rows=rows,
-                published=_published_rows(ds) if with_published else [],
-                alpha=alpha,
-                resamples=resamples,
-            )
-        )
+        tables.append(Table(
+            dataset=ds, split=split_, n_images=any_cell.n_images,
+            n_captions=0 if any_cell.cap2img is None else len(any_cell.cap2img), rows=rows,
+            published=_published_rows(ds) if opts.with_published else [], alpha=opts.alpha, resamples=opts.resamples,
+        ))
     return tables
+
+
+def _mark_significant(rows: list[Row], sig: Any) -> None:
+    """Give each row, per metric, the letters of the rows it beats significantly (sorted a, b, ..., aa)."""
+    by_name = {r.name: r for r in rows}
+    for rec in sig[sig["significant"]].itertuples(index=False):
+        win, lose = (rec.method_a, rec.method_b) if rec.diff > 0 else (rec.method_b, rec.method_a)
+        by_name[win].marks.setdefault(rec.metric, []).append(by_name[lose].letter)
+    for r in rows:
+        for m in r.marks:
+            r.marks[m].sort(key=lambda s: (len(s), s))
 
 
 def _best(rows: Sequence[Row]) -> dict[str, float]:
@@ -347,54 +333,12 @@ def render_tables(tables: Sequence[Table]) -> dict[str, str]:
     return {"md": md, "tex": tex}
 
 
-def leaderboard_tables(
-    results_dir: str | Path,
-    with_published: bool = False,
-    alpha: float = 0.05,
-    *,
-    dataset: str | None = None,
-    resamples: int = 10_000,
-    seed: int = 0,
-    skip_damaged: bool = False,
-    cells: list | None = None,
-) -> dict[str, str]:
-    """{"md": Markdown, "tex": LaTeX} leaderboards of every (dataset, split) under results_dir."""
-    check_alpha(alpha)
-    tables = build_tables(
-        results_dir, with_published, alpha, dataset=dataset, resamples=resamples, seed=seed,
-        skip_damaged=skip_damaged, cells=cells,
-    )
-    return render_tables(tables)
+def leaderboard_table_files(results_dir: str | Path, out_dir: str | Path | None = None, with_published: bool = False,
+                            alpha: float = 0.05, *, cells: list | None = None, **kw: Any) -> dict[Path, str]:
+    """Round-1 compatibility (#14) for cli/report.py: {path: text} of leaderboard.md and .tex; remove in
+    round 2 (results.leaderboard.leaderboard_files gives all three files)."""
+    from .leaderboard import leaderboard_files
 
-
-def leaderboard_table_files(
-    results_dir: str | Path,
-    out_dir: str | Path | None = None,
-    with_published: bool = False,
-    alpha: float = 0.05,
-    **kw: Any,
-) -> dict[Path, str]:
-    """{path: text} of leaderboard.md and leaderboard.tex in out_dir (default results_dir); nothing written."""
-    texts = leaderboard_tables(results_dir, with_published, alpha, **kw)
-    out = Path(out_dir) if out_dir is not None else Path(results_dir)
-    return {out / "leaderboard.md": texts["md"], out / "leaderboard.tex": texts["tex"]}
-
-
-def write_leaderboard_tables(
-    results_dir: str | Path,
-    out_dir: str | Path | None = None,
-    with_published: bool = False,
-    alpha: float = 0.05,
-    *,
-    dataset: str | None = None,
-    resamples: int = 10_000,
-    seed: int = 0,
-    skip_damaged: bool = False,
-) -> dict[str, Path]:
-    """Write leaderboard.md and leaderboard.tex (atomically, as one set) into out_dir (default results_dir)."""
-    from .cell import write_file_set
-
-    files = leaderboard_table_files(results_dir, out_dir, with_published, alpha, dataset=dataset,
-                                    resamples=resamples, seed=seed, skip_damaged=skip_damaged)
-    write_file_set(files)
-    return dict(zip(("md", "tex"), files))
+    opts = TableOptions(with_published=with_published, alpha=alpha, **kw)
+    _, files = leaderboard_files(results_dir, out_dir, cells=cells, options=opts)
+    return {p: t for p, t in files.items() if p.suffix in (".md", ".tex")}
