@@ -317,8 +317,8 @@ _MOVED = {"require_results_dir": "scan", "scan_results": "scan", "complete_cells
 
 def __getattr__(name: str) -> Any:
     if name in _MOVED:
-        import importlib
+        from . import leaderboard, scan  # a cycle while this forwarder exists: remove it in round 2
 
         module, _, attr = _MOVED[name].partition(":")
-        return getattr(importlib.import_module(f"{__package__}.{module}"), attr or name)
+        return getattr(scan if module == "scan" else leaderboard, attr or name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
