@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..contracts import require_at_least
 from ..errors import UserError
 from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
@@ -58,8 +59,6 @@ class AMFMNConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config.schema import require_at_least
-
         require_at_least(self, "model.", {"word_dim": 1, "hidden_dim": 1, "max_words": 1})
         _check_config(self)
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..contracts import require_above, require_at_least
 from ..errors import UserError
 from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
@@ -56,8 +57,6 @@ class ClipConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config.schema import require_above, require_at_least
-
         require_at_least(self, "model.", {"embed_dim": 1, "max_len": 2})
         require_above(self, "model.", ("init_temperature", "max_logit_scale"))
 
@@ -186,7 +185,7 @@ class ClipMethod(RetrievalMethod):
         scale = self.logit_scale()
         loss = info_nce(
             self.encode_images(batch.images), self.training_texts(batch), scale, batch.image_ids,
-            self.config.same_image,
+            self.config.same_image, self.context.gather,
         )
         return LossOutput(loss, {"logit_scale": scale.detach()})
 

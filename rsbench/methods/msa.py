@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contracts import require_at_least
 from ..errors import UserError
 from .components.backbones import create_backbone
 from .base import (
@@ -92,8 +93,6 @@ class MSAConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config.schema import require_at_least
-
         require_at_least(self, "model.", {"embed_dim": 1, "num_heads": 1, "max_len": 2})
         if self.embed_dim % self.num_heads:
             raise UserError(f"model.num_heads={self.num_heads} must divide model.embed_dim={self.embed_dim}")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..contracts import require_above
 from ..errors import UserError, first_line, suggest, unknown
 from ..io import write_json
 from .components.backbones import load_state_dict_file
@@ -60,8 +61,6 @@ class OpenClipConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config.schema import require_above
-
         require_above(self, "model.", ("max_logit_scale",))
 
 
@@ -305,7 +304,7 @@ class OpenClipMethod(RetrievalMethod):
     def training_loss(self, batch: Batch) -> LossOutput:
         scale = self.model.logit_scale.float().exp().clamp(max=self.config.max_logit_scale).reshape(())
         loss = info_nce(self.encode_images(batch.images), self.encode_texts(batch.text), scale,
-                        batch.image_ids, self.config.same_image)
+                        batch.image_ids, self.config.same_image, self.context.gather)
         return LossOutput(loss, {"logit_scale": scale.detach()})
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from ..contracts import require_at_least
 from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
 from .registry import register_method
@@ -40,8 +41,6 @@ class VSEConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config.schema import require_at_least
-
         require_at_least(self, "model.", {"embed_dim": 1, "word_dim": 1, "hidden_dim": 1, "max_words": 1})
 
 

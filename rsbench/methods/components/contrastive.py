@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...engine import distributed
+from ...contracts import Gather, no_gather
 from ...errors import UserError
 from ..base import same_image_mask
 
@@ -52,14 +52,16 @@ def info_nce(
     logit_scale: torch.Tensor | float,
     image_ids: torch.Tensor | None = None,
     same_image: str = "mask",
+    gather: Gather = no_gather,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over a batch of B aligned (image, text) pairs; row i of each is a positive pair.
 
     Embeddings are L2-normalised here. Loss = (CE(image->text) + CE(text->image)) / 2 on the logits
     scale * img @ txt.T. `image_ids` marks rows showing the same image (see the module doc).
-    Under DDP the rows of every rank are gathered first (with gradients): negatives span the global batch.
+    `gather` concatenates the rows of every process first (with gradients; the method passes its
+    MethodContext.gather, the distributed one under DDP), so the negatives span the global batch.
     """
-    image_emb, text_emb, image_ids = distributed.gather_batch(image_emb, text_emb, image_ids)
+    image_emb, text_emb, image_ids = gather(image_emb, text_emb, image_ids)
     img = F.normalize(image_emb.float(), dim=-1)
     txt = F.normalize(text_emb.float(), dim=-1)
     logits = img @ txt.T * logit_scale
