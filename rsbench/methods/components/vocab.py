@@ -5,19 +5,14 @@ The vocabulary is built from the training captions only and saved as JSON beside
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 
 import torch
 
+from ...text import words
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<start>", "<end>"
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def words(caption: str) -> list[str]:
-    """Lower-case and split into alphanumeric words (drops the stray punctuation the datasets contain)."""
-    return _WORD.findall(caption.lower())
 
 
 class Vocabulary:
