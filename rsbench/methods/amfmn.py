@@ -29,6 +29,7 @@ from ..errors import UserError
 from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
 from .components.prior_similarity import PriorParams, PriorSimilarity, dynamic_margin
+from .components.triplet import hinge_triplet
 from .registry import register_method
 from .components.vocab import Vocabulary, WordTokenizer
 
@@ -299,7 +300,7 @@ class AMFMN(RetrievalMethod):
     def training_loss(self, batch: Batch) -> LossOutput:
         scores = self.score(self.encode_images(batch.images), self.encode_texts(batch.text))
         margin = self.margins(batch).to(scores.dtype)
-        loss = triplet_loss(scores, margin, same_image_mask(batch.image_ids), self.config.negatives)
+        loss = hinge_triplet(scores, same_image_mask(batch.image_ids), margin, self.config.negatives == "hardest")
         return LossOutput(loss, {"pos_score": scores.detach().diagonal().mean(),
                                  "margin": margin.detach().mean()})
 
@@ -315,17 +316,6 @@ class AMFMN(RetrievalMethod):
             raise UserError(f"amfmn: checkpoint vocabulary has {len(vocab)} words, the model {len(self.vocab)} "
                             "(built from another training split?)")
         self.vocab = vocab
-
-
-def triplet_loss(scores: torch.Tensor, margin: torch.Tensor, same: torch.Tensor, negatives: str) -> torch.Tensor:
-    """Bidirectional hinge: sum (or hardest) over negatives of [m - s(I,T) + s(I,T')]+ and
-    [m - s(I,T) + s(I',T)]+. Pairs of the same image (same[i, j]) are never negatives."""
-    pos = scores.diagonal()
-    cost_txt = (margin + scores - pos[:, None]).clamp(min=0).masked_fill(same, 0)  # row: image, neg captions
-    cost_img = (margin + scores - pos[None, :]).clamp(min=0).masked_fill(same, 0)  # col: caption, neg images
-    if negatives == "hardest":
-        return cost_txt.max(1).values.sum() + cost_img.max(0).values.sum()
-    return cost_txt.sum() + cost_img.sum()
 
 
 def _check_config(cfg: AMFMNConfig) -> None:

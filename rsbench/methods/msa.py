@@ -46,7 +46,8 @@ from .base import (
     same_image_mask,
 )
 from .components.hf_text import DEFAULT_TEXT_MODEL, HFTokenizer, load_text_model
-from .components.mscmat import MSCMAT, csmmc_loss, hardest_triplet, mscma_loss
+from .components.mscmat import MSCMAT, csmmc_loss, mscma_loss
+from .components.triplet import hinge_triplet
 from .registry import register_method
 
 NUM_LEVELS = 4
@@ -293,7 +294,7 @@ class MSA(RetrievalMethod):
         parts: dict[str, torch.Tensor] = {}
         if lc.triplet:
             sim = F.normalize(g_v.float(), dim=-1) @ F.normalize(g_t.float(), dim=-1).T
-            parts["triplet"] = lc.triplet * hardest_triplet(sim, same, lc.margin, lc.triplet_reduction)
+            parts["triplet"] = lc.triplet * hinge_triplet(sim, same, lc.margin, True, lc.triplet_reduction)
         if lc.mscma or lc.csmmc:
             logits = self.mscmat(pooled, tokens, pad, g_t)
             probs = [torch.sigmoid(z.float()) for z in logits]  # the matrices M_k
