@@ -12,7 +12,8 @@ from helpers import fit_one_batch
 
 from rsbench.errors import UserError
 from rsbench.methods.base import Batch, MethodContext
-from rsbench.methods.components.contrastive import LogitScale, decay_param_groups, format_caption, info_nce
+from rsbench.methods.components.contrastive import LogitScale, decay_param_groups, info_nce
+from rsbench.methods.components.prompts import format_caption
 
 
 def _ctx(tmp_path: Path) -> MethodContext:
@@ -93,7 +94,8 @@ def test_info_nce_uses_the_gather_it_is_given():
     twin[t, (t + 3) % 6] = True  # row i and row i+3 show the same image
     masked = logits.masked_fill(twin, float("-inf"))
     ref_ids = (F.cross_entropy(masked, t) + F.cross_entropy(masked.T, t)) / 2
-    assert info_nce(img, txt, 5.0, ids, gather=_duplicate_rows).item() == pytest.approx(ref_ids.item(), rel=1e-5)
+    got = info_nce(img, txt, 5.0, ids, gather=_duplicate_rows)
+    assert got.item() == pytest.approx(ref_ids.item(), rel=1e-5)
     assert ref.item() != pytest.approx(info_nce(img, txt, 5.0).item(), rel=1e-3)  # the gather mattered
 
 

@@ -300,7 +300,8 @@ class AMFMN(RetrievalMethod):
     def training_loss(self, batch: Batch) -> LossOutput:
         scores = self.score(self.encode_images(batch.images), self.encode_texts(batch.text))
         margin = self.margins(batch).to(scores.dtype)
-        loss = hinge_triplet(scores, same_image_mask(batch.image_ids), margin, self.config.negatives == "hardest")
+        hardest = self.config.negatives == "hardest"
+        loss = hinge_triplet(scores, same_image_mask(batch.image_ids), margin, hardest)
         return LossOutput(loss, {"pos_score": scores.detach().diagonal().mean(),
                                  "margin": margin.detach().mean()})
 

@@ -18,8 +18,9 @@ from torch import nn
 
 from ..contracts import Batch, Gather, LossOutput, Tokenizer, no_gather
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Batch", "LossOutput", "MethodContext", "RetrievalMethod", "Tokenizer",
-           "same_image_mask"]  # Batch, LossOutput, Tokenizer: re-exported from rsbench.contracts
+# Batch, LossOutput, Tokenizer live in rsbench.contracts; re-exported here for the methods and their users.
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Batch", "LossOutput", "MethodContext", "RetrievalMethod",
+           "Tokenizer", "same_image_mask"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -22,13 +22,8 @@ from ..errors import UserError
 from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
 from .components.hf_text import DEFAULT_TEXT_MODEL, FrozenTextCache, HFTokenizer, load_text_model
-from .components.contrastive import (
-    LogitScale,
-    PromptTokenizer,
-    check_same_image_mode,
-    decay_param_groups,
-    info_nce,
-)
+from .components.contrastive import LogitScale, check_same_image_mode, decay_param_groups, info_nce
+from .components.prompts import PromptTokenizer
 from .registry import register_method
 
 TEXT_POOLS = ("mean", "cls")

@@ -1,4 +1,4 @@
-"""Shared pieces of contrastive (CLIP-style) training: symmetric InfoNCE, temperature, prompts, decay groups.
+"""Shared pieces of contrastive (CLIP-style) training: symmetric InfoNCE, temperature, decay groups.
 
 Training batches can hold the same image twice (two of its captions drawn into one batch). Two rows
 showing the same image are not negatives of each other, so the loss either masks them out of the
@@ -79,29 +79,6 @@ def info_nce(
         loss_t2i = -(soft * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
         return (loss_i2t + loss_t2i) / 2
     raise UserError(f"bad value for 'same_image': '{same_image}'; choose from: {', '.join(SAME_IMAGE_MODES)}")
-
-
-def format_caption(caption: str, prompt: str = "") -> str:
-    """Prepend a prompt such as "a satellite image of" (first letter of the caption lower-cased).
-
-    With an empty prompt the caption is returned unchanged, so the default changes nothing.
-    """
-    if not prompt:
-        return caption
-    text = caption.strip()
-    text = text[:1].lower() + text[1:]
-    return f"{prompt.rstrip()} {text}"
-
-
-class PromptTokenizer:
-    """Picklable tokenizer wrapper: applies `format_caption` then a picklable inner tokenizer."""
-
-    def __init__(self, inner: Any, prompt: str = ""):
-        self.inner = inner
-        self.prompt = prompt
-
-    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        return self.inner([format_caption(c, self.prompt) for c in captions])
 
 
 def decay_param_groups(
