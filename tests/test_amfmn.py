@@ -223,3 +223,15 @@ def test_soft_score_is_asymmetric_cosine(context) -> None:
         g = torch.sigmoid(model.attention.w(v))
         assert torch.allclose(s[1, 2], F.cosine_similarity(v[1], g[1] * t[2], dim=0), atol=1e-6)
     assert s.abs().max() <= 1 + 1e-6
+
+
+def test_checkpoint_vocabulary_restored_or_refused(context) -> None:
+    model = make(context)
+    words = list(model.vocab.itos)
+    model.load_extra_state_json({})  # no text state: the vocabulary built from the training split stays
+    assert model.vocab.itos == words
+    swapped = words[:4] + words[4:][::-1]  # same size, another order: the checkpoint's ids win
+    model.load_extra_state_json({"vocab": {"itos": swapped}})
+    assert model.vocab.itos == swapped
+    with pytest.raises(UserError, match=r"^amfmn: checkpoint vocabulary has \d+ words, the model \d+"):
+        model.load_extra_state_json({"vocab": {"itos": [*words, "extra"]}})

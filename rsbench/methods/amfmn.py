@@ -262,6 +262,9 @@ class AMFMN(RetrievalMethod):
         self._prior: PriorSimilarity | None = None
 
     # ---- data side ------------------------------------------------------------------------------
+    def image_backbone(self) -> nn.Module:
+        return self.image_encoder.backbone
+
     def tokenizer(self) -> Tokenizer:
         return WordTokenizer(self.vocab, self.config.max_words)
 
@@ -310,13 +313,7 @@ class AMFMN(RetrievalMethod):
         return {"vocab": self.vocab.to_json()}
 
     def load_extra_state_json(self, state: dict[str, Any]) -> None:
-        if "vocab" not in state:
-            return
-        vocab = Vocabulary.from_json(state["vocab"])
-        if len(vocab) != len(self.vocab):
-            raise UserError(f"amfmn: checkpoint vocabulary has {len(vocab)} words, the model {len(self.vocab)} "
-                            "(built from another training split?)")
-        self.vocab = vocab
+        self.vocab = self.vocab.restored(state, "amfmn")
 
 
 def _check_config(cfg: AMFMNConfig) -> None:

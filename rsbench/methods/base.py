@@ -80,6 +80,15 @@ class RetrievalMethod(nn.Module, ABC):
     def training_loss(self, batch: Batch) -> LossOutput:
         """The method's own loss on a training batch."""
 
+    # ---- what the perf harness measures (benchmarks/perf.py; no private attribute names there) ----------
+    def image_backbone(self) -> nn.Module:
+        """The image trunk (a timm model) inside encode_images: timed alone as a training step's reference."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its image backbone (image_backbone())")
+
+    def training_text_outputs(self, batch: Batch) -> list[torch.Tensor]:
+        """The text encoder's outputs as training_loss computes them (default: encode_texts of the batch)."""
+        return [self.encode_texts(batch.text)]
+
     # ---- optimisation / state ------------------------------------------------------------------
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Parameter groups for the optimiser (override for per-part learning rates)."""

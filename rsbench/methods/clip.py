@@ -143,6 +143,13 @@ class ClipMethod(RetrievalMethod):
             return tuple(cfg["mean"]), tuple(cfg["std"])
         return super().image_mean_std()
 
+    def image_backbone(self) -> nn.Module:
+        return self.backbone
+
+    def training_text_outputs(self, batch: Batch) -> list[torch.Tensor]:
+        """As the step runs the text side: a frozen tower's vectors through the per-caption cache."""
+        return [self.training_texts(batch)]
+
     def tokenizer(self) -> Tokenizer:
         return PromptTokenizer(HFTokenizer(self._hf_tokenizer, max_len=self.config.max_len), self.config.prompt)
 

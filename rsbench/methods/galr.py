@@ -291,6 +291,9 @@ class GaLR(RetrievalMethod):
         self.text_encoder = AMFMNTextEncoder(len(self.vocab), c.word_dim, c.hidden_dim, c.embed_dim)
         self.region_source = "detector" if self.detector else "grid cells of the CNN's last map (no detector_weights)"
 
+    def image_backbone(self) -> nn.Module:
+        return self.global_encoder.backbone
+
     def tokenizer(self) -> Tokenizer:
         return WordTokenizer(self.vocab, self.config.max_words)
 

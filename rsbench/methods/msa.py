@@ -256,6 +256,14 @@ class MSA(RetrievalMethod):
     def image_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return self.image.mean_std
 
+    def image_backbone(self) -> nn.Module:
+        return self.image.body
+
+    def training_text_outputs(self, batch: Batch) -> list[torch.Tensor]:
+        """g_t and every token state: the tokens feed the MSCMAT, so the step backpropagates through all."""
+        g_t, tokens, _ = self.text(batch.text)
+        return [g_t, tokens]
+
     def tokenizer(self) -> Tokenizer:
         if not self.config.mscmat.mask_padding:  # the authors pad every caption to max_len tokens
             return FixedLengthTokenizer(self.text.hf_tokenizer, max_len=self.config.max_len)

@@ -115,6 +115,9 @@ class OpenClipMethod(RetrievalMethod):
         pp = open_clip.get_model_preprocess_cfg(self.model)
         return tuple(float(x) for x in pp["mean"]), tuple(float(x) for x in pp["std"])
 
+    def image_backbone(self) -> nn.Module:
+        return self.model.visual
+
     def tokenizer(self) -> Tokenizer:
         import open_clip
 

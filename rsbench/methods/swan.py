@@ -198,6 +198,9 @@ class SWAN(RetrievalMethod):
         self.word_drop = nn.Dropout(0.4)
         self.tcge = TCGE(config.embed_dim)
 
+    def image_backbone(self) -> nn.Module:
+        return self.image_encoder.cnn
+
     def tokenizer(self) -> Tokenizer:
         return WordTokenizer(self.vocab, self.config.max_words)
 

@@ -72,6 +72,9 @@ class VSEPP(RetrievalMethod):
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # saved, so resume agrees
 
+    def image_backbone(self) -> nn.Module:
+        return self.cnn
+
     def tokenizer(self) -> Tokenizer:
         return WordTokenizer(self.vocab, self.config.max_words)
 
