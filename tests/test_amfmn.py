@@ -16,8 +16,8 @@ from rsbench.errors import UserError
 from rsbench.methods import get_method_spec
 from rsbench.methods.amfmn import AMFMN, MVSA, VARIANTS, AMFMNConfig
 from rsbench.methods.base import Batch, MethodContext
-from rsbench.methods.components.triplet import hinge_triplet
 from rsbench.methods.components.prior_similarity import dynamic_margin
+from rsbench.methods.components.triplet import hinge_triplet
 
 CAPS = [
     "many planes are parked in an airport", "a plane is parked at the airport",

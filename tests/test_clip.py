@@ -134,8 +134,8 @@ def tiny_clip(tmp_path_factory):
 
 
 def test_clip_registered_with_presets():
-    from rsbench.methods.registry import get_method_spec
     from rsbench.config.resolve import resolve_config
+    from rsbench.methods.registry import get_method_spec
 
     spec = get_method_spec("clip")
     assert set(spec.presets) >= {"small", "paper"}

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from helpers import fit_one_batch
 
+from rsbench.config.resolve import resolve_config
 from rsbench.config.schema import set_key
 from rsbench.errors import UserError
 from rsbench.methods import Batch, MethodContext, create_method
-from rsbench.methods.msa import ImageTower, MSAConfig, pick_levels
 from rsbench.methods.components.mscmat import MSCMAT, MSCMATBranch, csmmc_loss, mscma_loss
 from rsbench.methods.components.triplet import hinge_triplet
-from rsbench.config.resolve import resolve_config
+from rsbench.methods.msa import ImageTower, MSAConfig, pick_levels
 
 CAPTIONS = ["a plane is parked near the terminal", "green trees beside a river",
             "many buildings and roads", "a ship in the harbour next to a long pier with cranes",

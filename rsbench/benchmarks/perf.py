@@ -572,9 +572,9 @@ def item_loading(ws: Workspace) -> list[Row]:
 
 def build_method(name: str, ws: Workspace, device: torch.device) -> dict[str, Any]:
     """A method from its small preset, its optimiser and one seeded batch."""
-    from ..methods import Batch, MethodContext, create_method
     from ..config.resolve import resolve_config
     from ..engine.cell import build_optimizer
+    from ..methods import Batch, MethodContext, create_method
 
     split = ws.synthetic().train
     cfg = resolve_config(name, "synthetic")

@@ -26,12 +26,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..contracts import require_at_least
 from ..errors import UserError
-from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
+from .components.backbones import create_backbone
 from .components.prior_similarity import PriorParams, PriorSimilarity, dynamic_margin
 from .components.triplet import hinge_triplet
-from .registry import register_method
 from .components.vocab import Vocabulary, WordTokenizer
+from .registry import register_method
 
 VARIANTS = ("soft", "fusion", "similarity")
 _EPS = 1e-8

@@ -19,10 +19,10 @@ from torch import nn
 
 from ..contracts import require_above, require_at_least
 from ..errors import UserError
-from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
-from .components.hf_text import DEFAULT_TEXT_MODEL, FrozenTextCache, HFTokenizer, load_text_model
+from .components.backbones import create_backbone
 from .components.contrastive import LogitScale, check_same_image_mode, decay_param_groups, info_nce
+from .components.hf_text import DEFAULT_TEXT_MODEL, FrozenTextCache, HFTokenizer, load_text_model
 from .components.prompts import PromptTokenizer
 from .registry import register_method
 

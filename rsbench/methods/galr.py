@@ -35,11 +35,19 @@ from ..errors import UserError
 from .amfmn import AMFMNConfig
 from .amfmn import ImageEncoder as AMFMNImageEncoder
 from .amfmn import TextEncoder as AMFMNTextEncoder
-from .base import IMAGENET_MEAN, IMAGENET_STD, Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
-from .base import same_image_mask
-from .registry import register_method
-from .components.vocab import Vocabulary, WordTokenizer
+from .base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Batch,
+    LossOutput,
+    MethodContext,
+    RetrievalMethod,
+    Tokenizer,
+    same_image_mask,
+)
 from .components.triplet import hinge_triplet
+from .components.vocab import Vocabulary, WordTokenizer
+from .registry import register_method
 
 
 @dataclass

@@ -34,7 +34,6 @@ from torch import nn
 
 from ..contracts import require_at_least
 from ..errors import UserError
-from .components.backbones import create_backbone
 from .base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -45,6 +44,7 @@ from .base import (
     Tokenizer,
     same_image_mask,
 )
+from .components.backbones import create_backbone
 from .components.hf_text import DEFAULT_TEXT_MODEL, HFTokenizer, load_text_model
 from .components.mscmat import MSCMAT, csmmc_loss, mscma_loss
 from .components.triplet import hinge_triplet

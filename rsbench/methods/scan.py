@@ -30,11 +30,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import UserError
-from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
-from .registry import register_method
-from .components.vocab import Vocabulary, WordTokenizer
+from .components.backbones import create_backbone
 from .components.triplet import hinge_triplet
+from .components.vocab import Vocabulary, WordTokenizer
+from .registry import register_method
 
 _EPS = 1e-8
 # the authors' recommended temperatures per direction (README of kuanghuei/SCAN, Flickr30K rows)

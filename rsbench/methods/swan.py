@@ -29,11 +29,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import UserError
-from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
-from .registry import register_method
-from .components.vocab import Vocabulary, WordTokenizer
+from .components.backbones import create_backbone
 from .components.triplet import hinge_triplet
+from .components.vocab import Vocabulary, WordTokenizer
+from .registry import register_method
 
 
 @dataclass

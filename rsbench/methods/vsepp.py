@@ -15,11 +15,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..contracts import require_at_least
-from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
-from .registry import register_method
-from .components.vocab import Vocabulary, WordTokenizer
+from .components.backbones import create_backbone
 from .components.triplet import hinge_triplet
+from .components.vocab import Vocabulary, WordTokenizer
+from .registry import register_method
 
 
 @dataclass
