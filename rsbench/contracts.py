@@ -1,12 +1,24 @@
-"""In-memory view of a retrieval dataset: per split, image files, captions and caption->image index."""
+"""The shared contracts: what datasets/ hands to the engine and methods/ receive, in one small module.
+
+Both datasets/ and methods/ import these types and never each other: a Split (per split, image files,
+captions and caption->image index), a training Batch, a method's LossOutput, the Tokenizer a method
+gives the DataLoader, the Gather a contrastive loss uses for global-batch negatives, and the field
+checks every config's validate() uses. No torch import at module load (the types only name tensors).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -66,7 +78,69 @@ class DatasetSplits:
 
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):
-            from .errors import UserError
-
             raise UserError(f"unknown split '{name}'; choose from: train, val, test")
         return getattr(self, name)
+
+
+# ---- methods' side ---------------------------------------------------------------------------------
+
+# A picklable callable (it runs in DataLoader workers): list of captions -> dict of tensors.
+Tokenizer = Callable[[list[str]], "dict[str, torch.Tensor]"]
+
+# How a loss turns per-process rows into global-batch rows: concatenate each tensor (None passes
+# through) over the processes of a distributed training step, keeping gradients. Passed explicitly
+# (MethodContext.gather), like open_clip's gather_with_grad, never read from a global flag.
+Gather = Callable[..., "tuple[torch.Tensor | None, ...]"]
+
+
+def no_gather(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The single-process Gather: every tensor unchanged (the local batch is the global batch)."""
+    return tensors
+
+
+@dataclass
+class Batch:
+    """A training batch: B (image, caption) pairs.
+
+    image_ids: index of each image in the split (two rows with the same id are the same image,
+    which a loss must not treat as a negative). caption_ids: index of each caption in the split.
+    """
+
+    images: torch.Tensor
+    text: dict[str, torch.Tensor]
+    image_ids: torch.Tensor
+    caption_ids: torch.Tensor
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
+        return Batch(
+            images=self.images.to(device, non_blocking=non_blocking),
+            text={k: v.to(device, non_blocking=non_blocking) for k, v in self.text.items()},
+            image_ids=self.image_ids.to(device, non_blocking=non_blocking),
+            caption_ids=self.caption_ids.to(device, non_blocking=non_blocking),
+        )
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    # Scalar tensors, detached: reading one (.item(), float()) waits for the GPU, so the runner
+    # sums them on the device and reads them once per epoch.
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+# ---- config checks (used by config/ and by every method config's validate()) -----------------------
+
+def require_at_least(obj: Any, prefix: str, minimum: dict[str, float]) -> None:
+    """Each named field must be >= its minimum (one-line UserError naming the dotted key)."""
+    for key, low in minimum.items():
+        value = getattr(obj, key)
+        if value < low:
+            raise UserError(f"{prefix}{key} must be >= {low:g}, got {value!r}")
+
+
+def require_above(obj: Any, prefix: str, keys: tuple[str, ...], low: float = 0.0) -> None:
+    """Each named field must be strictly greater than `low` (a temperature, a learning rate)."""
+    for key in keys:
+        value = getattr(obj, key)
+        if not value > low:
+            raise UserError(f"{prefix}{key} must be > {low:g}, got {value!r}")

@@ -14,9 +14,10 @@ from helpers import fit_one_batch
 from rsbench.config.schema import TrainConfig, set_key
 from rsbench.errors import UserError
 from rsbench.methods import get_method_spec
-from rsbench.methods.amfmn import AMFMN, MVSA, VARIANTS, AMFMNConfig, triplet_loss
+from rsbench.methods.amfmn import AMFMN, MVSA, VARIANTS, AMFMNConfig
 from rsbench.methods.base import Batch, MethodContext
 from rsbench.methods.components.prior_similarity import dynamic_margin
+from rsbench.methods.components.triplet import hinge_triplet
 
 CAPS = [
     "many planes are parked in an airport", "a plane is parked at the airport",
@@ -124,19 +125,19 @@ def test_score_matches_per_pair_definition(context, variant) -> None:
         assert (got - want).abs().max() < 1e-5
 
 
-def test_triplet_loss_masks_same_image_pairs() -> None:
+def test_triplet_with_pair_margins_masks_same_image_pairs() -> None:
     scores = torch.tensor([[0.5, 0.9, 0.1], [0.9, 0.5, 0.2], [0.7, 0.1, 0.8]])
     margin = torch.full((3, 3), 0.2)
     ids = torch.tensor([4, 4, 7])  # rows 0 and 1 show the same image
     same = ids[:, None] == ids[None, :]
-    loss = triplet_loss(scores, margin, same, "sum")
+    loss = hinge_triplet(scores, same, margin, hardest=False)
     # only pairs (0,2), (1,2), (2,0), (2,1) are negatives
     pos = scores.diagonal()
     want = sum(max(0.0, 0.2 - pos[i] + scores[i, j]) + max(0.0, 0.2 - pos[j] + scores[i, j])
                for i, j in [(0, 2), (1, 2), (2, 0), (2, 1)])
     assert want > 0 and loss.item() == pytest.approx(float(want))  # (0, 1) would add 2 x 0.6 unmasked
-    assert triplet_loss(scores, margin, torch.ones(3, 3, dtype=torch.bool), "sum").item() == 0.0
-    hard = triplet_loss(scores, margin, same, "hardest")
+    assert hinge_triplet(scores, torch.ones(3, 3, dtype=torch.bool), margin, hardest=False).item() == 0.0
+    hard = hinge_triplet(scores, same, margin, hardest=True)
     assert 0 < hard.item() <= loss.item()
 
 
@@ -222,3 +223,15 @@ def test_soft_score_is_asymmetric_cosine(context) -> None:
         g = torch.sigmoid(model.attention.w(v))
         assert torch.allclose(s[1, 2], F.cosine_similarity(v[1], g[1] * t[2], dim=0), atol=1e-6)
     assert s.abs().max() <= 1 + 1e-6
+
+
+def test_checkpoint_vocabulary_restored_or_refused(context) -> None:
+    model = make(context)
+    words = list(model.vocab.itos)
+    model.load_extra_state_json({})  # no text state: the vocabulary built from the training split stays
+    assert model.vocab.itos == words
+    swapped = words[:4] + words[4:][::-1]  # same size, another order: the checkpoint's ids win
+    model.load_extra_state_json({"vocab": {"itos": swapped}})
+    assert model.vocab.itos == swapped
+    with pytest.raises(UserError, match=r"^amfmn: checkpoint vocabulary has \d+ words, the model \d+"):
+        model.load_extra_state_json({"vocab": {"itos": [*words, "extra"]}})

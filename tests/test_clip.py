@@ -12,7 +12,8 @@ from helpers import fit_one_batch
 
 from rsbench.errors import UserError
 from rsbench.methods.base import Batch, MethodContext
-from rsbench.methods.components.contrastive import LogitScale, decay_param_groups, format_caption, info_nce
+from rsbench.methods.components.contrastive import LogitScale, decay_param_groups, info_nce
+from rsbench.methods.components.prompts import format_caption
 
 
 def _ctx(tmp_path: Path) -> MethodContext:
@@ -67,6 +68,37 @@ def test_info_nce_matches_plain_clip_without_repeats():
     assert info_nce(img, txt, 20.0, image_ids=torch.arange(5)).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
+
+def _duplicate_rows(*tensors):
+    """A stand-in Gather: each tensor followed by a copy of itself, as if a second rank held the same rows."""
+    return tuple(None if t is None else torch.cat([t, t]) for t in tensors)
+
+
+def test_info_nce_uses_the_gather_it_is_given():
+    # The loss runs over the gathered rows: here every row twice, as if a second process held the same
+    # batch. Twins are negatives without image ids; with ids they show the same image and leave the softmax.
+    torch.manual_seed(0)
+    img, txt, ids = torch.randn(3, 4), torch.randn(3, 4), torch.arange(3)
+    calls = []
+
+    def spy(*tensors):
+        calls.append([None if t is None else t.shape[0] for t in tensors])
+        return _duplicate_rows(*tensors)
+
+    logits = F.normalize(torch.cat([img, img]), dim=-1) @ F.normalize(torch.cat([txt, txt]), dim=-1).T * 5.0
+    t = torch.arange(6)
+    ref = (F.cross_entropy(logits, t) + F.cross_entropy(logits.T, t)) / 2
+    assert info_nce(img, txt, 5.0, gather=spy).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert calls == [[3, 3, None]]
+    twin = torch.zeros(6, 6, dtype=torch.bool)
+    twin[t, (t + 3) % 6] = True  # row i and row i+3 show the same image
+    masked = logits.masked_fill(twin, float("-inf"))
+    ref_ids = (F.cross_entropy(masked, t) + F.cross_entropy(masked.T, t)) / 2
+    got = info_nce(img, txt, 5.0, ids, gather=_duplicate_rows)
+    assert got.item() == pytest.approx(ref_ids.item(), rel=1e-5)
+    assert ref.item() != pytest.approx(info_nce(img, txt, 5.0).item(), rel=1e-3)  # the gather mattered
+
+
 def test_logit_scale_init_and_clamp():
     ls = LogitScale()
     assert ls().item() == pytest.approx(1 / 0.07, rel=1e-5)
@@ -102,8 +134,8 @@ def tiny_clip(tmp_path_factory):
 
 
 def test_clip_registered_with_presets():
-    from rsbench.methods.registry import get_method_spec
     from rsbench.config.resolve import resolve_config
+    from rsbench.methods.registry import get_method_spec
 
     spec = get_method_spec("clip")
     assert set(spec.presets) >= {"small", "paper"}
@@ -186,6 +218,24 @@ def test_frozen_text_tower_outputs_cached_per_caption(tmp_path):
     # a tower being fine-tuned is never cached
     assert ClipMethod(ClipConfig(backbone="resnet10t", pretrained=False, embed_dim=16), ctx)._text_cache is None
 
+
+
+def test_clip_loss_gathers_through_its_context(tiny_clip):
+    seen = []
+
+    def spy(*tensors):
+        seen.append(len(tensors))
+        return tensors
+
+    batch = Batch(torch.randn(2, 3, 32, 32), tiny_clip.tokenizer()(["a plane", "a ship"]), torch.arange(2),
+                  torch.arange(2))
+    old = tiny_clip.context.gather
+    tiny_clip.context.gather = spy
+    try:
+        tiny_clip.training_loss(batch)
+    finally:
+        tiny_clip.context.gather = old
+    assert seen == [3]  # image rows, text rows, image ids
 
 def test_clip_bad_options(tmp_path):
     from rsbench.methods.clip import ClipConfig, ClipMethod

@@ -28,13 +28,13 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_ranks_equal_single_process_eval(tmp_path: Path, tiny_synthetic: Path) -> None:
-    from rsbench.engine.checkpoint import load_best
+    from rsbench.config.resolve import resolve_config
     from rsbench.datasets import load_dataset
+    from rsbench.engine.cell import evaluate
+    from rsbench.engine.checkpoint import load_best
     from rsbench.engine.device import pick_precision
     from rsbench.methods.base import MethodContext
     from rsbench.methods.registry import create_method
-    from rsbench.config.resolve import resolve_config
-    from rsbench.engine.cell import evaluate
 
     syn = tiny_synthetic
     out = tmp_path / "res"
@@ -75,6 +75,7 @@ def _gather_worker(rank: int, world: int, port: int, q: object) -> None:
 
     dist.setup(torch.device("cpu"))
     model, x, ids = _gather_problem()
+    model.gather = dist.loss_gather()  # as the engine passes it in the MethodContext
     half = x.shape[0] // world
     sl = slice(rank * half, (rank + 1) * half)
     step = dist.training_step(model, torch.device("cpu"))
@@ -90,13 +91,16 @@ class _TwoTower(torch.nn.Module):
         torch.manual_seed(0)
         self.a = torch.nn.Linear(6, 4)
         self.b = torch.nn.Linear(6, 4)
+        from rsbench.contracts import no_gather
+
+        self.gather = no_gather
 
     def training_loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> object:
-        from rsbench.methods.base import LossOutput
+        from rsbench.contracts import LossOutput
         from rsbench.methods.components.contrastive import info_nce
 
         x, ids = batch
-        return LossOutput(info_nce(self.a(x), self.b(x), 10.0, ids))
+        return LossOutput(info_nce(self.a(x), self.b(x), 10.0, ids, gather=self.gather))
 
 
 def _gather_problem() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -141,4 +145,7 @@ def test_single_process_is_unchanged() -> None:
     assert dist.on_main(lambda a: a + 1, 1) == 2
     t = torch.ones(2, requires_grad=True)
     assert dist.gather_batch(t, None) == (t, None)
+    from rsbench.contracts import no_gather
+
+    assert dist.loss_gather() is no_gather  # single process: losses keep the local batch
     assert dist.sum_across(1.0, 2.0) == (1.0, 2.0)

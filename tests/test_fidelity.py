@@ -81,8 +81,8 @@ def test_foreign_file_matches_nothing(tmp_path):
 
 
 def test_weight_provenance_reaches_run_json(tiny_synthetic, tmp_path):
-    from rsbench.datasets import load_dataset
     from rsbench.config.resolve import resolve_config
+    from rsbench.datasets import load_dataset
     from rsbench.engine.cell import run_cell
 
     path = _save(tmp_path / "bb.safetensors", _full_state("test_resnet"))

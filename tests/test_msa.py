@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from helpers import fit_one_batch
 
+from rsbench.config.resolve import resolve_config
 from rsbench.config.schema import set_key
 from rsbench.errors import UserError
 from rsbench.methods import Batch, MethodContext, create_method
+from rsbench.methods.components.mscmat import MSCMAT, MSCMATBranch, csmmc_loss, mscma_loss
+from rsbench.methods.components.triplet import hinge_triplet
 from rsbench.methods.msa import ImageTower, MSAConfig, pick_levels
-from rsbench.methods.components.mscmat import MSCMAT, MSCMATBranch, csmmc_loss, hardest_triplet, mscma_loss
-from rsbench.config.resolve import resolve_config
 
 CAPTIONS = ["a plane is parked near the terminal", "green trees beside a river",
             "many buildings and roads", "a ship in the harbour next to a long pier with cranes",
@@ -134,10 +135,10 @@ def test_triplet_by_hand():
     eye = torch.eye(2, dtype=torch.bool)
     # hardest negatives: image0 [0.5-0.8+0.3]+ = 0, image1 0.5-0.5+0.6 = 0.6,
     #                    text0 0.5-0.8+0.6 = 0.3, text1 0.5-0.5+0.3 = 0.3
-    assert hardest_triplet(sim, eye, 0.5).item() == pytest.approx(1.2)
-    assert hardest_triplet(sim, eye, 0.5, reduction="mean").item() == pytest.approx(0.6)
+    assert hinge_triplet(sim, eye, 0.5).item() == pytest.approx(1.2)
+    assert hinge_triplet(sim, eye, 0.5, reduction="mean").item() == pytest.approx(0.6)
     # both rows show the same image: no negatives at all
-    assert hardest_triplet(sim, torch.ones(2, 2, dtype=torch.bool), 0.5).item() == 0.0
+    assert hinge_triplet(sim, torch.ones(2, 2, dtype=torch.bool), 0.5).item() == 0.0
 
 
 def test_mscma_diagonal_lower_than_uniform_and_duplicates_masked():

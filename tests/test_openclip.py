@@ -45,7 +45,7 @@ def arch(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("oc")
     cfg_path = _write_config(folder, "rsb-test-tiny", TINY)
-    from rsbench.methods.openclip import resolve_architecture
+    from rsbench.methods.components.openclip_tower import resolve_architecture
 
     assert resolve_architecture("", str(cfg_path)) == "rsb-test-tiny"
     torch.manual_seed(1)

@@ -74,3 +74,30 @@ def test_quick_harness_prints_every_item(tmp_path: Path, capsys: pytest.CaptureF
     assert any(r[0] == "6" and "peak RSS" in r[5] for r in rows)
     assert sum(r[0] == "5" for r in rows) == len(perf.METHODS)
     assert all(r[4].endswith("%") for r in rows if r[0] == "5")
+
+
+def test_every_method_names_its_image_backbone_and_training_text_outputs(tmp_path: Path):
+    """The perf harness reaches into a method only through the interface: image_backbone() is one of the
+    method's own modules that encode_images runs (its weights get gradients from the image side), and
+    training_text_outputs(batch) gives one row per caption."""
+    import numpy as np
+    import torch
+
+    from rsbench.config.resolve import resolve_config
+    from rsbench.methods import Batch, MethodContext, create_method, list_methods
+
+    caps = ["a red airport with planes", "a blue harbor with ships", "green farmland", "a dense forest"]
+    ctx = MethodContext(train_captions=caps, train_cap2img=np.arange(4), cache_dir=tmp_path)
+    for spec in list_methods():
+        cfg = resolve_config(spec.name, "synthetic", preset="small")
+        torch.manual_seed(0)
+        method = create_method(spec.name, cfg.model, ctx).train()
+        backbone = method.image_backbone()
+        assert any(m is backbone for m in method.modules()), spec.name
+        size = cfg.train.image_size
+        batch = Batch(torch.randn(4, 3, size, size), method.tokenizer()(caps), torch.arange(4), torch.arange(4))
+        method.encode_images(batch.images).float().sum().backward()
+        grads = [p.grad for p in backbone.parameters() if p.requires_grad]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), spec.name
+        outs = method.training_text_outputs(batch)
+        assert outs and all(o.shape[0] == 4 for o in outs), spec.name

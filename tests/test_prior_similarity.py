@@ -19,7 +19,7 @@ from rsbench.methods.components.prior_similarity import (
     dynamic_margin,
     stem,
 )
-from rsbench.methods.components.vocab import words
+from rsbench.text import words
 
 CAPS = [
     "Many planes are parked next to a long building in an airport.",

@@ -112,8 +112,8 @@ def test_trains_on_synthetic_far_above_chance(tiny_synthetic, tmp_path) -> None:
 
 def run_small(method: str, root: Path, tmp_path: Path, epochs: int, **extra: str) -> dict:
     """The method's small preset on the tiny synthetic set through the runner; test metrics."""
-    from rsbench.datasets import load_dataset
     from rsbench.config.resolve import resolve_config
+    from rsbench.datasets import load_dataset
     from rsbench.engine.cell import run_cell
 
     over = {"backbone": "test_resnet", "train.image_size": "32", **extra}

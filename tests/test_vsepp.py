@@ -4,10 +4,10 @@ import numpy as np
 import torch
 from helpers import fit_one_batch
 
-from rsbench.methods.base import Batch, MethodContext, same_image_mask
-from rsbench.methods.registry import create_method
-from rsbench.methods.components.triplet import hinge_triplet
 from rsbench.config.resolve import resolve_config
+from rsbench.methods.base import Batch, MethodContext, same_image_mask
+from rsbench.methods.components.triplet import hinge_triplet
+from rsbench.methods.registry import create_method
 
 
 def test_hinge_triplet_by_hand():

@@ -570,21 +570,11 @@ def item_loading(ws: Workspace) -> list[Row]:
 
 # ---- item 5: training-step overhead ----------------------------------------------------------------
 
-_BACKBONE_ATTR = {"vsepp": "cnn", "amfmn": "image_encoder.backbone", "msa": "image.body", "clip": "backbone"}
-
-
-def image_backbone(method: torch.nn.Module, name: str) -> torch.nn.Module:
-    obj: Any = method
-    for part in _BACKBONE_ATTR[name].split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def build_method(name: str, ws: Workspace, device: torch.device) -> dict[str, Any]:
     """A method from its small preset, its optimiser and one seeded batch."""
-    from ..methods import Batch, MethodContext, create_method
     from ..config.resolve import resolve_config
     from ..engine.cell import build_optimizer
+    from ..methods import Batch, MethodContext, create_method
 
     split = ws.synthetic().train
     cfg = resolve_config(name, "synthetic")
@@ -601,7 +591,7 @@ def build_method(name: str, ws: Workspace, device: torch.device) -> dict[str, An
                   image_ids=torch.from_numpy(split.cap2img[caps].astype(np.int64)),
                   caption_ids=torch.from_numpy(caps.astype(np.int64))).to(device)
     return {"method": method, "opt": build_optimizer(method, cfg), "batch": batch, "bs": bs, "size": size,
-            "backbone": image_backbone(method, name), "name": name}
+            "backbone": method.image_backbone()}
 
 
 def train_step_fns(m: dict[str, Any]) -> dict[str, Callable[[], None]]:
@@ -617,7 +607,7 @@ def train_step_fns(m: dict[str, Any]) -> dict[str, Callable[[], None]]:
         ref.backbone_step(backbone, batch.images)
 
     def text_only() -> None:  # accumulates into .grad: the optimiser timing below needs real gradients
-        outs = text_outputs(m["name"], method, batch)
+        outs = method.training_text_outputs(batch)  # as the step runs the text side (frozen caches...)
         if any(o.requires_grad for o in outs):
             sum(o.float().mean() for o in outs if o.requires_grad).backward()
 
@@ -629,17 +619,6 @@ def train_step_fns(m: dict[str, Any]) -> dict[str, Callable[[], None]]:
         opt.step()
 
     return {"step": step, "backbone": backbone_only, "text": text_only, "encoders": encoders, "opt": optimizer_only}
-
-
-def text_outputs(name: str, method: Any, batch: Any) -> list[torch.Tensor]:
-    """The text encoder's outputs as method `name`'s training step runs it: every MSA token state
-    (they feed the MSCMAT), CLIP's vectors through its frozen-tower cache, the others' encode_texts."""
-    if name == "msa":
-        g_t, tokens, _ = method.text(batch.text)
-        return [g_t, tokens]
-    if name == "clip":
-        return [method.training_texts(batch)]
-    return [method.encode_texts(batch.text)]
 
 
 def _profile_table(fn: Callable[[], None], rows: int = 15) -> str:

@@ -6,8 +6,9 @@ Contract (see docs/cluster.md):
 - `train.batch_size` is PER PROCESS: the global batch is batch_size x world size.
 - Rank 0 takes the cell lock, writes every file and evaluates the full split alone (`on_main`); its
   result is broadcast, so the scores equal a single-process evaluation of the same weights.
-- Contrastive losses call `gather_batch`, which all-gathers embeddings with gradients inside a DDP
-  training step, so the negatives span the global batch.
+- Contrastive losses gather explicitly: the engine puts `loss_gather()` (= `gather_batch` under DDP) into
+  the MethodContext, and `gather_batch` all-gathers embeddings with gradients, so the negatives span the
+  global batch. No module-global state: the losses are told, not switched.
 Without WORLD_SIZE > 1 every function here is a no-op and single-process runs are unchanged.
 """
 
@@ -25,8 +26,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..contracts import Gather, LossOutput, no_gather
+
 T = TypeVar("T")
-_gathering = False  # True only inside a DDP training step (see TrainStep)
 
 
 def env_world_size() -> int:
@@ -176,12 +178,7 @@ class _LossModule(nn.Module):
         self.last_logs: dict[str, torch.Tensor] = {}
 
     def forward(self, batch: Any) -> torch.Tensor:
-        global _gathering
-        _gathering = True
-        try:
-            out = self.method.training_loss(batch)
-        finally:
-            _gathering = False
+        out = self.method.training_loss(batch)
         self.last_logs = out.logs
         return out.loss
 
@@ -195,8 +192,6 @@ def training_step(method: nn.Module, device: torch.device) -> Callable[[Any], An
     """
     if not is_distributed():
         return method.training_loss
-    from ..methods.base import LossOutput
-
     find_unused = os.environ.get("RSBENCH_DDP_FIND_UNUSED", "1") != "0"
     ddp = nn.parallel.DistributedDataParallel(
         _LossModule(method), device_ids=[device.index] if device.type == "cuda" else None,
@@ -209,13 +204,19 @@ def training_step(method: nn.Module, device: torch.device) -> Callable[[Any], An
     return step
 
 
+def loss_gather() -> Gather:
+    """The Gather a method's losses get (MethodContext.gather): across ranks under DDP, else the identity."""
+    return gather_batch if is_distributed() else no_gather
+
+
 def gather_batch(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
     """Concatenate each tensor over ranks in rank order, keeping gradients (global-batch negatives).
 
-    Only inside a distributed training step; elsewhere the tensors are returned unchanged. Every rank
-    must pass the same shapes (DistributedSampler + drop_last give equal per-rank batches).
+    A collective: every rank calls it in the same training step (losses do, through the DDP step), with
+    the same shapes (DistributedSampler + drop_last give equal per-rank batches). Unchanged when not
+    distributed.
     """
-    if not (_gathering and is_distributed()):
+    if not is_distributed():
         return tensors
     from torch.distributed.nn.functional import all_gather
 

@@ -24,12 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..contracts import require_at_least
 from ..errors import UserError
-from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
+from .components.backbones import create_backbone
 from .components.prior_similarity import PriorParams, PriorSimilarity, dynamic_margin
-from .registry import register_method
+from .components.triplet import hinge_triplet
 from .components.vocab import Vocabulary, WordTokenizer
+from .registry import register_method
 
 VARIANTS = ("soft", "fusion", "similarity")
 _EPS = 1e-8
@@ -58,8 +60,6 @@ class AMFMNConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config.schema import require_at_least
-
         require_at_least(self, "model.", {"word_dim": 1, "hidden_dim": 1, "max_words": 1})
         _check_config(self)
 
@@ -262,6 +262,9 @@ class AMFMN(RetrievalMethod):
         self._prior: PriorSimilarity | None = None
 
     # ---- data side ------------------------------------------------------------------------------
+    def image_backbone(self) -> nn.Module:
+        return self.image_encoder.backbone
+
     def tokenizer(self) -> Tokenizer:
         return WordTokenizer(self.vocab, self.config.max_words)
 
@@ -300,7 +303,8 @@ class AMFMN(RetrievalMethod):
     def training_loss(self, batch: Batch) -> LossOutput:
         scores = self.score(self.encode_images(batch.images), self.encode_texts(batch.text))
         margin = self.margins(batch).to(scores.dtype)
-        loss = triplet_loss(scores, margin, same_image_mask(batch.image_ids), self.config.negatives)
+        hardest = self.config.negatives == "hardest"
+        loss = hinge_triplet(scores, same_image_mask(batch.image_ids), margin, hardest)
         return LossOutput(loss, {"pos_score": scores.detach().diagonal().mean(),
                                  "margin": margin.detach().mean()})
 
@@ -309,24 +313,7 @@ class AMFMN(RetrievalMethod):
         return {"vocab": self.vocab.to_json()}
 
     def load_extra_state_json(self, state: dict[str, Any]) -> None:
-        if "vocab" not in state:
-            return
-        vocab = Vocabulary.from_json(state["vocab"])
-        if len(vocab) != len(self.vocab):
-            raise UserError(f"amfmn: checkpoint vocabulary has {len(vocab)} words, the model {len(self.vocab)} "
-                            "(built from another training split?)")
-        self.vocab = vocab
-
-
-def triplet_loss(scores: torch.Tensor, margin: torch.Tensor, same: torch.Tensor, negatives: str) -> torch.Tensor:
-    """Bidirectional hinge: sum (or hardest) over negatives of [m - s(I,T) + s(I,T')]+ and
-    [m - s(I,T) + s(I',T)]+. Pairs of the same image (same[i, j]) are never negatives."""
-    pos = scores.diagonal()
-    cost_txt = (margin + scores - pos[:, None]).clamp(min=0).masked_fill(same, 0)  # row: image, neg captions
-    cost_img = (margin + scores - pos[None, :]).clamp(min=0).masked_fill(same, 0)  # col: caption, neg images
-    if negatives == "hardest":
-        return cost_txt.max(1).values.sum() + cost_img.max(0).values.sum()
-    return cost_txt.sum() + cost_img.sum()
+        self.vocab = self.vocab.restored(state, "amfmn")
 
 
 def _check_config(cfg: AMFMNConfig) -> None:

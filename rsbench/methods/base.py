@@ -7,7 +7,6 @@ methods (AMFMN) override `score` because it needs both sides. The runner only ta
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,10 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contracts import Batch, Gather, LossOutput, Tokenizer, no_gather
+
+# Batch, LossOutput, Tokenizer live in rsbench.contracts; re-exported here for the methods and their users.
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Batch", "LossOutput", "MethodContext", "RetrievalMethod",
+           "Tokenizer", "same_image_mask"]
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-Tokenizer = Callable[[list[str]], dict[str, torch.Tensor]]
 
 
 @dataclass
@@ -35,36 +38,9 @@ class MethodContext:
     cache_dir: Path  # per-dataset cache folder (e.g. prior text similarity)
     dataset_fingerprint: str = ""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-
-@dataclass
-class Batch:
-    """A training batch: B (image, caption) pairs.
-
-    image_ids: index of each image in the split (two rows with the same id are the same image,
-    which a loss must not treat as a negative). caption_ids: index of each caption in the split.
-    """
-
-    images: torch.Tensor
-    text: dict[str, torch.Tensor]
-    image_ids: torch.Tensor
-    caption_ids: torch.Tensor
-
-    def to(self, device: torch.device, non_blocking: bool = False) -> Batch:
-        return Batch(
-            images=self.images.to(device, non_blocking=non_blocking),
-            text={k: v.to(device, non_blocking=non_blocking) for k, v in self.text.items()},
-            image_ids=self.image_ids.to(device, non_blocking=non_blocking),
-            caption_ids=self.caption_ids.to(device, non_blocking=non_blocking),
-        )
-
-
-@dataclass
-class LossOutput:
-    loss: torch.Tensor
-    # Scalar tensors, detached: reading one (.item(), float()) waits for the GPU, so the runner
-    # sums them on the device and reads them once per epoch.
-    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    # How contrastive losses gather rows over processes: the engine passes the distributed gather
+    # (engine.distributed.loss_gather()) under DDP; single-process runs keep the identity.
+    gather: Gather = no_gather
 
 
 class RetrievalMethod(nn.Module, ABC):
@@ -103,6 +79,15 @@ class RetrievalMethod(nn.Module, ABC):
     @abstractmethod
     def training_loss(self, batch: Batch) -> LossOutput:
         """The method's own loss on a training batch."""
+
+    # ---- what the perf harness measures (benchmarks/perf.py; no private attribute names there) ----------
+    def image_backbone(self) -> nn.Module:
+        """The image trunk (a timm model) inside encode_images: timed alone as a training step's reference."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its image backbone (image_backbone())")
+
+    def training_text_outputs(self, batch: Batch) -> list[torch.Tensor]:
+        """The text encoder's outputs as training_loss computes them (default: encode_texts of the batch)."""
+        return [self.encode_texts(batch.text)]
 
     # ---- optimisation / state ------------------------------------------------------------------
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -17,17 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..contracts import require_above, require_at_least
 from ..errors import UserError
-from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
+from .components.backbones import create_backbone
+from .components.contrastive import LogitScale, check_same_image_mode, decay_param_groups, info_nce
 from .components.hf_text import DEFAULT_TEXT_MODEL, FrozenTextCache, HFTokenizer, load_text_model
-from .components.contrastive import (
-    LogitScale,
-    PromptTokenizer,
-    check_same_image_mode,
-    decay_param_groups,
-    info_nce,
-)
+from .components.prompts import PromptTokenizer
 from .registry import register_method
 
 TEXT_POOLS = ("mean", "cls")
@@ -56,8 +52,6 @@ class ClipConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config.schema import require_above, require_at_least
-
         require_at_least(self, "model.", {"embed_dim": 1, "max_len": 2})
         require_above(self, "model.", ("init_temperature", "max_logit_scale"))
 
@@ -149,6 +143,13 @@ class ClipMethod(RetrievalMethod):
             return tuple(cfg["mean"]), tuple(cfg["std"])
         return super().image_mean_std()
 
+    def image_backbone(self) -> nn.Module:
+        return self.backbone
+
+    def training_text_outputs(self, batch: Batch) -> list[torch.Tensor]:
+        """As the step runs the text side: a frozen tower's vectors through the per-caption cache."""
+        return [self.training_texts(batch)]
+
     def tokenizer(self) -> Tokenizer:
         return PromptTokenizer(HFTokenizer(self._hf_tokenizer, max_len=self.config.max_len), self.config.prompt)
 
@@ -186,7 +187,7 @@ class ClipMethod(RetrievalMethod):
         scale = self.logit_scale()
         loss = info_nce(
             self.encode_images(batch.images), self.training_texts(batch), scale, batch.image_ids,
-            self.config.same_image,
+            self.config.same_image, self.context.gather,
         )
         return LossOutput(loss, {"logit_scale": scale.detach()})
 

@@ -35,11 +35,19 @@ from ..errors import UserError
 from .amfmn import AMFMNConfig
 from .amfmn import ImageEncoder as AMFMNImageEncoder
 from .amfmn import TextEncoder as AMFMNTextEncoder
-from .base import IMAGENET_MEAN, IMAGENET_STD, Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
-from .base import same_image_mask
-from .registry import register_method
-from .components.vocab import Vocabulary, WordTokenizer
+from .base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Batch,
+    LossOutput,
+    MethodContext,
+    RetrievalMethod,
+    Tokenizer,
+    same_image_mask,
+)
 from .components.triplet import hinge_triplet
+from .components.vocab import Vocabulary, WordTokenizer
+from .registry import register_method
 
 
 @dataclass
@@ -290,6 +298,9 @@ class GaLR(RetrievalMethod):
         self.fusion = MIDF(c.embed_dim, c.heads, c.ff_dim, c.fusion_dim)
         self.text_encoder = AMFMNTextEncoder(len(self.vocab), c.word_dim, c.hidden_dim, c.embed_dim)
         self.region_source = "detector" if self.detector else "grid cells of the CNN's last map (no detector_weights)"
+
+    def image_backbone(self) -> nn.Module:
+        return self.global_encoder.backbone
 
     def tokenizer(self) -> Tokenizer:
         return WordTokenizer(self.vocab, self.config.max_words)

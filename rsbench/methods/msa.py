@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contracts import require_at_least
 from ..errors import UserError
-from .components.backbones import create_backbone
 from .base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -44,8 +44,10 @@ from .base import (
     Tokenizer,
     same_image_mask,
 )
+from .components.backbones import create_backbone
 from .components.hf_text import DEFAULT_TEXT_MODEL, HFTokenizer, load_text_model
-from .components.mscmat import MSCMAT, csmmc_loss, hardest_triplet, mscma_loss
+from .components.mscmat import MSCMAT, csmmc_loss, mscma_loss
+from .components.triplet import hinge_triplet
 from .registry import register_method
 
 NUM_LEVELS = 4
@@ -92,8 +94,6 @@ class MSAConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config.schema import require_at_least
-
         require_at_least(self, "model.", {"embed_dim": 1, "num_heads": 1, "max_len": 2})
         if self.embed_dim % self.num_heads:
             raise UserError(f"model.num_heads={self.num_heads} must divide model.embed_dim={self.embed_dim}")
@@ -256,6 +256,14 @@ class MSA(RetrievalMethod):
     def image_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return self.image.mean_std
 
+    def image_backbone(self) -> nn.Module:
+        return self.image.body
+
+    def training_text_outputs(self, batch: Batch) -> list[torch.Tensor]:
+        """g_t and every token state: the tokens feed the MSCMAT, so the step backpropagates through all."""
+        g_t, tokens, _ = self.text(batch.text)
+        return [g_t, tokens]
+
     def tokenizer(self) -> Tokenizer:
         if not self.config.mscmat.mask_padding:  # the authors pad every caption to max_len tokens
             return FixedLengthTokenizer(self.text.hf_tokenizer, max_len=self.config.max_len)
@@ -294,7 +302,7 @@ class MSA(RetrievalMethod):
         parts: dict[str, torch.Tensor] = {}
         if lc.triplet:
             sim = F.normalize(g_v.float(), dim=-1) @ F.normalize(g_t.float(), dim=-1).T
-            parts["triplet"] = lc.triplet * hardest_triplet(sim, same, lc.margin, lc.triplet_reduction)
+            parts["triplet"] = lc.triplet * hinge_triplet(sim, same, lc.margin, True, lc.triplet_reduction)
         if lc.mscma or lc.csmmc:
             logits = self.mscmat(pooled, tokens, pad, g_t)
             probs = [torch.sigmoid(z.float()) for z in logits]  # the matrices M_k

@@ -30,11 +30,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import UserError
-from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
-from .registry import register_method
-from .components.vocab import Vocabulary, WordTokenizer
+from .components.backbones import create_backbone
 from .components.triplet import hinge_triplet
+from .components.vocab import Vocabulary, WordTokenizer
+from .registry import register_method
 
 _EPS = 1e-8
 # the authors' recommended temperatures per direction (README of kuanghuei/SCAN, Flickr30K rows)
@@ -165,6 +165,9 @@ class SCAN(RetrievalMethod):
         self.chunk_bytes = config.score_chunk_mb * 2**20
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
 
+    def image_backbone(self) -> nn.Module:
+        return self.region_encoder.cnn
+
     def tokenizer(self) -> Tokenizer:
         return WordTokenizer(self.vocab, self.config.max_words)
 
@@ -218,13 +221,7 @@ class SCAN(RetrievalMethod):
         return {"vocab": self.vocab.to_json()}
 
     def load_extra_state_json(self, state: dict[str, Any]) -> None:
-        if "vocab" not in state:
-            return
-        vocab = Vocabulary.from_json(state["vocab"])
-        if len(vocab) != len(self.vocab):
-            raise UserError(f"scan: checkpoint vocabulary has {len(vocab)} words, the model {len(self.vocab)} "
-                            "(built from another training split?)")
-        self.vocab = vocab
+        self.vocab = self.vocab.restored(state, "scan")
 
 
 def _check_config(cfg: SCANConfig) -> None:

@@ -29,11 +29,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import UserError
-from .components.backbones import create_backbone
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
-from .registry import register_method
-from .components.vocab import Vocabulary, WordTokenizer
+from .components.backbones import create_backbone
 from .components.triplet import hinge_triplet
+from .components.vocab import Vocabulary, WordTokenizer
+from .registry import register_method
 
 
 @dataclass
@@ -197,6 +197,9 @@ class SWAN(RetrievalMethod):
         self.gru = nn.GRU(config.word_dim, config.embed_dim, batch_first=True, bidirectional=True)
         self.word_drop = nn.Dropout(0.4)
         self.tcge = TCGE(config.embed_dim)
+
+    def image_backbone(self) -> nn.Module:
+        return self.image_encoder.cnn
 
     def tokenizer(self) -> Tokenizer:
         return WordTokenizer(self.vocab, self.config.max_words)

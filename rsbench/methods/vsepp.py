@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .components.backbones import create_backbone
+from ..contracts import require_at_least
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
-from .registry import register_method
-from .components.vocab import Vocabulary, WordTokenizer
+from .components.backbones import create_backbone
 from .components.triplet import hinge_triplet
+from .components.vocab import Vocabulary, WordTokenizer
+from .registry import register_method
 
 
 @dataclass
@@ -40,8 +41,6 @@ class VSEConfig:
 
     def validate(self) -> None:
         """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
-        from ..config.schema import require_at_least
-
         require_at_least(self, "model.", {"embed_dim": 1, "word_dim": 1, "hidden_dim": 1, "max_words": 1})
 
 
@@ -72,6 +71,9 @@ class VSEPP(RetrievalMethod):
         self.txt_fc = nn.Linear(c.hidden_dim, c.embed_dim)
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # saved, so resume agrees
+
+    def image_backbone(self) -> nn.Module:
+        return self.cnn
 
     def tokenizer(self) -> Tokenizer:
         return WordTokenizer(self.vocab, self.config.max_words)

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ...text import words as tokenize  # noqa: F401 (generate.py: the JSON "tokens")
 from .palette import pick
 
 CLASS_NOUNS: dict[str, tuple[str, ...]] = {
@@ -281,14 +282,6 @@ def _mess(raw: str, rng: np.random.Generator) -> str:
     if u[3] < 0.03:
         raw = raw.upper() if rng.random() < 0.3 else raw.replace(" ,", ",")
     return raw + end
-
-
-_TOKEN = re.compile(r"[a-z0-9]+")
-
-
-def tokenize(raw: str) -> list[str]:
-    """Lower-case word tokens of a caption, as the Karpathy JSON stores them."""
-    return _TOKEN.findall(raw.lower())
 
 
 def captions(scene: dict[str, Any], cls: str, rng: np.random.Generator, k: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""Shared pieces of contrastive (CLIP-style) training: symmetric InfoNCE, temperature, prompts, decay groups.
+"""Shared pieces of contrastive (CLIP-style) training: symmetric InfoNCE, temperature, decay groups.
 
 Training batches can hold the same image twice (two of its captions drawn into one batch). Two rows
 showing the same image are not negatives of each other, so the loss either masks them out of the
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...engine import distributed
+from ...contracts import Gather, no_gather
 from ...errors import UserError
 from ..base import same_image_mask
 
@@ -52,14 +52,16 @@ def info_nce(
     logit_scale: torch.Tensor | float,
     image_ids: torch.Tensor | None = None,
     same_image: str = "mask",
+    gather: Gather = no_gather,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over a batch of B aligned (image, text) pairs; row i of each is a positive pair.
 
     Embeddings are L2-normalised here. Loss = (CE(image->text) + CE(text->image)) / 2 on the logits
     scale * img @ txt.T. `image_ids` marks rows showing the same image (see the module doc).
-    Under DDP the rows of every rank are gathered first (with gradients): negatives span the global batch.
+    `gather` concatenates the rows of every process first (with gradients; the method passes its
+    MethodContext.gather, the distributed one under DDP), so the negatives span the global batch.
     """
-    image_emb, text_emb, image_ids = distributed.gather_batch(image_emb, text_emb, image_ids)
+    image_emb, text_emb, image_ids = gather(image_emb, text_emb, image_ids)
     img = F.normalize(image_emb.float(), dim=-1)
     txt = F.normalize(text_emb.float(), dim=-1)
     logits = img @ txt.T * logit_scale
@@ -77,29 +79,6 @@ def info_nce(
         loss_t2i = -(soft * F.log_softmax(logits.T, dim=1)).sum(dim=1).mean()
         return (loss_i2t + loss_t2i) / 2
     raise UserError(f"bad value for 'same_image': '{same_image}'; choose from: {', '.join(SAME_IMAGE_MODES)}")
-
-
-def format_caption(caption: str, prompt: str = "") -> str:
-    """Prepend a prompt such as "a satellite image of" (first letter of the caption lower-cased).
-
-    With an empty prompt the caption is returned unchanged, so the default changes nothing.
-    """
-    if not prompt:
-        return caption
-    text = caption.strip()
-    text = text[:1].lower() + text[1:]
-    return f"{prompt.rstrip()} {text}"
-
-
-class PromptTokenizer:
-    """Picklable tokenizer wrapper: applies `format_caption` then a picklable inner tokenizer."""
-
-    def __init__(self, inner: Any, prompt: str = ""):
-        self.inner = inner
-        self.prompt = prompt
-
-    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        return self.inner([format_caption(c, self.prompt) for c in captions])
 
 
 def decay_param_groups(

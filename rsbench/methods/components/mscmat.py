@@ -25,8 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .triplet import hinge_triplet
-
 
 class MSCMATBranch(nn.Module):
     """Cross-attention branch of one scale: pooled image vector (B_i, C) x text (B_t, L, D) -> (B_i, B_t)."""
@@ -97,18 +95,6 @@ class MSCMAT(nn.Module):
 
 
 # ---- losses ----------------------------------------------------------------------------------
-
-
-def hardest_triplet(sim: torch.Tensor, same: torch.Tensor, margin: float = 0.5,
-                    reduction: str = "sum") -> torch.Tensor:
-    """Hinge triplet on the hardest in-batch negative, both directions (VSE++ max violation).
-
-    sim: (B, B) cosine, row = image, column = text, diagonal = positives. `same` marks pairs of
-    the same image (duplicates in a batch): they are never negatives. reduction: "sum" over the
-    batch (VSE++ and the authors) or "mean".
-    """
-    loss = hinge_triplet(sim, same, margin, hardest=True)
-    return loss / sim.shape[0] if reduction == "mean" else loss
 
 
 def mscma_loss(logits: list[torch.Tensor], same: torch.Tensor) -> torch.Tensor:

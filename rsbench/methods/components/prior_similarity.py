@@ -35,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ...io import write_with
-from .vocab import words
+from ...text import words
 
 CACHE_VERSION = 1
 

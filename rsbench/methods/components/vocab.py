@@ -5,19 +5,15 @@ The vocabulary is built from the training captions only and saved as JSON beside
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 
 import torch
 
+from ...errors import UserError
+from ...text import words
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<start>", "<end>"
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def words(caption: str) -> list[str]:
-    """Lower-case and split into alphanumeric words (drops the stray punctuation the datasets contain)."""
-    return _WORD.findall(caption.lower())
 
 
 class Vocabulary:
@@ -46,6 +42,20 @@ class Vocabulary:
     @classmethod
     def from_json(cls, d: dict) -> Vocabulary:
         return cls(d["itos"])
+
+    def restored(self, state: dict, method: str) -> Vocabulary:
+        """The vocabulary a checkpoint's text state holds (`state["vocab"]`), or this one if it holds none.
+
+        The model's embedding table was sized from this vocabulary, so a checkpoint vocabulary of another
+        size (built from another training split) is refused with a one-line error naming the method.
+        """
+        if "vocab" not in state:
+            return self
+        vocab = Vocabulary.from_json(state["vocab"])
+        if len(vocab) != len(self):
+            raise UserError(f"{method}: checkpoint vocabulary has {len(vocab)} words, the model {len(self)} "
+                            "(built from another training split?)")
+        return vocab
 
 
 class WordTokenizer:
