@@ -312,27 +312,25 @@ def test_non_utf8_json(tmp_path):
 
 # ---- synthetic -----------------------------------------------------------------------------------------
 def test_synthetic_generated_once_into_cache(tmp_path, monkeypatch):
+    from rsbench.datasets.synthetic import store
+
     calls = []
 
-    def fake_generate(out_dir, n_images=300, image_size=64, seed=0, **kw):
-        calls.append(Path(out_dir))
-        assert not Path(out_dir).name.startswith("v1_n300")  # written to a temp folder, renamed after
-        return make_karpathy(Path(out_dir), "sydney", per_class=6).ann_file  # per class 4 train, 1 val, 1 test  # dataset.json + images/
+    def fake_write(folder, n_images=300, image_size=64, seed=0, **kw):
+        calls.append(Path(folder))
+        assert not Path(folder).name.startswith("v1_n300")  # written to a temp folder, renamed after
+        make_karpathy(Path(folder), "sydney", per_class=6)  # per class 4 train, 1 val, 1 test; dataset.json + images/
 
-    from rsbench.datasets.synthetic import synthetic_params_key
-
-    mod = types.ModuleType("rsbench.datasets.synthetic")
-    mod.generate_synthetic = fake_generate
-    mod.synthetic_params_key = synthetic_params_key
-    monkeypatch.setitem(sys.modules, "rsbench.datasets.synthetic", mod)
+    monkeypatch.setattr(store.generate, "write_synthetic", fake_write)
     monkeypatch.setenv("RSBENCH_CACHE", str(tmp_path / "cache"))
     # a half-written folder from a crashed older writer is not used
     (tmp_path / "cache" / "synthetic" / "v1_n300_s64_seed0").mkdir(parents=True)
+    (tmp_path / "cache" / "synthetic" / "v1_n300_s64_seed0" / "half.png").write_bytes(b"")
     a = load_dataset("synthetic")
     b = load_dataset("synthetic")
     assert len(calls) == 1 and a.fingerprint == b.fingerprint
     assert a.image_dir == (tmp_path / "cache" / "synthetic" / "v1_n300_s64_seed0" / "images").resolve()
-    assert not [p for p in (tmp_path / "cache" / "synthetic").iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in (tmp_path / "cache" / "synthetic").iterdir() if p.name.startswith(".")]
 
 
 def test_synthetic_real_generator(tmp_path, monkeypatch):

@@ -9,9 +9,7 @@ an ambiguous or missing input is a one-line UserError saying what was looked for
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,43 +176,14 @@ def _resolve(info: DatasetInfo, data_root: Path | None, ann_file: Path | None, i
 
 
 # ---- synthetic ----------------------------------------------------------------------------------
-def synthetic_root(n_images: int = 300, image_size: int = 64, seed: int = 0) -> Path:
-    """Generate the synthetic set once into $RSBENCH_CACHE/synthetic/v<V>_n<N>_s<S>_seed<K> and reuse it.
-
-    V is the generator's SYNTHETIC_VERSION: a changed generator gets a new folder instead of
-    silently reusing copies drawn by the old one. Generation goes to a temp folder renamed into
-    place, so a half-written folder is never used.
-    """
-    from .cache import cache_root
-    from .synthetic import generate_synthetic, synthetic_params_key
-
-    target = cache_root() / "synthetic" / synthetic_params_key(n_images, image_size, seed)
-    if (target / "dataset.json").is_file():
-        return target
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        generate_synthetic(tmp, n_images=n_images, image_size=image_size, seed=seed)
-        if target.exists() and not (target / "dataset.json").is_file():
-            shutil.rmtree(target)  # an incomplete folder from an older, non-atomic writer
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "dataset.json").is_file():  # lost a race: the winner's folder is complete
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def default_data_root(name: str, data_root: str | Path | None, ann_file: str | Path | None) -> Path | None:
     """`data_root` as given, or for `synthetic` named without a root or annotation the generated
     default set (generated on first use, then reused)."""
     if data_root is not None:
         return Path(data_root).expanduser()
     if ann_file is None and get_dataset_info(name).name == "synthetic":
+        from .synthetic.store import synthetic_root
+
         return synthetic_root(**SYNTHETIC_DEFAULTS)
     return None
 

@@ -7,9 +7,6 @@ image size as well. Only numpy Generators seeded from `numpy.random.SeedSequence
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import UserError
-from ...io import write_json
+from ...io import atomic_dir, write_json
 from .captions import captions, tokenize
 from .render import render
 from .scenes import BUILDERS, CLASSES
@@ -146,6 +143,20 @@ def _build(
     write_json(tmp / "dataset.json", {"images": images, "dataset": "synthetic", "params": params})
 
 
+def write_synthetic(
+    folder: Path,
+    n_images: int = 300,
+    image_size: int = 64,
+    seed: int = 0,
+    captions_per_image: int = 5,
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+) -> None:
+    """Write a synthetic dataset into the existing empty `folder`, e.g. the temp folder of an
+    `io.atomic_dir` (generate_synthetic and the cached default set both use it)."""
+    _check_args(n_images, image_size, seed, captions_per_image, split_fractions)
+    _build(Path(folder), n_images, image_size, seed, captions_per_image, split_fractions)
+
+
 def generate_synthetic(
     out_dir: Path,
     n_images: int = 300,
@@ -164,17 +175,6 @@ def generate_synthetic(
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"{out_dir}: already exists and is not empty; choose a new folder or remove it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         _build(tmp, n_images, image_size, seed, captions_per_image, split_fractions)
-        try:
-            os.rename(tmp, out_dir)  # replaces an empty folder on POSIX
-        except OSError as e:
-            raise UserError(
-                f"{out_dir}: could not move the generated dataset into place ({e.strerror})"
-            ) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir / "dataset.json"
