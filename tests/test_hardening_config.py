@@ -328,7 +328,7 @@ def test_toml_reader_fallback_declared():
     if tuple(int(p) for p in low.split(".")[:2]) < (3, 11):
         assert any(d.replace(" ", "").startswith("tomli") and "python_version<'3.11'" in d.replace(" ", "")
                    .replace('"', "'") for d in proj["dependencies"])
-        src = (Path(__file__).resolve().parents[1] / "rsbench" / "config.py").read_text(encoding="utf-8")
+        src = (Path(__file__).resolve().parents[1] / "rsbench" / "config" / "overlay.py").read_text(encoding="utf-8")
         assert "import tomli " in src or "import tomli\n" in src
 
 
