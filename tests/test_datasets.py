@@ -399,3 +399,43 @@ def test_corrupt_and_truncated_images_raise(tmp_path):
         load_image(q)
     with pytest.raises(DataError, match="nope.png: image file not found"):
         load_image(tmp_path / "nope.png")
+
+
+# ---- the data source -----------------------------------------------------------------------------------
+def test_data_source_is_the_one_parameter_list(tmp_path):
+    import pickle
+
+    from rsbench.datasets import DataSource
+
+    fs = make_karpathy(tmp_path / "rsitmd", "rsitmd")
+    src = DataSource("rsitmd", data_root=str(fs.root), val_seed=1)
+    assert src.data_root == fs.root and pickle.loads(pickle.dumps(src)) == src
+    by_name = load_dataset("rsitmd", data_root=fs.root, val_seed=1)
+    assert load_dataset(src).fingerprint == by_name.fingerprint != load_dataset("rsitmd", data_root=fs.root).fingerprint
+    with pytest.raises(TypeError, match="not both"):
+        load_dataset(src, val_seed=2)
+    # a grid over several datasets: root/<dataset> when that folder exists, else the root itself
+    grid = DataSource("", data_root=tmp_path)
+    assert grid.for_dataset("rsitmd").data_root == fs.root
+    assert grid.for_dataset("rsitmd", several=False).data_root == tmp_path
+    assert grid.for_dataset("ucm").data_root == tmp_path and grid.for_dataset("ucm").name == "ucm"
+    rel = DataSource("ucm", data_root="rel", image_dir="~/imgs").absolute()
+    assert rel.data_root == (Path.cwd() / "rel").resolve() and rel.image_dir == (Path.home() / "imgs").resolve()
+    assert rel.ann_file is None
+
+
+def test_display_names_come_from_the_catalogue():
+    from rsbench.datasets import display_name
+
+    assert [display_name(n) for n in ("rsicd", "RSITMD", "ucm", "sydney-captions")] == \
+        ["RSICD", "RSITMD", "UCM-captions", "Sydney-captions"]
+    assert display_name("synthetic") == "synthetic" and display_name("MyData") == "MyData"
+
+
+def test_old_catalogue_names_still_resolve_until_round_2():
+    from rsbench.datasets import catalogue, source
+
+    assert catalogue.load_dataset is source.load_dataset
+    assert catalogue.default_data_root is source.default_data_root
+    with pytest.raises(AttributeError):
+        catalogue.no_such_name  # noqa: B018
