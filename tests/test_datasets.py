@@ -316,12 +316,12 @@ def test_synthetic_generated_once_into_cache(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_write(folder, n_images=300, image_size=64, seed=0, **kw):
+    def fake_build(folder, *args):
         calls.append(Path(folder))
         assert not Path(folder).name.startswith("v1_n300")  # written to a temp folder, renamed after
         make_karpathy(Path(folder), "sydney", per_class=6)  # per class 4 train, 1 val, 1 test; dataset.json + images/
 
-    monkeypatch.setattr(store.generate, "write_synthetic", fake_write)
+    monkeypatch.setattr(store.generate, "_build", fake_build)
     monkeypatch.setenv("RSBENCH_CACHE", str(tmp_path / "cache"))
     # a half-written folder from a crashed older writer is not used
     (tmp_path / "cache" / "synthetic" / "v1_n300_s64_seed0").mkdir(parents=True)

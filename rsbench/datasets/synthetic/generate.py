@@ -143,18 +143,9 @@ def _build(
     write_json(tmp / "dataset.json", {"images": images, "dataset": "synthetic", "params": params})
 
 
-def write_synthetic(
-    folder: Path,
-    n_images: int = 300,
-    image_size: int = 64,
-    seed: int = 0,
-    captions_per_image: int = 5,
-    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-) -> None:
-    """Write a synthetic dataset into the existing empty `folder`, e.g. the temp folder of an
-    `io.atomic_dir` (generate_synthetic and the cached default set both use it)."""
-    _check_args(n_images, image_size, seed, captions_per_image, split_fractions)
-    _build(Path(folder), n_images, image_size, seed, captions_per_image, split_fractions)
+def is_complete(folder: Path) -> bool:
+    """dataset.json is written last, so its presence means the folder is complete."""
+    return (Path(folder) / "dataset.json").is_file()
 
 
 def generate_synthetic(
@@ -164,17 +155,23 @@ def generate_synthetic(
     seed: int = 0,
     captions_per_image: int = 5,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    *,
+    cached: bool = False,
 ) -> Path:
     """Write a synthetic dataset to `out_dir` (dataset.json + images/); returns the JSON path.
 
     Classes are balanced (image k has class CLASSES[k % 10]); splits are stratified by class.
     The folder is built next to `out_dir` and renamed into place at the end, so `out_dir` either
-    does not exist or is complete. Refuses (UserError) an `out_dir` that exists and is not empty.
+    does not exist or is complete. Refuses (UserError) an `out_dir` that exists and is not empty,
+    except with `cached` (the reused copy under $RSBENCH_CACHE): there a complete folder, even
+    one a racing process just wrote, is kept, and an incomplete leftover is replaced.
     """
     _check_args(n_images, image_size, seed, captions_per_image, split_fractions)
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if cached and is_complete(out_dir):
+        return out_dir / "dataset.json"
+    if not cached and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"{out_dir}: already exists and is not empty; choose a new folder or remove it")
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, is_complete=is_complete if cached else None) as tmp:
         _build(tmp, n_images, image_size, seed, captions_per_image, split_fractions)
     return out_dir / "dataset.json"

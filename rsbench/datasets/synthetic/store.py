@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...io import atomic_dir, cache_root
+from ...io import cache_root
 from . import generate
-
-
-def _complete(folder: Path) -> bool:
-    """dataset.json is written last, so its presence means the folder is complete."""
-    return (folder / "dataset.json").is_file()
 
 
 def synthetic_root(n_images: int = 300, image_size: int = 64, seed: int = 0) -> Path:
@@ -21,8 +16,5 @@ def synthetic_root(n_images: int = 300, image_size: int = 64, seed: int = 0) -> 
     place, so a half-written folder is never used; a complete folder of a racing process wins.
     """
     target = cache_root() / "synthetic" / generate.synthetic_params_key(n_images, image_size, seed)
-    if _complete(target):
-        return target
-    with atomic_dir(target, is_complete=_complete) as tmp:
-        generate.write_synthetic(tmp, n_images=n_images, image_size=image_size, seed=seed)
+    generate.generate_synthetic(target, n_images=n_images, image_size=image_size, seed=seed, cached=True)
     return target
