@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import run_cli
 
-from rsbench.config.schema import load_config_file
+from rsbench.config.overlay import load_config_file
 from rsbench.errors import DataError, UserError
 from rsbench.config.resolve import resolve_config
 
@@ -353,7 +353,7 @@ class _SyncCounter:
 
 
 def _methods_and_batches(tmp_path: Path):
-    from rsbench.config.schema import set_key
+    from rsbench.config.overlay import set_key
     from rsbench.methods import Batch, MethodContext, create_method
 
     caps = ["a plane at the airport", "many ships in the harbor", "green farmland", "a dense forest"] * 2
