@@ -9,10 +9,14 @@ WriteError naming the file; the previous version of the file is left untouched.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
+import shutil
 import signal
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,6 +136,101 @@ def read_json(path: str | Path) -> Any:
         raise UserError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None when it is missing, unreadable, not JSON or not an object.
+
+    Why: status, resume and cache checks treat a damaged file like a missing one (rebuild, rerun);
+    only commands that need the file use the strict `read_json`.
+    """
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (similarity matrices and weights can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_root() -> Path:
+    """`$RSBENCH_CACHE` (made absolute), default ~/.cache/rsbench when unset, empty or blank.
+
+    The one cache root: the datasets (synthetic, images) and the runner's method cache both use it,
+    so `RSBENCH_CACHE=""` cannot send one to the current folder and the other to ~/.cache.
+    """
+    value = os.environ.get("RSBENCH_CACHE", "").strip()
+    return Path(value or "~/.cache/rsbench").expanduser().absolute()
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp file path next to `path` for writers that need a name (np.memmap); renamed over `path`
+    on clean exit after an fsync, deleted on error. The body may write the file in any way."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        kill_point(f"write:{path.name}")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _trash_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.trash-{os.getpid()}-{time.time_ns()}")
+
+
+def remove_tree_atomically(path: str | Path) -> None:
+    """Delete a folder so that no reader ever sees it half-deleted: rename it to a hidden
+    `.<name>.trash-*` sibling first, then delete that and any trash a killed earlier call left."""
+    path = Path(path)
+    if path.exists():
+        os.rename(path, _trash_name(path))
+    for old in path.parent.glob(f".{glob.escape(path.name)}.trash-*"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path, is_complete: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """An empty temp folder next to `path`, renamed to `path` on clean exit; deleted on error.
+
+    `path` may be missing or an empty folder. With `is_complete`: a complete `path` left by a
+    racing writer wins (ours is discarded) and an incomplete leftover is removed first. Any other
+    failure to rename is a WriteError naming `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
+    try:
+        yield tmp
+        kill_point(f"dir:{path.name}")
+        if is_complete is not None and path.exists() and not is_complete(path):
+            remove_tree_atomically(path)  # an incomplete folder from an older, non-atomic writer
+        try:
+            os.rename(tmp, path)  # replaces an empty folder on POSIX
+        except OSError as e:
+            if is_complete is None or not is_complete(path):
+                raise WriteError(f"{path}: could not move the new folder into place ({e.strerror})") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(path.parent)
 
 
 def stale_temp_files(folder: str | Path) -> list[Path]:

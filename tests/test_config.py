@@ -2,7 +2,8 @@
 
 import pytest
 
-from rsbench.config.schema import TrainConfig, load_config_file, parse_set_options, parse_value, set_key
+from rsbench.config.overlay import fill, load_config_file, parse_set_options, parse_value, set_key, to_dict
+from rsbench.config.schema import RunConfig, TrainConfig, parse_augment
 from rsbench.errors import UserError
 from rsbench.config.resolve import resolve_config
 
@@ -61,3 +62,23 @@ def test_config_file_toml_and_cli_order(tmp_path):
         load_config_file(bad)
     with pytest.raises(UserError, match="bad --set"):
         parse_set_options(["novalue"])
+
+
+def test_augment_and_sampling_are_refused_at_resolution():
+    """One check each, at resolution (before any data is loaded), with one line naming the key."""
+    assert parse_augment("crop, flip") == {"crop", "flip"} and parse_augment("none") == parse_augment("") == set()
+    assert resolve_config("vsepp", "synthetic", overrides={"train.augment": "rotate"}).train.augments == {"rotate"}
+    with pytest.raises(UserError, match=r"^bad train.augment 'crop,zoom': unknown zoom; use a comma list") as e:
+        resolve_config("vsepp", "synthetic", overrides={"train.augment": "crop,zoom"})
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match=r"^train.sampling 'random'"):
+        resolve_config("vsepp", "synthetic", overrides={"train.sampling": "random"})
+
+
+def test_run_config_round_trips_through_a_dict():
+    cfg = resolve_config("amfmn", "synthetic", overrides={"train.lr": "0.003", "vsepp.margin": "0.3"})
+    again = RunConfig.from_dict(to_dict(cfg))
+    assert again == cfg and type(again.model) is type(cfg.model)
+    t = fill(TrainConfig(), {"epochs": 2, "no_such_key": 1})  # unknown keys are ignored
+    assert t.epochs == 2 and not hasattr(t, "no_such_key")
+

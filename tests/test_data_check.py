@@ -45,6 +45,11 @@ def test_check_precomp_clean(tmp_path):
     rep = check_dataset("rsicd", data_root=tmp_path)
     assert rep.ok and rep.layout == "precomp" and rep.notes["val_carving"]["n_val"] == 3
     assert (rep.splits["test"].captions_per_image_min, rep.splits["test"].captions_per_image_max) == (4, 5)
+    from rsbench.datasets import DataSource
+
+    again = check_dataset(DataSource("rsicd", data_root=tmp_path, val_seed=3), decode=False)
+    assert again.ok and again.layout == "precomp" and again.fingerprint != rep.fingerprint  # another val carving
+    assert again.fingerprint == check_dataset("rsicd", data_root=tmp_path, val_seed=3, decode=False).fingerprint
 
 
 def _check_fails(tmp_path: Path, name: str, capsys, *expected: str, args: tuple[str, ...] = ()) -> list[str]:

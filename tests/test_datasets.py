@@ -312,27 +312,25 @@ def test_non_utf8_json(tmp_path):
 
 # ---- synthetic -----------------------------------------------------------------------------------------
 def test_synthetic_generated_once_into_cache(tmp_path, monkeypatch):
+    from rsbench.datasets.synthetic import store
+
     calls = []
 
-    def fake_generate(out_dir, n_images=300, image_size=64, seed=0, **kw):
-        calls.append(Path(out_dir))
-        assert not Path(out_dir).name.startswith("v1_n300")  # written to a temp folder, renamed after
-        return make_karpathy(Path(out_dir), "sydney", per_class=6).ann_file  # per class 4 train, 1 val, 1 test  # dataset.json + images/
+    def fake_build(folder, *args):
+        calls.append(Path(folder))
+        assert not Path(folder).name.startswith("v1_n300")  # written to a temp folder, renamed after
+        make_karpathy(Path(folder), "sydney", per_class=6)  # per class 4 train, 1 val, 1 test; dataset.json + images/
 
-    from rsbench.datasets.synthetic import synthetic_params_key
-
-    mod = types.ModuleType("rsbench.datasets.synthetic")
-    mod.generate_synthetic = fake_generate
-    mod.synthetic_params_key = synthetic_params_key
-    monkeypatch.setitem(sys.modules, "rsbench.datasets.synthetic", mod)
+    monkeypatch.setattr(store.generate, "_build", fake_build)
     monkeypatch.setenv("RSBENCH_CACHE", str(tmp_path / "cache"))
     # a half-written folder from a crashed older writer is not used
     (tmp_path / "cache" / "synthetic" / "v1_n300_s64_seed0").mkdir(parents=True)
+    (tmp_path / "cache" / "synthetic" / "v1_n300_s64_seed0" / "half.png").write_bytes(b"")
     a = load_dataset("synthetic")
     b = load_dataset("synthetic")
     assert len(calls) == 1 and a.fingerprint == b.fingerprint
     assert a.image_dir == (tmp_path / "cache" / "synthetic" / "v1_n300_s64_seed0" / "images").resolve()
-    assert not [p for p in (tmp_path / "cache" / "synthetic").iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in (tmp_path / "cache" / "synthetic").iterdir() if p.name.startswith(".")]
 
 
 def test_synthetic_real_generator(tmp_path, monkeypatch):
@@ -401,3 +399,43 @@ def test_corrupt_and_truncated_images_raise(tmp_path):
         load_image(q)
     with pytest.raises(DataError, match="nope.png: image file not found"):
         load_image(tmp_path / "nope.png")
+
+
+# ---- the data source -----------------------------------------------------------------------------------
+def test_data_source_is_the_one_parameter_list(tmp_path):
+    import pickle
+
+    from rsbench.datasets import DataSource
+
+    fs = make_karpathy(tmp_path / "rsitmd", "rsitmd")
+    src = DataSource("rsitmd", data_root=str(fs.root), val_seed=1)
+    assert src.data_root == fs.root and pickle.loads(pickle.dumps(src)) == src
+    by_name = load_dataset("rsitmd", data_root=fs.root, val_seed=1)
+    assert load_dataset(src).fingerprint == by_name.fingerprint != load_dataset("rsitmd", data_root=fs.root).fingerprint
+    with pytest.raises(TypeError, match="not both"):
+        load_dataset(src, val_seed=2)
+    # a grid over several datasets: root/<dataset> when that folder exists, else the root itself
+    grid = DataSource("", data_root=tmp_path)
+    assert grid.for_dataset("rsitmd").data_root == fs.root
+    assert grid.for_dataset("rsitmd", several=False).data_root == tmp_path
+    assert grid.for_dataset("ucm").data_root == tmp_path and grid.for_dataset("ucm").name == "ucm"
+    rel = DataSource("ucm", data_root="rel", image_dir="~/imgs").absolute()
+    assert rel.data_root == (Path.cwd() / "rel").resolve() and rel.image_dir == (Path.home() / "imgs").resolve()
+    assert rel.ann_file is None
+
+
+def test_display_names_come_from_the_catalogue():
+    from rsbench.datasets import display_name
+
+    assert [display_name(n) for n in ("rsicd", "RSITMD", "ucm", "sydney-captions")] == \
+        ["RSICD", "RSITMD", "UCM-captions", "Sydney-captions"]
+    assert display_name("synthetic") == "synthetic" and display_name("MyData") == "MyData"
+
+
+def test_old_catalogue_names_still_resolve_until_round_2():
+    from rsbench.datasets import catalogue, source
+
+    assert catalogue.load_dataset is source.load_dataset
+    assert catalogue.default_data_root is source.default_data_root
+    with pytest.raises(AttributeError):
+        catalogue.no_such_name  # noqa: B018

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import run_cli
 
-from rsbench.config.schema import load_config_file
+from rsbench.config.overlay import load_config_file
 from rsbench.errors import DataError, UserError
 from rsbench.config.resolve import resolve_config
 
@@ -328,7 +328,7 @@ def test_toml_reader_fallback_declared():
     if tuple(int(p) for p in low.split(".")[:2]) < (3, 11):
         assert any(d.replace(" ", "").startswith("tomli") and "python_version<'3.11'" in d.replace(" ", "")
                    .replace('"', "'") for d in proj["dependencies"])
-        src = (Path(__file__).resolve().parents[1] / "rsbench" / "config.py").read_text(encoding="utf-8")
+        src = (Path(__file__).resolve().parents[1] / "rsbench" / "config" / "overlay.py").read_text(encoding="utf-8")
         assert "import tomli " in src or "import tomli\n" in src
 
 
@@ -353,7 +353,7 @@ class _SyncCounter:
 
 
 def _methods_and_batches(tmp_path: Path):
-    from rsbench.config.schema import set_key
+    from rsbench.config.overlay import set_key
     from rsbench.methods import Batch, MethodContext, create_method
 
     caps = ["a plane at the airport", "many ships in the harbor", "green farmland", "a dense forest"] * 2

@@ -306,7 +306,7 @@ def test_submitit_folder_of_another_user_is_refused(tmp_path, monkeypatch):
 @pytest.mark.parametrize("value", ["", "   "])
 def test_empty_rsbench_cache_means_the_default_everywhere(monkeypatch, tmp_path, value):
     from rsbench.engine import cell as runner
-    from rsbench.datasets.cache import cache_root
+    from rsbench.io import cache_root
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
@@ -318,7 +318,7 @@ def test_empty_rsbench_cache_means_the_default_everywhere(monkeypatch, tmp_path,
 
 def test_relative_rsbench_cache_is_made_absolute(monkeypatch, tmp_path):
     from rsbench.engine import cell as runner
-    from rsbench.datasets.cache import cache_root
+    from rsbench.io import cache_root
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RSBENCH_CACHE", "rel/cache")

@@ -6,15 +6,18 @@ Light imports only here (numpy, PIL); torch-side helpers live in rsbench.dataset
 from ..contracts import DatasetSplits, Split
 from .check import CheckReport, check_dataset
 from .images import decode_image, load_image
-from .catalogue import DatasetInfo, get_dataset_info, list_datasets, load_dataset
+from .catalogue import DatasetInfo, display_name, get_dataset_info, list_datasets
+from .source import DataSource, load_dataset
 
 __all__ = [
     "CheckReport",
+    "DataSource",
     "DatasetInfo",
     "DatasetSplits",
     "Split",
     "check_dataset",
     "decode_image",
+    "display_name",
     "get_dataset_info",
     "list_datasets",
     "load_dataset",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,21 +26,11 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from ..io import read_json, write_json
+from ..io import atomic_path, cache_root, read_json_object, write_json
 from ..contracts import DatasetSplits, Split
 from .images import load_image, resize_square
 
 CACHE_VERSION = 1
-
-
-def cache_root() -> Path:
-    """`$RSBENCH_CACHE` (made absolute), default ~/.cache/rsbench when unset, empty or blank.
-
-    The one cache root: the datasets (synthetic, images) and the runner's method cache both use it,
-    so `RSBENCH_CACHE=""` cannot send one to the current folder and the other to ~/.cache.
-    """
-    value = os.environ.get("RSBENCH_CACHE", "").strip()
-    return Path(value or "~/.cache/rsbench").expanduser().absolute()
 
 
 def train_resize_size(image_size: int, resize: int = 0) -> int:
@@ -154,63 +143,58 @@ class ImageCache:
             raise UserError(f"bad cache image size {image_size}: expected 1..4096")
         key, keys, paths = _items(images, fingerprint)
         data_path, header_path = cls.paths_for(key, image_size, cache_root)
-        stats = _stat_digest(paths)
-        n = len(paths)
-        if header_path.is_file() and data_path.is_file():
-            try:
-                header = read_json(header_path)
-            except UserError:  # unreadable / not JSON: rebuild
-                header = None
-            if (
-                isinstance(header, dict)
-                and header.get("version") == CACHE_VERSION
-                and header.get("size") == image_size
-                and header.get("keys") == keys
-                and header.get("stats") == stats
-                and data_path.stat().st_size == n * image_size * image_size * 3
-            ):
-                cache = cls(data_path, header)
-                cache.reused = True
-                return cache
-
-        data_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{data_path.name}.", suffix=".tmp", dir=data_path.parent)
-        os.close(fd)
-        try:
-            shape = (max(n, 1), image_size, image_size, 3)
-            mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
-
-            def work(i: int, out: np.memmap = mm) -> None:
-                out[i] = np.asarray(resize_square(loader(paths[i]), image_size), dtype=np.uint8)
-
-            n_workers = workers or min(8, os.cpu_count() or 1)
-            done = 0
-            with ThreadPoolExecutor(max_workers=n_workers) as ex:
-                for _ in ex.map(work, range(n)):
-                    done += 1
-                    if progress is not None:
-                        progress(done, n)
-            mm.flush()
-            del mm
-            if n == 0:
-                os.truncate(tmp, 0)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            header_path.unlink(missing_ok=True)  # an old header must never describe the new data
-            os.replace(tmp, data_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         header = {
             "version": CACHE_VERSION,
             "size": image_size,
-            "n": n,
-            "shape": [n, image_size, image_size, 3],
+            "n": len(paths),
+            "shape": [len(paths), image_size, image_size, 3],
             "dtype": "uint8",
             "key": key,
             "fingerprint": fingerprint or key,
-            "stats": stats,
+            "stats": _stat_digest(paths),
             "keys": keys,
         }
+        on_disk = _reusable(data_path, header_path, header)
+        if on_disk is not None:
+            cache = cls(data_path, on_disk)
+            cache.reused = True
+            return cache
+        with atomic_path(data_path) as tmp:
+            _write_pixels(tmp, paths, image_size, loader, workers, progress)
+            header_path.unlink(missing_ok=True)  # an old header must never describe the new data
         write_json(header_path, header)
         return cls(data_path, header)
+
+
+def _reusable(data_path: Path, header_path: Path, want: dict[str, Any]) -> dict[str, Any] | None:
+    """The header of a complete cache of the same images (names, sizes, mtimes) at the same
+    resolution, or None (missing, damaged or different: rebuild)."""
+    if not (header_path.is_file() and data_path.is_file()):
+        return None
+    header = read_json_object(header_path)
+    size = want["size"]
+    if (header is not None and all(header.get(k) == want[k] for k in ("version", "size", "keys", "stats"))
+            and data_path.stat().st_size == want["n"] * size * size * 3):
+        return header
+    return None
+
+
+def _write_pixels(tmp: Path, paths: Sequence[Path], size: int, loader: Callable[[Path], Image.Image],
+                  workers: int | None, progress: Callable[[int, int], None] | None) -> None:
+    """Decode and resize every image (in threads) into the raw (N, S, S, 3) uint8 file `tmp`."""
+    n = len(paths)
+    mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(max(n, 1), size, size, 3))
+
+    def work(i: int, out: np.memmap = mm) -> None:
+        out[i] = np.asarray(resize_square(loader(paths[i]), size), dtype=np.uint8)
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as ex:
+        for _ in ex.map(work, range(n)):
+            done += 1
+            if progress is not None:
+                progress(done, n)
+    mm.flush()
+    del mm
+    if n == 0:
+        os.truncate(tmp, 0)

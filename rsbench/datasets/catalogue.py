@@ -1,30 +1,15 @@
-"""Known datasets and `load_dataset`: find the annotation and image folder the way people store them.
+"""The catalogue of known datasets: one entry per dataset (names, default files, display name).
 
-People hold these sets in many shapes (the JSON next to the images, an AMFMN `<name>_precomp`
-folder with the images elsewhere, images directly in the root). The user may give a root folder
-or the annotation file and image folder separately; defaults and common variants are tried, and
-an ambiguous or missing input is a one-line UserError saying what was looked for.
+Adding a dataset is one `DatasetInfo` here; finding its files on disk is datasets/source.py.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-import uuid
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-from ..errors import UserError, unknown
-from ..contracts import DatasetSplits
-from .images import IMAGE_EXTENSIONS
-from .formats.karpathy import read_karpathy
-from .formats.precomp import is_precomp_dir, read_precomp
-from .assembly import assemble
-
-LAYOUTS = ("auto", "karpathy", "precomp")
-SYNTHETIC_DEFAULTS = {"n_images": 300, "image_size": 64, "seed": 0}
+from ..errors import unknown
 
 
 @dataclass(frozen=True)
@@ -37,21 +22,23 @@ class DatasetInfo:
     image_dirs: tuple[str, ...]  # candidate image folder names, tried in order
     image_ext: str  # usual image file extension (a hint only)
     aliases: tuple[str, ...] = ()
+    display_name: str = ""  # how tables and papers write it ('' -> the name)
 
 
 _DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in (
         DatasetInfo("ucm", "UCM-captions: 2100 images, 21 classes, 256x256 TIFF, official train/val/test",
-                    ("dataset.json",), ("imgs", "images"), ".tif", ("ucm-captions", "ucm_captions")),
+                    ("dataset.json",), ("imgs", "images"), ".tif", ("ucm-captions", "ucm_captions"), "UCM-captions"),
         DatasetInfo("sydney", "Sydney-captions: 613 images, 7 classes, 500x500 TIFF, official train/val/test",
-                    ("dataset.json",), ("images", "imgs"), ".tif", ("sydney-captions", "sydney_captions")),
+                    ("dataset.json",), ("images", "imgs"), ".tif", ("sydney-captions", "sydney_captions"),
+                    "Sydney-captions"),
         DatasetInfo("rsicd", "RSICD: 10921 images, 30 classes, 224x224 JPEG, 8734/1094/1093",
                     ("dataset_rsicd.json", "dataset_RSICD.json"), ("RSICD_images", "rsicd_images", "images"),
-                    ".jpg"),
+                    ".jpg", display_name="RSICD"),
         DatasetInfo("rsitmd", "RSITMD: 4743 images, 32 classes, 256x256 TIFF, 4291 train / 452 test; "
                     "val carved from train", ("dataset_RSITMD.json", "dataset_rsitmd.json"),
-                    ("images", "RSITMD_images", "rsitmd_images"), ".tif"),
+                    ("images", "RSITMD_images", "rsitmd_images"), ".tif", display_name="RSITMD"),
         DatasetInfo("synthetic", "Synthetic shapes with templated captions (generated, cached; for tests and "
                     "smoke runs)", ("dataset.json",), ("images",), ".png"),
     )
@@ -71,190 +58,20 @@ def get_dataset_info(name: str) -> DatasetInfo:
     return _DATASETS[key]
 
 
-# ---- finding files ------------------------------------------------------------------------------
-def _child(folder: Path, names: tuple[str, ...] | list[str], want_dir: bool) -> Path | None:
-    """First of `names` present in `folder` (exact name first, then case-insensitive)."""
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return None
-    ok = [e for e in entries if (e.is_dir() if want_dir else e.is_file())]
-    for n in names:
-        for e in ok:
-            if e.name == n:
-                return e
-    lower = {e.name.lower(): e for e in ok}
-    for n in names:
-        if n.lower() in lower:
-            return lower[n.lower()]
-    return None
+def display_name(name: str) -> str:
+    """How a dataset is written in tables ('rsicd' -> 'RSICD'); a name without one is returned as given."""
+    key = name.strip().lower()
+    info = _DATASETS.get(_ALIASES.get(key, key))
+    return info.display_name if info is not None and info.display_name else name
 
 
-def _has_images(folder: Path) -> bool:
-    try:
-        with os.scandir(folder) as it:
-            return any(e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS) for e in it)
-    except OSError:
-        return False
+# Transition until #14 round 2 moves the callers to rsbench.datasets.source (a static import here
+# would be a catalogue <-> source cycle): the names that used to live in this module.
+_MOVED_TO_SOURCE = ("load_dataset", "default_data_root", "LAYOUTS", "SYNTHETIC_DEFAULTS")
 
 
-def _find_image_dir(info: DatasetInfo, roots: list[Path]) -> Path:
-    candidates = list(info.image_dirs) + ["images", "imgs", "Images", f"{info.name}_images", "image"]
-    for root in roots:
-        d = _child(root, candidates, want_dir=True)
-        if d is not None:
-            # zip extraction often nests the folder in itself: RSICD_images/RSICD_images/*.jpg
-            inner = d / d.name
-            return inner if not _has_images(d) and inner.is_dir() and _has_images(inner) else d
-    for root in roots:
-        if _has_images(root):
-            return root
-    looked = ", ".join(dict.fromkeys(candidates))
-    raise UserError(f"no image folder found in {' or '.join(str(r) for r in roots)} (looked for {looked} "
-                    "or image files in the folder itself); pass --image-dir")
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_SOURCE:
+        return getattr(importlib.import_module("rsbench.datasets.source"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-def _find_ann_file(info: DatasetInfo, root: Path) -> Path | None:
-    names = list(info.ann_files) + [f"dataset_{info.name}.json", "dataset.json"]
-    names += [f"dataset_{a}.json" for a in info.aliases]
-    return _child(root, names, want_dir=False)
-
-
-def _find_precomp_dir(info: DatasetInfo, root: Path) -> Path | None:
-    if is_precomp_dir(root):
-        return root
-    names = [f"{n}_precomp" for n in (info.name, *info.aliases)]
-    return _child(root, names, want_dir=True)
-
-
-def _resolve(info: DatasetInfo, data_root: Path | None, ann_file: Path | None, image_dir: Path | None,
-             layout: str) -> tuple[str, Path, Path]:
-    """-> (layout, annotation file or precomp folder, image folder)."""
-    if layout not in LAYOUTS:
-        raise unknown("layout", layout, LAYOUTS)
-    if data_root is not None and not data_root.is_dir():
-        raise UserError(f"{data_root}: data root folder not found")
-    if image_dir is not None and not image_dir.is_dir():
-        raise UserError(f"{image_dir}: image folder not found")
-    if ann_file is not None and not ann_file.exists():
-        raise UserError(f"{ann_file}: annotation file not found")
-    if ann_file is None and data_root is None:
-        raise UserError(f"dataset '{info.name}': give --data-root (folder holding {info.ann_files[0]} and "
-                        f"{info.image_dirs[0]}/) or --ann-file and --image-dir")
-
-    if ann_file is not None:
-        ann_is_precomp = ann_file.is_dir() or ann_file.name in ("train_caps.txt", "test_caps.txt",
-                                                                 "train_filename.txt", "test_filename.txt")
-        if ann_is_precomp:
-            folder = ann_file if ann_file.is_dir() else ann_file.parent
-            if not is_precomp_dir(folder):
-                raise UserError(f"{ann_file}: not an annotation file nor a precomp folder (no train_caps.txt)")
-            kind, ann = "precomp", folder
-        else:
-            kind, ann = "karpathy", ann_file
-        if layout != "auto" and layout != kind:
-            raise UserError(f"{ann_file}: is a {kind} annotation but --layout {layout} was given")
-        roots = [data_root] if data_root is not None else [ann.parent] if kind == "karpathy" else \
-            [ann, ann.parent]
-    else:
-        assert data_root is not None
-        js = _find_ann_file(info, data_root) if layout in ("auto", "karpathy") else None
-        pc = _find_precomp_dir(info, data_root) if layout in ("auto", "precomp") else None
-        if layout == "auto" and js is not None and pc is not None:
-            raise UserError(f"{data_root}: holds both {js.name} and the precomp folder {pc.name}; "
-                            "pass --layout karpathy or --layout precomp")
-        if pc is not None:
-            kind, ann = "precomp", pc
-        elif js is not None:
-            kind, ann = "karpathy", js
-        else:
-            what = {"karpathy": f"{' or '.join(info.ann_files)}",
-                    "precomp": f"{info.name}_precomp/ or train_caps.txt",
-                    "auto": f"{' or '.join(info.ann_files)}, {info.name}_precomp/ or train_caps.txt"}[layout]
-            raise UserError(f"{data_root}: no annotation found (looked for {what}); pass --ann-file")
-        roots = [data_root] if ann != data_root else [data_root, data_root.parent]
-    img = image_dir if image_dir is not None else _find_image_dir(info, roots)
-    return kind, ann.resolve(), img.resolve()
-
-
-# ---- synthetic ----------------------------------------------------------------------------------
-def synthetic_root(n_images: int = 300, image_size: int = 64, seed: int = 0) -> Path:
-    """Generate the synthetic set once into $RSBENCH_CACHE/synthetic/v<V>_n<N>_s<S>_seed<K> and reuse it.
-
-    V is the generator's SYNTHETIC_VERSION: a changed generator gets a new folder instead of
-    silently reusing copies drawn by the old one. Generation goes to a temp folder renamed into
-    place, so a half-written folder is never used.
-    """
-    from .cache import cache_root
-    from .synthetic import generate_synthetic, synthetic_params_key
-
-    target = cache_root() / "synthetic" / synthetic_params_key(n_images, image_size, seed)
-    if (target / "dataset.json").is_file():
-        return target
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        generate_synthetic(tmp, n_images=n_images, image_size=image_size, seed=seed)
-        if target.exists() and not (target / "dataset.json").is_file():
-            shutil.rmtree(target)  # an incomplete folder from an older, non-atomic writer
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "dataset.json").is_file():  # lost a race: the winner's folder is complete
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def default_data_root(name: str, data_root: str | Path | None, ann_file: str | Path | None) -> Path | None:
-    """`data_root` as given, or for `synthetic` named without a root or annotation the generated
-    default set (generated on first use, then reused)."""
-    if data_root is not None:
-        return Path(data_root).expanduser()
-    if ann_file is None and get_dataset_info(name).name == "synthetic":
-        return synthetic_root(**SYNTHETIC_DEFAULTS)
-    return None
-
-
-def load_dataset(
-    name: str,
-    data_root: str | Path | None = None,
-    ann_file: str | Path | None = None,
-    image_dir: str | Path | None = None,
-    layout: str = "auto",
-    val_seed: int = 0,
-    val_fraction: float = 0.2,
-    verify_images: bool = True,
-    strict: bool = True,
-    warn: Callable[[str], None] | None = None,
-) -> DatasetSplits:
-    """Load a dataset's train/val/test splits (val carved from train when the source has none).
-
-    `data_root`: a folder with the annotation (default names, or `<name>_precomp/`) and the image
-    folder; or give `ann_file` (JSON, or a precomp folder) and `image_dir` separately.
-    `verify_images`: check every listed image file exists (decoding is `check_dataset`'s job).
-    `strict`: refuse data that breaks the split rules (no test split, a val/test query with no
-    text; see splits.split_findings) with a DataError; False keeps the findings in `.errors`.
-    `warn`: where each warning line goes (default: `warning: ...` on stderr).
-    """
-    info = get_dataset_info(name)
-    root = default_data_root(name, data_root, ann_file)
-    ann = Path(ann_file).expanduser() if ann_file is not None else None
-    img = Path(image_dir).expanduser() if image_dir is not None else None
-    kind, ann_path, img_dir = _resolve(info, root, ann, img, layout)
-    if kind == "precomp":
-        records, digest, notes = read_precomp(ann_path)
-    else:
-        records, digest, notes = read_karpathy(ann_path)
-    ds = assemble(info.name, records, image_dir=img_dir, ann_file=ann_path, source_digest=digest, notes=notes,
-                  val_seed=val_seed, val_fraction=val_fraction, verify_images=verify_images, strict=strict)
-    for w in ds.warnings:
-        (warn or _stderr_warning)(w.line)
-    return ds
-
-
-def _stderr_warning(line: str) -> None:
-    print(f"warning: {line}", file=sys.stderr, flush=True)

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import DataError
 from ..contracts import DatasetSplits, Problem, Split
 from .images import DecodedImage, decode_image
-from .catalogue import load_dataset
+from .source import DataSource, load_dataset
 
 
 @dataclass
@@ -92,42 +92,28 @@ def _check_split(ds: DatasetSplits, split: Split, decode: bool, pool: ThreadPool
 
 
 def check_dataset(
-    name: str,
-    data_root: str | Path | None = None,
-    ann_file: str | Path | None = None,
-    image_dir: str | Path | None = None,
-    layout: str = "auto",
-    val_seed: int = 0,
-    val_fraction: float = 0.2,
+    source: DataSource | str,
+    *,
     decode: bool = True,
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
+    **where: Any,
 ) -> CheckReport:
     """Load the annotation, then open and decode every image once; collect all problems.
 
+    `source`: a DataSource, or a dataset name with the DataSource fields as keywords.
     An unusable annotation (bad JSON, wrong keys, unsafe names, non-UTF-8) is reported as the one
     problem found. Input errors that are not about the data (missing folder, unknown dataset) raise
     UserError as usual.
     """
-    report = CheckReport(dataset=name)
+    src = DataSource.of(source, **where)
+    report = CheckReport(dataset=src.name)
     try:
-        ds = load_dataset(name, data_root=data_root, ann_file=ann_file, image_dir=image_dir, layout=layout,
-                          val_seed=val_seed, val_fraction=val_fraction, verify_images=False, strict=False,
-                          warn=lambda line: None)
+        ds = load_dataset(src, verify_images=False, strict=False, warn=lambda line: None)
     except DataError as e:
         report.problems.append(Problem("", str(e)))
         return report
-    report.dataset = ds.name
-    report.layout = str(ds.notes.get("layout", ""))
-    report.ann_file = str(ds.ann_file)
-    report.image_dir = str(ds.image_dir)
-    report.fingerprint = ds.fingerprint
-    report.problems.extend(ds.errors)  # the split rules `bench run` applies (splits.split_findings)
-    report.warnings.extend(ds.warnings)
-    report.notes = {k: v for k, v in ds.notes.items() if k != "val_carving"}
-    if "val_carving" in ds.notes:
-        vc = ds.notes["val_carving"]
-        report.notes["val_carving"] = {k: vc[k] for k in ("seed", "fraction", "n_train", "n_val")}
+    _describe(report, ds)
     splits = (ds.train, ds.val, ds.test)
     total = sum(s.n_images for s in splits)
     if total and not any(os.path.isfile(p) for s in splits for p in s.image_paths):
@@ -136,11 +122,26 @@ def check_dataset(
                                                           f"is here (first: {first.name}); wrong --image-dir?"))
         return report
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        for split in (ds.train, ds.val, ds.test):
+        for split in splits:
             if progress is not None:
                 progress(f"checking {split.name}: {split.n_images} images")
             report.splits[split.name] = _check_split(ds, split, decode, pool, report.problems)
     return report
+
+
+def _describe(report: CheckReport, ds: DatasetSplits) -> None:
+    """What was loaded (layout, files, fingerprint, notes) and the split-rule findings `bench run` applies."""
+    report.dataset = ds.name
+    report.layout = str(ds.notes.get("layout", ""))
+    report.ann_file = str(ds.ann_file)
+    report.image_dir = str(ds.image_dir)
+    report.fingerprint = ds.fingerprint
+    report.problems.extend(ds.errors)  # the split rules `bench run` applies (assembly.split_findings)
+    report.warnings.extend(ds.warnings)
+    report.notes = {k: v for k, v in ds.notes.items() if k != "val_carving"}
+    if "val_carving" in ds.notes:
+        vc = ds.notes["val_carving"]
+        report.notes["val_carving"] = {k: vc[k] for k in ("seed", "fraction", "n_train", "n_val")}
 
 
 def format_report(report: CheckReport) -> str:

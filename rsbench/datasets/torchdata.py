@@ -8,8 +8,9 @@ a square (aspect not kept). Rotation uses the field's choice, a uniform angle in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +18,6 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from ..config.schema import TrainConfig
 from ..methods.base import Batch, Tokenizer
 from ..contracts import Split
 from .cache import ImageCache, train_resize_size
@@ -26,44 +26,35 @@ from .images import load_image
 ImageLoader = Callable[[Path], Image.Image]
 
 
-def parse_augment(augment: str) -> set[str]:
-    """'crop,flip' -> {'crop', 'flip'}; '' / 'none' -> set(); unknown names are a UserError."""
-    from ..errors import UserError
+def build_transform(image_size: int | Any, resize: int = 0, augments: Collection[str] = (),
+                    train: bool = False) -> v2.Compose:
+    """PIL RGB image -> uint8 tensor (3, S, S), S = image_size.
 
-    items = {a.strip().lower() for a in (augment or "").split(",") if a.strip()}
-    items.discard("none")
-    bad = items - {"crop", "flip", "rotate"}
-    if bad:
-        raise UserError(f"bad train.augment '{augment}': unknown {', '.join(sorted(bad))}; "
-                        "use a comma list of crop, flip, rotate (or 'none')")
-    return items
-
-
-def build_transform(train_cfg: TrainConfig, train: bool) -> v2.Compose:
-    """PIL RGB image -> uint8 tensor (3, S, S), S = train_cfg.image_size.
-
-    eval: Resize((S, S)). train: Resize((R, R)) with R = train_cfg.resize or round(S * 1.09),
-    then RandomRotation((0, 90)) if 'rotate', RandomCrop(S) if 'crop' (else Resize((S, S))),
-    RandomHorizontalFlip if 'flip'. Images stay uint8 through the DataLoader (a quarter of the
+    eval: Resize((S, S)). train: Resize((R, R)) with R = resize or round(S * 1.09), then
+    RandomRotation((0, 90)) if 'rotate' in augments, RandomCrop(S) if 'crop' (else Resize((S, S))),
+    RandomHorizontalFlip if 'flip'. `augments` comes validated from the config
+    (config.schema.parse_augment). Images stay uint8 through the DataLoader (a quarter of the
     bytes to collate, pin and copy); `ImageNormalizer` converts a whole batch on the device.
     """
-    s = int(train_cfg.image_size)
+    if not isinstance(image_size, int):  # transition (#14 round 2 removes it): build_transform(train_cfg, train=)
+        cfg = image_size
+        return build_transform(int(cfg.image_size), int(cfg.resize), cfg.augments, train)
+    s = int(image_size)
     ops: list[torch.nn.Module] = []  # geometric ops run on the PIL image (Pillow's resize, = the cache's)
     if not train:
         ops.append(v2.Resize((s, s), antialias=True))
     else:
-        aug = parse_augment(train_cfg.augment)
-        if "crop" in aug:
-            r = train_resize_size(s, train_cfg.resize)
+        if "crop" in augments:
+            r = train_resize_size(s, resize)
             ops.append(v2.Resize((r, r), antialias=True))
-            if "rotate" in aug:
+            if "rotate" in augments:
                 ops.append(v2.RandomRotation(degrees=(0.0, 90.0)))
             ops.append(v2.RandomCrop(s))
         else:
             ops.append(v2.Resize((s, s), antialias=True))
-            if "rotate" in aug:
+            if "rotate" in augments:
                 ops.append(v2.RandomRotation(degrees=(0.0, 90.0)))
-        if "flip" in aug:
+        if "flip" in augments:
             ops.append(v2.RandomHorizontalFlip())
     ops.append(v2.PILToTensor())
     return v2.Compose(ops)
@@ -120,10 +111,8 @@ class PairDataset(Dataset):
 
     def __init__(self, split: Split, transform: Callable, sampling: str = "caption", seed: int = 0,
                  image_loader: ImageLoader | None = None, cache: ImageCache | None = None):
-        if sampling not in ("caption", "image"):
-            from ..errors import UserError
-
-            raise UserError(f"bad train.sampling '{sampling}': choose caption or image")
+        if sampling not in ("caption", "image"):  # the user-facing check is TrainConfig.validate
+            raise ValueError(f"PairDataset: sampling must be 'caption' or 'image', got {sampling!r}")
         self.split = split
         self.transform = transform
         self.sampling = sampling

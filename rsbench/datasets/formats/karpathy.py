@@ -14,39 +14,7 @@ from typing import Any
 
 from ...errors import DataError
 from ..assembly import ImageRecord, class_from_name, normalize_caption
-
-
-def decode_utf8(data: bytes, path: Path) -> str:
-    """Strict UTF-8 decode (a BOM is allowed); DataError naming the file and the byte offset."""
-    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-    try:
-        return data[bom:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        off = e.start + bom
-        line = data.count(b"\n", 0, off) + 1
-        raise DataError(f"{path}: not valid UTF-8 at byte offset {off} (line {line}): "
-                        f"{data[off:off + 4]!r}") from None
-
-
-def read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: annotation file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, expected an annotation file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-
-
-def _require(obj: dict[str, Any], key: str, typ: type | tuple[type, ...], path: Path, where: str) -> Any:
-    if key not in obj:
-        raise DataError(f"{path}: {where}: missing key '{key}'")
-    val = obj[key]
-    if not isinstance(val, typ):
-        names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-        raise DataError(f"{path}: {where}: '{key}' must be a {names}, got {type(val).__name__}")
-    return val
+from .common import decode_utf8, read_bytes, require
 
 
 def read_karpathy(path: Path) -> tuple[list[ImageRecord], str, dict[str, Any]]:
@@ -66,22 +34,22 @@ def read_karpathy(path: Path) -> tuple[list[ImageRecord], str, dict[str, Any]]:
     if not isinstance(obj, dict):
         raise DataError(f"{path}: top level must be an object with an 'images' list, "
                         f"got {type(obj).__name__}")
-    images = _require(obj, "images", list, path, "top level")
+    images = require(obj, "images", list, path, "top level")
     records: list[ImageRecord] = []
     remap: dict[str, int] = {}
     for i, img in enumerate(images):
         where = f"images[{i}]"
         if not isinstance(img, dict):
             raise DataError(f"{path}: {where}: must be an object, got {type(img).__name__}")
-        fname = _require(img, "filename", str, path, where)
+        fname = require(img, "filename", str, path, where)
         where = f"images[{i}] ('{fname}')"
-        split = _require(img, "split", str, path, where)
-        sents = _require(img, "sentences", list, path, where)
+        split = require(img, "split", str, path, where)
+        sents = require(img, "sentences", list, path, where)
         caps = []
         for j, s in enumerate(sents):
             if not isinstance(s, dict):
                 raise DataError(f"{path}: {where}: sentences[{j}] must be an object, got {type(s).__name__}")
-            raw = _require(s, "raw", str, path, f"{where} sentences[{j}]")
+            raw = require(s, "raw", str, path, f"{where} sentences[{j}]")
             caps.append(normalize_caption(raw))
         if split not in ("train", "val", "test"):
             remap[split] = remap.get(split, 0) + 1

@@ -7,9 +7,6 @@ image size as well. Only numpy Generators seeded from `numpy.random.SeedSequence
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import UserError
-from ...io import write_json
+from ...io import atomic_dir, write_json
 from .captions import captions, tokenize
 from .render import render
 from .scenes import BUILDERS, CLASSES
@@ -146,6 +143,11 @@ def _build(
     write_json(tmp / "dataset.json", {"images": images, "dataset": "synthetic", "params": params})
 
 
+def is_complete(folder: Path) -> bool:
+    """dataset.json is written last, so its presence means the folder is complete."""
+    return (Path(folder) / "dataset.json").is_file()
+
+
 def generate_synthetic(
     out_dir: Path,
     n_images: int = 300,
@@ -153,28 +155,23 @@ def generate_synthetic(
     seed: int = 0,
     captions_per_image: int = 5,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    *,
+    cached: bool = False,
 ) -> Path:
     """Write a synthetic dataset to `out_dir` (dataset.json + images/); returns the JSON path.
 
     Classes are balanced (image k has class CLASSES[k % 10]); splits are stratified by class.
     The folder is built next to `out_dir` and renamed into place at the end, so `out_dir` either
-    does not exist or is complete. Refuses (UserError) an `out_dir` that exists and is not empty.
+    does not exist or is complete. Refuses (UserError) an `out_dir` that exists and is not empty,
+    except with `cached` (the reused copy under $RSBENCH_CACHE): there a complete folder, even
+    one a racing process just wrote, is kept, and an incomplete leftover is replaced.
     """
     _check_args(n_images, image_size, seed, captions_per_image, split_fractions)
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if cached and is_complete(out_dir):
+        return out_dir / "dataset.json"
+    if not cached and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"{out_dir}: already exists and is not empty; choose a new folder or remove it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, is_complete=is_complete if cached else None) as tmp:
         _build(tmp, n_images, image_size, seed, captions_per_image, split_fractions)
-        try:
-            os.rename(tmp, out_dir)  # replaces an empty folder on POSIX
-        except OSError as e:
-            raise UserError(
-                f"{out_dir}: could not move the generated dataset into place ({e.strerror})"
-            ) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir / "dataset.json"
