@@ -397,3 +397,26 @@ def test_odd_tiffs_train_and_check(tmp_path, capsys):
     code, out, err = main(args, capsys)
     assert code == 0, err
     assert is_complete(tmp_path / "res" / "sydney" / "vsepp" / "seed0")
+
+
+def test_image_cache_is_passed_to_the_loaders_not_attached_to_the_shared_splits(syn, tmp_path, monkeypatch):
+    """train.image_cache: training and every evaluation read the cache, and the Split objects (shared by
+    the cells of a grid) are left as they were, so the next cell cannot inherit this cell's cache."""
+    from rsbench.datasets import load_dataset
+    from rsbench.datasets.cache import ImageCache
+    from rsbench.engine.cell import run_cell
+
+    reads = {"n": 0}
+    real_get = ImageCache.get
+
+    def counted(self, row):
+        reads["n"] += 1
+        return real_get(self, row)
+
+    monkeypatch.setattr(ImageCache, "get", counted)
+    data = load_dataset("synthetic", data_root=syn)
+    run_cell(tiny(epochs=1, image_cache="true"), data, tmp_path / "seed0", torch.device("cpu"),
+             log=lambda *_: None)
+    assert all(s.image_cache is None for s in (data.train, data.val, data.test))
+    # one validation and one test evaluation read each of their images once; training reads more on top
+    assert reads["n"] > data.val.n_images + data.test.n_images
