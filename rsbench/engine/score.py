@@ -166,38 +166,6 @@ def _run_info(started: float, extra: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _run_info(started: float, extra: dict[str, Any]) -> dict[str, Any]:
-    """versions, hardware, command line, wall time (for run.json)."""
-    import os
-    import platform
-
-    import numpy as np
-    import torch
-
-    from .. import __version__
-
-    return {
-        "versions": {
-            "rsbench": __version__,
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "torch": torch.__version__,
-        },
-        "hardware": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "gpu": None},
-        "command": sys.argv,
-        "wall_seconds": round(time.time() - started, 3),
-        **extra,
-    }
-
-
 def _score_cell(cell: Path, arr: Any, sims: Path, ds: Any, sp: Any, split: str, name: str, seed: int,
                 started: float) -> dict[str, Any]:
     """Rank the matrix and write the cell's files (the caller holds the cell lock)."""
