@@ -90,7 +90,7 @@ def patch_loss(monkeypatch, fail_at_call: int, make):
 
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(syn, tmp_path, monkeypatch):
-    from rsbench.engine.cell import TrainingDiverged
+    from rsbench.engine.train import TrainingDiverged
 
     patch_loss(monkeypatch, 4, lambda loss: loss * float("nan"))  # 3 steps per epoch: epoch 2, step 1
     cell = tmp_path / "seed0"
@@ -120,7 +120,7 @@ def test_non_finite_weights_are_never_saved_as_last_good(syn, tmp_path, monkeypa
     """A finite loss but a model gone non-finite (here a BatchNorm buffer) stops before last.pt is written."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    from rsbench.engine.cell import TrainingDiverged
+    from rsbench.engine.train import TrainingDiverged
 
     handles = []
 
@@ -169,12 +169,12 @@ def test_out_of_memory_in_training_suggests_a_smaller_batch(syn, tmp_path, monke
 
 
 def test_out_of_memory_in_evaluation_suggests_a_smaller_eval_batch(syn, tmp_path, monkeypatch):
-    from rsbench.engine import cell as runner
+    from rsbench.engine import evaluate as engine_evaluate
 
     def oom(*_a, **_k):
         raise torch.OutOfMemoryError("CUDA out of memory.")
 
-    monkeypatch.setattr(runner, "rank_split", oom)
+    monkeypatch.setattr(engine_evaluate, "rank_split", oom)
     with pytest.raises(UserError, match=r"while evaluating the val split with eval batch size 256; "
                                         r"try --set train.eval_batch_size=128$"):
         run(tiny(epochs=0), syn, tmp_path / "seed0")
@@ -183,11 +183,11 @@ def test_out_of_memory_in_evaluation_suggests_a_smaller_eval_batch(syn, tmp_path
 def test_failed_cell_goes_on_alone_but_stops_a_distributed_rank(syn, tmp_path, monkeypatch, capsys):
     """One process: the failure is printed, recorded and the grid goes on. Under torchrun the rank
     raises instead, so that it exits and torchrun stops the ranks waiting for it in a collective."""
-    from rsbench.cli import run as cli_run
     from rsbench.engine import cell as runner
     from rsbench.engine import distributed as dist
+    from rsbench.engine import grid
     from rsbench.datasets import load_dataset
-    from rsbench.engine.launch import FAILED_FILE
+    from rsbench.engine.cellfolder import FAILED_FILE
 
     def fail(*_a, **_k):
         raise UserError("out of memory on cuda:1 at epoch 1, step 3 with batch size 8")
@@ -195,7 +195,7 @@ def test_failed_cell_goes_on_alone_but_stops_a_distributed_rank(syn, tmp_path, m
     monkeypatch.setattr(runner, "run_cell", fail)
     data = load_dataset("synthetic", data_root=syn)
     cell = tmp_path / "res" / "seed0"
-    row = cli_run._run_one(tiny(), data, cell, torch.device("cpu"), True, False, False)
+    row = grid.run_one_cell(tiny(), data, cell, torch.device("cpu"), True, False, False)
     assert row.status == "failed" and (cell / FAILED_FILE).is_file()
     assert "error: out of memory on cuda:1" in capsys.readouterr().err
 
@@ -203,7 +203,7 @@ def test_failed_cell_goes_on_alone_but_stops_a_distributed_rank(syn, tmp_path, m
     monkeypatch.setattr(dist, "rank", lambda: 1)
     monkeypatch.setattr(dist, "acquire_on_main", lambda lock: bool(lock.acquire()))
     with pytest.raises(UserError, match=r"seed0: out of memory on cuda:1 .* \(rank 1; the other ranks are stopped\)$"):
-        cli_run._run_one(tiny(), data, cell, torch.device("cpu"), True, False, False)
+        grid.run_one_cell(tiny(), data, cell, torch.device("cpu"), True, False, False)
     assert (cell / FAILED_FILE).is_file()
     from rsbench.locks import cell_lock
 
@@ -236,12 +236,12 @@ class Killed(BaseException):
 @pytest.mark.slow
 def test_kill_between_last_and_best_checkpoint_is_repaired(syn, finished, tmp_path, monkeypatch):
     """last.pt of epoch 1 written, best.safetensors of epoch 1 not: the resume rebuilds best from last.pt."""
-    from rsbench.engine import cell as runner
+    from rsbench.engine import train
 
     def die(*_a, **_k):
         raise Killed
 
-    monkeypatch.setattr(runner, "save_best", die)
+    monkeypatch.setattr(train, "save_best", die)
     cell = tmp_path / "seed0"
     with pytest.raises(Killed):
         run(tiny(), syn, cell)
@@ -279,7 +279,7 @@ def test_early_stopped_cell_is_not_trained_further_on_resume(syn, finished, tmp_
 
 
 def test_config_differences_ignore_speed_only_options():
-    from rsbench.engine.cell import config_differences, config_record
+    from rsbench.engine.cellfolder import config_differences, config_record
 
     a = config_record(tiny())
     b = json.loads(json.dumps(a))
@@ -353,7 +353,7 @@ def test_disk_full_during_a_run_is_one_line(syn, tmp_path, capsys, monkeypatch):
 # ---- dirty datasets, user-facing ---------------------------------------------------------------
 
 def test_worker_traceback_becomes_one_line():
-    from rsbench.engine.cell import one_line
+    from rsbench.engine.cellfolder import one_line
 
     e = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                   '  File "x.py", line 1, in f\nrsbench.errors.DataError: /d/img.png: corrupt or truncated image (x)\n')
@@ -397,3 +397,26 @@ def test_odd_tiffs_train_and_check(tmp_path, capsys):
     code, out, err = main(args, capsys)
     assert code == 0, err
     assert is_complete(tmp_path / "res" / "sydney" / "vsepp" / "seed0")
+
+
+def test_image_cache_is_passed_to_the_loaders_not_attached_to_the_shared_splits(syn, tmp_path, monkeypatch):
+    """train.image_cache: training and every evaluation read the cache, and the Split objects (shared by
+    the cells of a grid) are left as they were, so the next cell cannot inherit this cell's cache."""
+    from rsbench.datasets import load_dataset
+    from rsbench.datasets.cache import ImageCache
+    from rsbench.engine.cell import run_cell
+
+    reads = {"n": 0}
+    real_get = ImageCache.get
+
+    def counted(self, row):
+        reads["n"] += 1
+        return real_get(self, row)
+
+    monkeypatch.setattr(ImageCache, "get", counted)
+    data = load_dataset("synthetic", data_root=syn)
+    run_cell(tiny(epochs=1, image_cache="true"), data, tmp_path / "seed0", torch.device("cpu"),
+             log=lambda *_: None)
+    assert all(s.image_cache is None for s in (data.train, data.val, data.test))
+    # one validation and one test evaluation read each of their images once; training reads more on top
+    assert reads["n"] > data.val.n_images + data.test.n_images

@@ -1,41 +1,49 @@
-"""The `bench` command line. Sub-command groups live in their own modules and are added here.
+"""The `bench` command line: `build_app` registers every command explicitly; `main` maps errors to exit codes.
 
-Every user error (rsbench.errors.UserError) becomes one line on stderr and exit code 2.
+The command modules define plain functions and import nothing from here, so importing one has no
+side effect. Every user error (rsbench.errors.UserError) becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
 
 from ..errors import UserError
 
-app = typer.Typer(
-    name="bench",
-    help="rsbench: train, select on validation, evaluate on test, and compare RS image-text retrieval methods.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+
+def build_app() -> typer.Typer:
+    """The Typer app with every command (the `data` group as a sub-app)."""
+    from . import compare, data, listing, perf, report, run, status
+
+    app = typer.Typer(
+        name="bench",
+        help="rsbench: train, select on validation, evaluate on test, and compare RS image-text retrieval methods.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.command("run")(run.run)
+    app.command("methods")(listing.methods_cmd)
+    app.command("datasets")(listing.datasets_cmd)
+    app.command("score")(report.score)
+    app.command("leaderboard")(report.leaderboard)
+    app.command("compare")(compare.compare)
+    app.command("plot")(compare.plot)
+    app.command("status")(status.status)
+    app.command("perf")(perf.perf)
+    app.add_typer(data.build_data_app(), name="data")
+    return app
 
 
-def _register_commands() -> None:
-    """Attach the command groups; each module defines its commands on `app` or a sub-Typer."""
-    from . import (
-        compare as cli_compare,
-        data as cli_data,
-        perf as cli_perf,
-        report as cli_report,
-        run as cli_run,
-        status as cli_status,
-    )  # noqa: F401
-
-    app.add_typer(cli_data.data_app, name="data")
-
-
-_registered = False
+def __getattr__(name: str) -> Any:
+    """`rsbench.cli.app.app`: a freshly built app, for tests that invoke it with typer's CliRunner."""
+    if name == "app":
+        return build_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _click_modules() -> list:
@@ -53,13 +61,9 @@ def _click_modules() -> list:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning user errors into one-line messages."""
-    global _registered
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if not _registered:
-        _register_commands()
-        _registered = True
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = build_app()(args=argv, standalone_mode=False)
     except UserError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -79,9 +83,3 @@ def main(argv: list[str] | None = None) -> None:
         raise
     if isinstance(rc, int) and rc:
         sys.exit(rc)
-
-
-if __name__ == "__main__":  # `python -m rsbench.cli` (torchrun): commands register on rsbench.cli.app
-    from rsbench.cli import main as _main
-
-    _main()

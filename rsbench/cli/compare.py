@@ -11,16 +11,11 @@ from typing import Annotated
 
 import typer
 
-from .app import app
+from .options import ResultsDirArg, SkipDamagedOpt
 from ..errors import UserError, unknown
 
-SKIP_DAMAGED_HELP = ("Leave out result cells whose files do not read back (each is still named in a "
-                     "warning) instead of refusing.")
-
-
-@app.command()
 def compare(
-    results_dir: Annotated[Path, typer.Argument(metavar="RESULTS_DIR", help="Results root holding <dataset>/<method>/seed<k>/ cells.")],
+    results_dir: ResultsDirArg,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Only this dataset (default: every dataset).")] = None,
     metric: Annotated[str, typer.Option("--metric", help="Metric to print: mR, i2t_r1 ... t2i_r10, or 'all'. The CSV always has all seven.")] = "mR",
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level (Holm-corrected) and 1 - CI level.")] = 0.05,
@@ -28,7 +23,7 @@ def compare(
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the resampling (results are reproducible).")] = 0,
     split: Annotated[str, typer.Option("--split", help="Compare cells scored on this split.")] = "test",
     out: Annotated[Path | None, typer.Option("--out", help="CSV path (default RESULTS_DIR/significance.csv).")] = None,
-    skip_damaged: Annotated[bool, typer.Option("--skip-damaged", help=SKIP_DAMAGED_HELP)] = False,
+    skip_damaged: SkipDamagedOpt = False,
 ) -> None:
     """Paired significance of every pair of methods per dataset; writes significance.csv.
 
@@ -52,14 +47,13 @@ def compare(
     typer.echo(f"wrote {path}", err=True)
 
 
-@app.command()
 def plot(
-    results_dir: Annotated[Path, typer.Argument(metavar="RESULTS_DIR", help="Results root holding <dataset>/<method>/seed<k>/ cells.")],
+    results_dir: ResultsDirArg,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Only this dataset (default: every dataset).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default RESULTS_DIR/figures).")] = None,
     logx: Annotated[bool, typer.Option("--logx/--no-logx", help="Logarithmic K axis on the recall curves.")] = True,
     split: Annotated[str, typer.Option("--split", help="Plot cells scored on this split.")] = "test",
-    skip_damaged: Annotated[bool, typer.Option("--skip-damaged", help=SKIP_DAMAGED_HELP)] = False,
+    skip_damaged: SkipDamagedOpt = False,
 ) -> None:
     """Recall@K curves (both directions, band over seeds) and an mR bar chart, PNG (200 dpi) and PDF."""
     from ..results.plots import plot_results

@@ -8,25 +8,33 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-data_app = typer.Typer(
-    help="Check a dataset copy, generate the synthetic dataset, build the decoded-image cache.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-
-DatasetArg = Annotated[str, typer.Argument(help="ucm | sydney | rsicd | rsitmd | synthetic")]
-DataRootOpt = Annotated[Path | None, typer.Option("--data-root", help="Folder holding the annotation and images.")]
-AnnFileOpt = Annotated[Path | None, typer.Option("--ann-file", help="Annotation JSON, or a <name>_precomp folder.")]
-ImageDirOpt = Annotated[Path | None, typer.Option("--image-dir", help="Image folder (default: found in the root).")]
-LayoutOpt = Annotated[str, typer.Option("--layout", help="auto | karpathy | precomp")]
-ValSeedOpt = Annotated[int, typer.Option("--val-seed", help="Seed of the carved val split (when there is none).")]
+from .options import AnnFileOpt, DataRootOpt, DatasetArg, ImageDirOpt, LayoutOpt, ValSeedOpt
 
 
-@data_app.command("check")
+def build_data_app() -> typer.Typer:
+    """The `bench data` group: check, synth, cache."""
+    data_app = typer.Typer(
+        help="Check a dataset copy, generate the synthetic dataset, build the decoded-image cache.",
+        no_args_is_help=True,
+        add_completion=False,
+    )
+    data_app.command("check")(check_cmd)
+    data_app.command("synth")(synth_cmd)
+    data_app.command("cache")(cache_cmd)
+    return data_app
+
+
+def __getattr__(name: str) -> Any:
+    """`rsbench.cli.data.data_app`: a freshly built group (tests invoke it with typer's CliRunner)."""
+    if name == "data_app":
+        return build_data_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def check_cmd(
     dataset: DatasetArg,
     data_root: DataRootOpt = None,
@@ -52,7 +60,6 @@ def check_cmd(
         sys.exit(1)
 
 
-@data_app.command("synth")
 def synth_cmd(
     out: Annotated[Path, typer.Argument(help="Output folder (dataset.json + images/).")],
     n_images: Annotated[int, typer.Option("--n-images", min=1)] = 300,
@@ -67,7 +74,6 @@ def synth_cmd(
                f"use: bench data check synthetic --data-root {out}")
 
 
-@data_app.command("cache")
 def cache_cmd(
     dataset: DatasetArg,
     data_root: DataRootOpt = None,

@@ -7,11 +7,9 @@ from typing import Annotated
 
 import typer
 
-from .app import app
 from ..errors import UserError
 
 
-@app.command()
 def perf(
     quick: Annotated[bool, typer.Option("--quick", help="Shrink every size (about a minute); checks it works.")] = False,
     only: Annotated[str | None, typer.Option("--only", help="Comma list of item numbers (1-6).")] = None,

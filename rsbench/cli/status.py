@@ -19,7 +19,6 @@ from typing import Annotated, Any
 
 import typer
 
-from .app import app
 
 _SEED = re.compile(r"^seed(\d+)$")
 _LOCK = re.compile(r"^\.(seed\d+)\.lock$")
@@ -66,7 +65,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 def cell_status(cell: Path, job: str = "") -> CellStatus:
     """The state of one `<out>/<dataset>/<method>/seed<k>` folder (which may not exist yet)."""
-    from ..engine.launch import FAILED_FILE
+    from ..engine.cellfolder import FAILED_FILE
     from ..locks import PathLock, lock_path
     from ..results.cell import cell_damage, is_complete
 
@@ -126,7 +125,6 @@ def scan_status(out: Path) -> list[CellStatus]:
     return sorted(rows, key=lambda r: (r.dataset, r.method, r.seed))
 
 
-@app.command("status")
 def status(
     results_dir: Annotated[Path, typer.Argument(help="Results folder (the --out of `bench run`).")],
 ) -> None:

@@ -58,3 +58,34 @@ def auto_workers(requested: int, device: torch.device) -> int:
     if device.type == "cuda":
         return max(1, min(8, cpus - 1))
     return 0 if cpus <= 2 else min(4, cpus // 2)
+
+
+def use_channels_last(method: Any, train_cfg: Any, device: torch.device) -> bool:
+    """channels_last for the model and its input batches: on GPU, for CNNs, unless switched off."""
+    return device.type == "cuda" and bool(train_cfg.channels_last) and method.is_cnn
+
+
+def make_loader(dataset: Any, batch_size: int, shuffle: bool, collate: Any, workers: int, device: torch.device,
+                seed: int, drop_last: bool = False, sampler: Any = None) -> torch.utils.data.DataLoader:
+    """A DataLoader whose shuffling and worker RNGs come from `seed` (so a resumed epoch repeats itself)."""
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        collate_fn=collate, num_workers=workers,
+        pin_memory=device.type == "cuda", drop_last=drop_last, generator=g,
+        worker_init_fn=_worker_init if workers else None, persistent_workers=False,
+    )
+
+
+def _worker_init(worker_id: int) -> None:
+    import random
+
+    import numpy as np
+
+    from ..locks import close_inherited_lock_fds
+
+    close_inherited_lock_fds()  # a killed run's cell lock must not live on in its workers
+    s = torch.initial_seed() % (2**32)
+    np.random.seed(s)
+    random.seed(s)

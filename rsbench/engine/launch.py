@@ -2,7 +2,7 @@
 and `submitit-local`, the same submission path run on this machine, for tests and dry runs).
 
 A job runs `run_cell_job`, a picklable top-level function taking plain arguments, which calls the same
-`_run_one` (cell lock, skip complete, resume, run_cell) as a local run. With N > 1 GPUs per job the job
+`engine.grid.run_one_cell` (cell lock, skip complete, resume, run_cell) as a local run. With N > 1 GPUs per job the job
 has N tasks (one process per GPU); each task exports the torch.distributed environment from submitit
 (`TorchDistributedEnvironment`) and joins the DDP run of its cell (see rsbench.engine.distributed).
 A cell that raised leaves `failed.json` (one-line message) in its folder; submitted job ids are
@@ -22,33 +22,10 @@ from typing import Any
 
 from ..errors import UserError
 
+from .cellfolder import FAILED_FILE, clear_failure, record_failure  # noqa: F401  (clear_failure: re-export)
+
 LAUNCHERS = ("local", "slurm", "submitit-local")
-FAILED_FILE = "failed.json"
 JOBS_FILE = ".jobs.json"
-
-
-# ---- failure markers ---------------------------------------------------------------------------
-
-def record_failure(cell: Path, error: BaseException | str) -> None:
-    """Write `<cell>/failed.json` with a one-line message (rank 0 only under DDP)."""
-    from . import distributed as dist
-    from ..io import write_json
-    from .cell import one_line
-
-    if not dist.is_main():
-        return
-    msg = error if isinstance(error, str) else one_line(error)
-    cell.mkdir(parents=True, exist_ok=True)
-    write_json(cell / FAILED_FILE, {"error": msg, "type": type(error).__name__ if not isinstance(error, str)
-                                    else "", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-
-
-def clear_failure(cell: Path) -> None:
-    """Forget an earlier failure when the cell is started again."""
-    from . import distributed as dist
-
-    if dist.is_main():
-        (cell / FAILED_FILE).unlink(missing_ok=True)
 
 
 # ---- config round trip ---------------------------------------------------------------------------
@@ -112,8 +89,8 @@ def run_cell_job(cfg: dict[str, Any], data: dict[str, Any], out: str, device: st
     failed.json (and re-raised, so the scheduler marks the job failed).
     """
     from . import distributed as dist
-    from ..cli.run import _load_data, _run_one
     from .device import pick_device
+    from .grid import load_data, run_one_cell
     from ..results.cell import cell_dir
 
     _export_submitit_dist_env()
@@ -122,9 +99,9 @@ def run_cell_job(cfg: dict[str, Any], data: dict[str, Any], out: str, device: st
     cell = cell_dir(out, args.name, run_cfg.method, run_cfg.seed)
     try:
         dev = dist.setup(pick_device(device))
-        ds = _load_data(run_cfg.dataset, _path(args.data_root), _path(args.ann_file), _path(args.image_dir))
+        ds = load_data(run_cfg.dataset, _path(args.data_root), _path(args.ann_file), _path(args.image_dir))
         cell = cell_dir(out, ds.name, run_cfg.method, run_cfg.seed)
-        row = _run_one(run_cfg, ds, cell, dev, resume, overwrite, False)
+        row = run_one_cell(run_cfg, ds, cell, dev, resume, overwrite, False)
         dist.finish()
     except Exception as e:  # a timeout/preemption (signal, SystemExit) leaves the cell incomplete instead
         record_failure(cell, e)
@@ -301,11 +278,8 @@ def submit_from_cli(launcher: str, cfgs: dict[tuple[str, str, int], Any], out: P
                     partition: str | None, gpus_per_job: int, time_limit: str,
                     slurm_folder: Path | None) -> None:
     """`bench run --launcher slurm|submitit-local`: submit the grid; wait for local jobs, print SLURM ids."""
-    import typer
-
     from ..config.schema import to_dict
-    from ..datasets import get_dataset_info
-    from ..results.cell import cell_dir
+    from .grid import dataset_root, echo, grid_cell, update_leaderboard
 
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown --launcher '{launcher}'; choose from: local, slurm")
@@ -315,11 +289,8 @@ def submit_from_cli(launcher: str, cfgs: dict[tuple[str, str, int], Any], out: P
     datasets = sorted({d for _, d, _ in cfgs})
     specs = []
     for (m, d, s), cfg in cfgs.items():
-        root = data_root
-        if data_root is not None and len(datasets) > 1 and (data_root / d).is_dir():
-            root = data_root / d
-        data = DataArgs(d, _abs(root), _abs(ann_file), _abs(image_dir))
-        specs.append(JobSpec(to_dict(cfg), data.__dict__, cell_dir(out, get_dataset_info(d).name, m, s)))
+        data = DataArgs(d, _abs(dataset_root(data_root, d, len(datasets) > 1)), _abs(ann_file), _abs(image_dir))
+        specs.append(JobSpec(to_dict(cfg), data.__dict__, grid_cell(out, d, m, s)))
     cpus = os.environ.get("RSBENCH_SLURM_CPUS_PER_TASK", "")
     if cpus and not cpus.isdigit():
         raise UserError(f"RSBENCH_SLURM_CPUS_PER_TASK='{cpus}': expected a whole number")
@@ -327,16 +298,14 @@ def submit_from_cli(launcher: str, cfgs: dict[tuple[str, str, int], Any], out: P
                        partition=partition, gpus_per_job=gpus_per_job, time_limit=time_limit,
                        slurm_folder=slurm_folder, cpus_per_task=int(cpus) if cpus else None)
     for spec, job in zip(specs, jobs):
-        typer.echo(f"submitted job {job.job_id}: {spec.cell}")
+        echo(f"submitted job {job.job_id}: {spec.cell}")
     if launcher == "submitit-local":
-        failed = wait_and_report(jobs, typer.echo)
-        from ..cli.run import _write_leaderboard
-
-        _write_leaderboard(out)
+        failed = wait_and_report(jobs, echo)
+        update_leaderboard(out)
         if failed:
             raise SystemExit(2)
     else:
-        typer.echo(f"{len(jobs)} job(s) submitted; follow them with `bench status {out}` "
+        echo(f"{len(jobs)} job(s) submitted; follow them with `bench status {out}` "
                    f"(logs in {submitit_folder(out, slurm_folder)})")
 
 

@@ -1,0 +1,342 @@
+"""The grid of cells (method x dataset x seed): plan it, then run each cell under its lock.
+
+`plan_grid` resolves and validates every cell's config and checks every cell to skip or resume
+against its config before any data is loaded or any cell trains, so a typo or a changed option
+fails in a second, not after hours. `run_grid` loads each dataset once, refuses cells made on other
+data, then runs each cell through `run_one_cell`: the cell lock, skip-if-complete, resume, the
+failure marker. The submitit launcher (engine.launch) runs `run_one_cell` once per job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import cell as cell_mod  # run_cell is looked up at call time (tests replace it)
+from .cellfolder import check_cell_config, check_cell_data, clear_cell, clear_failure, one_line, record_failure
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config.schema import RunConfig
+    from ..contracts import DatasetSplits
+
+
+def echo(msg: str = "", err: bool = False) -> None:
+    """One line to stdout (progress) or stderr (errors)."""
+    print(msg, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+@dataclass
+class CellOutcome:
+    """One row of the grid's summary."""
+
+    method: str
+    dataset: str
+    seed: int
+    status: str  # done | skipped | busy (run by another process) | failed
+    metrics: dict[str, Any] = field(default_factory=dict)
+    wall: float = 0.0
+
+
+@dataclass
+class Grid:
+    """A planned grid: every cell's resolved config and where its data and results are."""
+
+    methods: list[str]
+    datasets: list[str]
+    seeds: list[int]
+    cfgs: dict[tuple[str, str, int], RunConfig]
+    out: Path
+    data_root: Path | None = None
+    ann_file: Path | None = None
+    image_dir: Path | None = None
+    resume: bool = True
+    overwrite: bool = False
+
+
+class GridInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during the grid: `message` says where the next run resumes; exit with `code`."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM sends before it kills a job), raised like Ctrl-C so every cleanup runs."""
+
+
+_SIGNALLED: list[int] = []  # set by the handler: a cell error raised while stopping is not a cell failure
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _SIGNALLED.append(signum)
+    raise _Terminated()
+
+
+# ---- planning ------------------------------------------------------------------------------------
+
+def plan_grid(grid: Grid, preset: str, config_file: Path | None, set_options: list[str] | None,
+              cli_train: dict[str, Any]) -> Grid:
+    """Resolve every cell's config (a typo fails fast), then refuse cells made with another config."""
+    from ..config.resolve import resolve_config
+    from ..config.schema import load_config_file, parse_set_options
+    from ..datasets import get_dataset_info
+    from ..methods.registry import get_method_spec
+
+    for m in grid.methods:
+        get_method_spec(m)
+    for d in grid.datasets:
+        get_dataset_info(d)
+    if (grid.ann_file or grid.image_dir) and len(grid.datasets) > 1:
+        raise UserError("--ann-file/--image-dir name one dataset's files; run one dataset at a time")
+    file_keys = load_config_file(config_file) if config_file else {}
+    overrides = parse_set_options(set_options)
+    grid.cfgs = {(m, d, s): resolve_config(m, d, s, preset, file_keys, cli_train, overrides)
+                 for d in grid.datasets for m in grid.methods for s in grid.seeds}
+    check_out(grid.out)
+    for (m, d, s), cfg in grid.cfgs.items():  # a resumed or finished cell must have been run with this config
+        preflight(grid_cell(grid.out, d, m, s), cfg, grid.resume, grid.overwrite)
+    return grid
+
+
+def grid_cell(out: Path, dataset: str, method: str, seed: int) -> Path:
+    """The cell folder of a grid entry (the dataset's canonical name, not the alias typed)."""
+    from ..datasets import get_dataset_info
+    from ..results.cell import cell_dir
+
+    return cell_dir(out, get_dataset_info(dataset).name, method, seed)
+
+
+def check_out(out: Path) -> None:
+    """The results folder exists (created) and is writable."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the results folder ({e.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: results folder is not writable")
+
+
+def preflight(cell: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+    """Fail before any training if a cell to skip or resume was made with another config."""
+    from ..results.cell import is_complete
+
+    if not overwrite and (resume or is_complete(cell)):
+        check_cell_config(cell, cfg)
+
+
+def dataset_root(data_root: Path | None, dataset: str, several: bool) -> Path | None:
+    """With several datasets, --data-root may hold one sub-folder per dataset."""
+    if data_root is not None and several and (data_root / dataset).is_dir():
+        return data_root / dataset
+    return data_root
+
+
+def load_data(name: str, root: Path | None, ann_file: Path | None, image_dir: Path | None) -> DatasetSplits:
+    """Load one dataset; under torchrun rank 0 first generates the default synthetic set if needed."""
+    from . import distributed as dist
+    from ..datasets import load_dataset
+    from ..datasets.catalogue import default_data_root
+
+    if dist.is_distributed():  # rank 0 generates the default synthetic set; the others then read it
+        dist.on_main(default_data_root, name, root, ann_file)
+    return load_dataset(name, data_root=root, ann_file=ann_file, image_dir=image_dir)
+
+
+# ---- running -------------------------------------------------------------------------------------
+
+def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | None:
+    """Run every cell here, one after another; None on DDP ranks other than 0 (rank 0 reports).
+
+    Ctrl-C and SIGTERM raise GridInterrupted, saying where the next run resumes.
+    """
+    import signal
+
+    from . import distributed as dist
+    from .device import pick_device
+
+    dev = dist.setup(pick_device(device))  # under torchrun: one DDP process per GPU/CPU rank
+    rows: list[CellOutcome] = []
+    current: dict[str, Any] = {}  # the cell being run, for the one-line note on Ctrl-C / SIGTERM
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        for d in grid.datasets:
+            rows += run_dataset(grid, d, dev, progress, current)
+    except KeyboardInterrupt as e:
+        raise _interrupted(e, current) from None
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    dist.finish()  # every rank is done: close the group together (no-op in a single process)
+    return rows if dist.is_main() else None
+
+
+def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
+                current: dict[str, Any]) -> list[CellOutcome]:
+    """Load one dataset, refuse cells made on other data, then run its cells one after another."""
+    from ..results.cell import cell_dir
+
+    root = dataset_root(grid.data_root, d, len(grid.datasets) > 1)
+    data = load_data(d, root, grid.ann_file, grid.image_dir)
+    echo(f"{d}: train {data.train.n_images} / val {data.val.n_images} / test {data.test.n_images} "
+         f"images on {dev}")
+    if not grid.overwrite:  # before any training: a cell to resume or skip must have been made on this data
+        for m in grid.methods:
+            for s in grid.seeds:
+                check_cell_data(cell_dir(grid.out, data.name, m, s), data)
+    rows = []
+    for m in grid.methods:
+        for s in grid.seeds:
+            current.update(cell=cell_dir(grid.out, data.name, m, s), cfg=grid.cfgs[(m, d, s)])
+            rows.append(run_one_cell(current["cfg"], data, current["cell"], dev, grid.resume, grid.overwrite,
+                                     progress))
+    current.clear()
+    return rows
+
+
+def _resume_point(cell: Path) -> int:
+    """Epochs saved in the cell (rows of train_log.csv, which is written after last.pt); 0 if none."""
+    if not (cell / "checkpoint" / "last.pt").is_file():
+        return 0
+    try:
+        lines = (cell / "train_log.csv").read_text(encoding="utf-8").strip().splitlines()
+    except OSError:
+        return 0
+    return max(0, len(lines) - 1)
+
+
+def _interrupted(e: KeyboardInterrupt, current: dict[str, Any]) -> GridInterrupted:
+    """What was interrupted and where the next run resumes; exit code 143 (SIGTERM) or 130."""
+    sig, code = ("SIGTERM", 143) if isinstance(e, _Terminated) else ("Ctrl-C (SIGINT)", 130)
+    cell, cfg = current.get("cell"), current.get("cfg")
+    if cell is None:
+        return GridInterrupted(f"interrupted by {sig} before any cell started", code)
+    n = _resume_point(cell)
+    where = f"resumes it from epoch {n} (the last one saved)" if n else "starts it over (no epoch was saved)"
+    return GridInterrupted(f"interrupted by {sig} while running {cfg.method} on {cfg.dataset}, seed {cfg.seed} "
+                           f"({cell}); the next `bench run` with the same options {where}", code)
+
+
+def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device, resume: bool,
+                 overwrite: bool, show: bool) -> CellOutcome:
+    """One cell under its lock: skip it (finished, or run by another process), or train/resume it.
+
+    A failure of this cell alone (diverged, out of memory, refused checkpoint or config) is printed
+    and the grid goes on; data and write errors stop the run (they would hit every cell). Under
+    torchrun a failed cell stops this process too: an error raised on one rank only (an OOM on one
+    GPU) would leave the other ranks waiting in a collective until the timeout, whereas a rank that
+    exits makes torchrun stop the others at once. Run the grid again to resume the other cells.
+    """
+    from . import distributed as dist
+    from ..errors import DataError
+    from ..io import WriteError
+    from ..locks import cell_lock
+
+    row = CellOutcome(cfg.method, data.name, cfg.seed, "failed")
+    lock = cell_lock(cell)
+    if not dist.acquire_on_main(lock):  # DDP: rank 0 holds the lock for all ranks
+        echo(f"cell {cell} is being run by another process ({lock.describe_owner()}); skipping")
+        row.status = "busy"
+        return row
+    try:
+        _run_locked(row, cfg, data, cell, dev, resume, overwrite, show)
+    except (DataError, WriteError) as e:
+        raise type(e)(one_line(e)) from None
+    except UserError as e:
+        record_failure(cell, e)  # failed.json, read by `bench status` (atomic: any rank may write it)
+        if dist.is_distributed():
+            raise UserError(f"{cell}: {one_line(e)} (rank {dist.rank()}; the other ranks are stopped)") from None
+        echo(f"error: {one_line(e)}", err=True)
+        _free_device_memory(dev)
+    except Exception as e:  # a bug or an unforeseen error in this cell: record it, go on with the grid
+        if dist.is_distributed() or _SIGNALLED:  # a data worker killed by SIGTERM may raise before we see it
+            raise
+        _record_internal_error(cell, e)
+        _free_device_memory(dev)
+    finally:
+        lock.release()
+    return row
+
+
+def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device,
+                resume: bool, overwrite: bool, show: bool) -> None:
+    """Skip a complete cell (after checking it was made with this config and data), else run it."""
+    from . import distributed as dist
+    from ..results.cell import cell_damage, is_complete, load_cell
+
+    if is_complete(cell) and not overwrite:
+        check_cell_config(cell, cfg)
+        check_cell_data(cell, data)
+        echo(f"skip {cell} (complete; --overwrite to redo)")
+        row.status, row.metrics = "skipped", load_cell(cell).metrics
+        return
+    if overwrite and dist.is_main():
+        clear_cell(cell)
+    clear_failure(cell)
+    damage = None if overwrite else cell_damage(cell)
+    if damage:
+        echo(f"repair {cell}: {damage}")
+    echo(f"run {cfg.method} on {data.name}, seed {cfg.seed} -> {cell}")
+    t0 = time.time()
+    res = cell_mod.run_cell(cfg, data, cell, dev, resume=resume, progress=show, log=echo)
+    row.status, row.metrics, row.wall = "done", res.metrics, time.time() - t0
+
+
+def _record_internal_error(cell: Path, e: Exception) -> None:
+    """failed.json with the one-line error, the traceback in <cell>/traceback.txt, one line on stderr."""
+    import traceback
+
+    from ..io import write_text
+
+    msg = f"internal error {type(e).__name__}: {one_line(e)}"[:500]
+    try:
+        write_text(cell / "traceback.txt", "".join(traceback.format_exception(e)))
+        msg += f" (traceback in {cell / 'traceback.txt'})"
+    except UserError:
+        pass
+    record_failure(cell, msg)
+    echo(f"error: {cell}: {msg}", err=True)
+
+
+def _free_device_memory(dev: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if dev.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def update_leaderboard(out: Path) -> bool:
+    """Write <out>/leaderboard.{csv,md} from every complete cell (serialised between processes).
+
+    False when a damaged cell (warned by name) kept it from being written: a table without that row
+    would silently drop a result."""
+    from ..locks import leaderboard_lock
+    from ..results.cell import DamagedCell, write_leaderboard
+
+    lock = leaderboard_lock(out)
+    if not lock.acquire(timeout=120):
+        echo(f"leaderboard not written: another process is writing it ({lock.describe_owner()})")
+        return True
+    try:
+        write_leaderboard(out)
+    except DamagedCell as e:
+        echo(f"error: leaderboard not written: {e}", err=True)
+        return False
+    except UserError:
+        echo(f"no complete result cells in {out} yet; no leaderboard written")
+        return True
+    finally:
+        lock.release()
+    echo(f"leaderboard: {out / 'leaderboard.md'} (and leaderboard.csv)")
+    return True
