@@ -133,6 +133,20 @@ def curves_figure(logs: dict[str, MethodLogs], styles: dict, dataset: str):
     return fig
 
 
+def save_truetype(fig, stem: Path) -> list[Path]:
+    """plots.save_figure (PNG + PDF, atomic) with TrueType fonts embedded in the PDF.
+
+    pdf.fonttype is read when the file is written, not when the figure is built, so the rc must
+    be active around savefig (plots.save_figure alone writes Type 3 fonts).
+    """
+    from matplotlib import rc_context
+
+    from .plots import save_figure
+
+    with rc_context({"pdf.fonttype": 42}):
+        return save_figure(fig, stem)
+
+
 def plot_training_curves(results_dir: str | Path, out_dir: str | Path | None = None, dataset: str | None = None,
                          skip_damaged: bool = False, cells: list | None = None) -> list[Path]:
     """Write <dataset>_training.{png,pdf} for each dataset with logged cells; returns the paths.
@@ -140,7 +154,7 @@ def plot_training_curves(results_dir: str | Path, out_dir: str | Path | None = N
     Files go to out_dir (default <results_dir>/figures), as `bench plot` writes its other figures.
     """
     from .cell import complete_cells
-    from .plots import method_styles, save_figure
+    from .plots import method_styles
 
     cells = complete_cells(results_dir, skip_damaged) if cells is None else cells
     styles = method_styles([c.method for c in cells])
@@ -148,5 +162,5 @@ def plot_training_curves(results_dir: str | Path, out_dir: str | Path | None = N
     written: list[Path] = []
     for ds, logs in sorted(collect_logs(cells).items()):
         if dataset is None or ds == dataset:
-            written += save_figure(curves_figure(logs, styles, ds), out / f"{ds}_training")
+            written += save_truetype(curves_figure(logs, styles, ds), out / f"{ds}_training")
     return written

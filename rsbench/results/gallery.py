@@ -194,31 +194,32 @@ def load_split(dataset: str, data_root: str | Path | None, tops: list[MethodTop]
     return split
 
 
-def gallery(results_dir: str | Path, dataset: str, methods: Sequence[str] | None = None, n: int = 4,
-            query_ids: Sequence[int] | None = None, direction: str = "t2i", seed: int = 0,
-            differ: bool = False, data_root: str | Path | None = None, out_dir: str | Path | None = None,
-            cell_seed: int | None = None, skip_damaged: bool = False, split: Any = None,
-            cells: list | None = None) -> tuple[list[Path], list[int]]:
-    """Write <out>/<dataset>_gallery_<direction>.{png,pdf}; returns (paths, the queries shown).
-
-    `split` (a loaded test split) skips the dataset loader; `cells` skips scanning results_dir.
-    """
-    from .cell import complete_cells
-    from .plots import save_figure
-
+def build_gallery(cells: list, dataset: str, methods: Sequence[str] | None = None, n: int = 4,
+                  query_ids: Sequence[int] | None = None, direction: str = "t2i", seed: int = 0,
+                  differ: bool = False, data_root: str | Path | None = None, cell_seed: int | None = None,
+                  split: Any = None) -> tuple[Any, list[int]]:
+    """(figure, the queries shown) from scanned cells; `split` (a loaded test split) skips the loader."""
     if direction not in DIRECTIONS:
         raise unknown("direction", direction, DIRECTIONS)
-    cells = complete_cells(results_dir, skip_damaged) if cells is None else cells
     tops = [load_method_top(c) for c in pick_cells(cells, dataset, methods, cell_seed)]
     if any(not np.array_equal(t.cap2img, tops[0].cap2img) for t in tops):
         raise UserError(f"{dataset}: the chosen cells were scored on different test sets")
     if differ and len(tops) < 2:
         raise UserError("--differ needs at least two methods (it compares the first two of --methods)")
     key = "t2i_rank" if direction == "t2i" else "i2t_rank"
-    n_total = len(getattr(tops[0], key))
     ranks = (getattr(tops[0], key), getattr(tops[1], key)) if differ else None
-    queries = choose_queries(n_total, n, seed, query_ids, ranks)
+    queries = choose_queries(len(getattr(tops[0], key)), n, seed, query_ids, ranks)
     split = load_split(dataset, data_root, tops) if split is None else split
+    return gallery_figure(queries, direction, split, tops), queries
+
+
+def gallery(results_dir: str | Path, dataset: str, out_dir: str | Path | None = None, skip_damaged: bool = False,
+            **kw: Any) -> tuple[list[Path], list[int]]:
+    """`bench gallery`: write <out>/<dataset>_gallery_<direction>.{png,pdf} (default out:
+    <results_dir>/figures); returns (paths, the queries shown). kw: those of build_gallery."""
+    from .cell import complete_cells
+    from .curves import save_truetype
+
+    fig, queries = build_gallery(complete_cells(results_dir, skip_damaged), dataset, **kw)
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"
-    fig = gallery_figure(queries, direction, split, tops)
-    return save_figure(fig, out / f"{dataset}_gallery_{direction}"), queries
+    return save_truetype(fig, out / f"{dataset}_gallery_{kw.get('direction', 't2i')}"), queries
