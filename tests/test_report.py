@@ -222,3 +222,28 @@ def test_opens_in_headless_chromium_without_console_errors(page, tmp_path):
 def test_training_curve_pdf_embeds_truetype(grid):
     pdf = plot_training_curves(grid["results"], grid["tmp"] / "fig2")[1].read_bytes()
     assert b"/FontFile2" in pdf and b"/Type3" not in pdf
+
+
+def test_cli_functions_register_and_run(grid, tmp_path):
+    """The plain command functions work once registered (as cli/app.py will do)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from rsbench.cli.report_html import gallery as gallery_cmd
+    from rsbench.cli.report_html import report as report_cmd
+    from rsbench.errors import UserError
+
+    app = typer.Typer()
+    app.command("gallery")(gallery_cmd)
+    app.command("report")(report_cmd)
+    run = CliRunner().invoke
+    res = run(app, ["gallery", str(grid["results"]), "--dataset", "ucm", "--methods", "noisy,perfect",
+                    "--query-ids", "3,1", "--data-root", str(grid["data_root"]), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "queries: 3, 1" in res.output and (tmp_path / "ucm_gallery_t2i.pdf").is_file()
+    res = run(app, ["report", str(grid["results"]), "--out", str(tmp_path / "r.html"), "--gallery-queries", "0",
+                    "--resamples", "99"])
+    assert res.exit_code == 0, res.output
+    assert "<h3>Gallery</h3>" not in (tmp_path / "r.html").read_text(encoding="utf-8")
+    res = run(app, ["gallery", str(grid["results"]), "--dataset", "ucm", "--query-ids", "1,x"])
+    assert isinstance(res.exception, UserError) and "--query-ids" in str(res.exception)

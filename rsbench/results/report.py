@@ -42,8 +42,11 @@ def figure_uri(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _img(fig: Any, alt: str) -> str:
-    return f'<img class="figure" alt="{e(alt)}" src="{figure_uri(fig)}">'
+def _img(fig: Any, alt: str, wide: bool = False) -> str:
+    """An embedded figure; a wide one (the gallery) keeps its natural size in a scrolling box."""
+    cls = "figure wide" if wide else "figure"
+    img = f'<img class="{cls}" alt="{e(alt)}" src="{figure_uri(fig)}">'
+    return f'<div class="scroll">{img}</div>' if wide else img
 
 
 def _num(v: Any) -> float:
@@ -210,7 +213,7 @@ def gallery_html(ds: str, cells: list, data_root: str | Path | None, n: int, see
 
     fig, queries = build_gallery(cells, ds, n=n, seed=seed, data_root=data_root)
     cmd = f"bench gallery RESULTS --dataset {ds} --queries 8 --direction i2t"
-    return ("<h3>Gallery</h3>" + _img(fig, f"{ds} gallery") + f'<p class="note">Test captions {queries} '
+    return ("<h3>Gallery</h3>" + _img(fig, f"{ds} gallery", wide=True) + f'<p class="note">Test captions {queries} '
             f"(drawn with seed {seed}), one cell per method (its lowest seed). More, or image → text: "
             f"<code>{e(cmd)}</code>.</p>")
 

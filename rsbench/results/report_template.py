@@ -29,6 +29,7 @@ tr.published.hidden { display: none; }
 .sig-matrix td.loss { background: #f8d7d3; }
 .sig-matrix td.diag { background: #eee; }
 img.figure { max-width: 100%; height: auto; display: block; margin: 6px 0; }
+.scroll img.figure.wide { max-width: none; width: auto; }
 .warn { color: #a94400; }
 .scroll { overflow-x: auto; }
 """
