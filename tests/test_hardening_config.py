@@ -91,12 +91,12 @@ def test_metric_directions():
 
 
 def test_run_refuses_bad_value_before_loading_data(tmp_path, capsys, monkeypatch):
-    from rsbench.cli import run as cli_run
+    from rsbench.engine import grid
 
     def no_data(*_a, **_k):
         raise AssertionError("data loaded before the config was validated")
 
-    monkeypatch.setattr(cli_run, "_load_data", no_data)
+    monkeypatch.setattr(grid, "load_data", no_data)
     code, _out, err = run_cli(["run", "--methods", "vsepp,clip", "--dataset", "synthetic", "--device", "cpu",
                                "--out", str(tmp_path / "r"), "--set", "clip.train.select_metric=bogus"], capsys)
     assert code == 2
@@ -172,11 +172,11 @@ def test_deep_json_annotation_file_is_one_line(tmp_path):
     (RuntimeError("\nfirst\nsecond"), "first"),
     (OSError("x" * 500), "x" * 500),
 ])
-def test_first_line(exc, expect):
-    from rsbench.errors import first_line
+def test_one_line(exc, expect):
+    from rsbench.errors import one_line
 
-    assert first_line(exc) == expect
-    assert first_line(exc, 10) == expect[:10]
+    assert one_line(exc) == expect
+    assert one_line(exc, 10) == expect[:10]
 
 
 def test_zero_byte_weights_and_resume_files(tmp_path):
@@ -224,7 +224,7 @@ def test_zero_byte_last_pt_via_cli(tmp_path, tiny_synthetic, capsys):
 
 def test_zero_byte_openclip_checkpoint(tmp_path):
     pytest.importorskip("open_clip")
-    from rsbench.methods.openclip import load_openclip_weights
+    from rsbench.methods.components.openclip_tower import load_openclip_weights
 
     empty = tmp_path / "oc.bin"
     empty.write_bytes(b"")

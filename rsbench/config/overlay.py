@@ -20,7 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, as the `tomli` package (a dependency there, see pyproject.toml)
     import tomli as tomllib
 
-from ..errors import UserError, first_line, suggest
+from ..errors import UserError, one_line, suggest
 
 
 def is_optional(tp: Any) -> bool:
@@ -155,7 +155,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot parse config ({first_line(e)})") from None
+        raise UserError(f"{path}: cannot parse config ({one_line(e)})") from None
     except RecursionError:
         raise UserError(f"{path}: cannot parse config (nested too deeply)") from None
     if not isinstance(data, dict):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError, first_line
+from ..errors import DataError, one_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -119,7 +119,7 @@ def decode_image(path: str | Path) -> DecodedImage:
     except Image.DecompressionBombError as e:
         raise DataError(f"{path}: image too large ({e})") from None
     except (OSError, SyntaxError, ValueError, TypeError, IndexError, EOFError, MemoryError) as e:
-        msg = first_line(e)
+        msg = one_line(e)
         raise DataError(f"{path}: corrupt or truncated image ({msg})") from None
     return DecodedImage(rgb, mode, size)
 

@@ -19,12 +19,7 @@ from ..contracts import require_above
 from ..errors import UserError
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
 from .components.contrastive import check_same_image_mode, decay_param_groups, info_nce
-from .components.openclip_tower import (  # noqa: F401 (load_openclip_weights, resolve_architecture: re-exported)
-    OpenClipTokenizer,
-    build_openclip_model,
-    load_openclip_weights,
-    resolve_architecture,
-)
+from .components.openclip_tower import OpenClipTokenizer, build_openclip_model
 from .components.prompts import PromptTokenizer
 from .registry import register_method
 

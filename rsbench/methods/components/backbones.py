@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import UserError, first_line
+from ...errors import UserError, one_line
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -30,7 +30,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read (pickle refusal, truncation, foreign format) is a refusal
-        raise UserError(f"{path}: cannot read weights safely ({first_line(e, 200)})") from None
+        raise UserError(f"{path}: cannot read weights safely ({one_line(e, 200)})") from None
     for key in ("state_dict", "model", "module"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -60,7 +60,7 @@ def create_backbone(name: str, pretrained: bool = False, weights: str | None = N
     except (OSError, RuntimeError, ValueError) as e:
         if use_hub:
             raise UserError(
-                f"cannot get pretrained weights for '{name}' ({first_line(e, 120)}); "
+                f"cannot get pretrained weights for '{name}' ({one_line(e, 120)}); "
                 "pass backbone_weights=PATH or set pretrained=false"
             ) from None
         raise

