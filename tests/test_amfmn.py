@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from helpers import fit_one_batch
 
-from rsbench.config.schema import TrainConfig, set_key
+from rsbench.config.overlay import set_key
+from rsbench.config.schema import TrainConfig
 from rsbench.errors import UserError
 from rsbench.methods import get_method_spec
 from rsbench.methods.amfmn import AMFMN, MVSA, VARIANTS, AMFMNConfig

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from rsbench.config.schema import TrainConfig
+from rsbench.contracts import Batch
 from rsbench.datasets import load_dataset, load_image
 from rsbench.datasets.cache import ImageCache, train_resize_size
 from rsbench.datasets.torchdata import (
@@ -24,7 +25,7 @@ from rsbench.datasets.torchdata import (
     make_collate,
     )
 from rsbench.errors import UserError
-from rsbench.methods.base import IMAGENET_MEAN, IMAGENET_STD, Batch
+from rsbench.methods.base import IMAGENET_MEAN, IMAGENET_STD
 
 
 def toy_tokenizer(caps: list[str]) -> dict[str, torch.Tensor]:
@@ -72,9 +73,6 @@ def test_transforms(rsicd):
     assert torch.equal(plain(img), x)  # no augmentation: the eval pipeline
     assert [type(t) for t in build_transform(16, 0, {"flip"}, train=True).transforms] == \
         [v2.Resize, v2.RandomHorizontalFlip, v2.PILToTensor]
-    # transition until #14 round 2: the old call with a TrainConfig builds the same pipeline
-    old = build_transform(cfg(augment="crop,flip,rotate"), train=True)
-    assert [type(t) for t in old.transforms] == [type(t) for t in tr.transforms]
 
 
 def test_image_normalizer_matches_per_image_pipeline() -> None:

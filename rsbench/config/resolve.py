@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .schema import RunConfig, TrainConfig, all_keys, check_fields, has_key, set_key
+from .overlay import all_keys, has_key, set_key
+from .schema import RunConfig, TrainConfig, check_fields
 from ..errors import UserError, suggest
 from ..methods.registry import get_method_spec, list_methods
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,15 +17,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from ..methods.base import Batch, Tokenizer
-from ..contracts import Split
+from ..contracts import Batch, Split, Tokenizer
 from .cache import ImageCache, train_resize_size
 from .images import load_image
 
 ImageLoader = Callable[[Path], Image.Image]
 
 
-def build_transform(image_size: int | Any, resize: int = 0, augments: Collection[str] = (),
+def build_transform(image_size: int, resize: int = 0, augments: Collection[str] = (),
                     train: bool = False) -> v2.Compose:
     """PIL RGB image -> uint8 tensor (3, S, S), S = image_size.
 
@@ -36,9 +34,6 @@ def build_transform(image_size: int | Any, resize: int = 0, augments: Collection
     (config.schema.parse_augment). Images stay uint8 through the DataLoader (a quarter of the
     bytes to collate, pin and copy); `ImageNormalizer` converts a whole batch on the device.
     """
-    if not isinstance(image_size, int):  # transition (#14 round 2 removes it): build_transform(train_cfg, train=)
-        cfg = image_size
-        return build_transform(int(cfg.image_size), int(cfg.resize), cfg.augments, train)
     s = int(image_size)
     ops: list[torch.nn.Module] = []  # geometric ops run on the PIL image (Pillow's resize, = the cache's)
     if not train:

@@ -59,7 +59,7 @@ class AMFMNConfig:
     score_chunk_mb: int = 0  # memory bound of one fusion/similarity scoring chunk; 0 = 16 on CPU, 256 on GPU
 
     def validate(self) -> None:
-        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        """Checked at resolution (rsbench.config.schema.check_fields), before any data is loaded."""
         require_at_least(self, "model.", {"word_dim": 1, "hidden_dim": 1, "max_words": 1})
         _check_config(self)
 

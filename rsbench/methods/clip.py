@@ -51,7 +51,7 @@ class ClipConfig:
     tower_lr_scale: float = 1.0  # lr multiplier of both towers (the projections and temperature use 1)
 
     def validate(self) -> None:
-        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        """Checked at resolution (rsbench.config.schema.check_fields), before any data is loaded."""
         require_at_least(self, "model.", {"embed_dim": 1, "max_len": 2})
         require_above(self, "model.", ("init_temperature", "max_logit_scale"))
 

@@ -93,7 +93,7 @@ class MSAConfig:
     mscmat: MSCMATConfig = field(default_factory=MSCMATConfig)
 
     def validate(self) -> None:
-        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        """Checked at resolution (rsbench.config.schema.check_fields), before any data is loaded."""
         require_at_least(self, "model.", {"embed_dim": 1, "num_heads": 1, "max_len": 2})
         if self.embed_dim % self.num_heads:
             raise UserError(f"model.num_heads={self.num_heads} must divide model.embed_dim={self.embed_dim}")

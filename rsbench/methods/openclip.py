@@ -40,7 +40,7 @@ class OpenClipConfig:
     max_logit_scale: float = 100.0  # clamp of the logit scale, as in CLIP
 
     def validate(self) -> None:
-        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        """Checked at resolution (rsbench.config.schema.check_fields), before any data is loaded."""
         require_above(self, "model.", ("max_logit_scale",))
 
 

@@ -40,7 +40,7 @@ class VSEConfig:
     max_words: int = 48
 
     def validate(self) -> None:
-        """Checked at resolution (rsbench.config.check_fields), before any data is loaded."""
+        """Checked at resolution (rsbench.config.schema.check_fields), before any data is loaded."""
         require_at_least(self, "model.", {"embed_dim": 1, "word_dim": 1, "hidden_dim": 1, "max_words": 1})
 
 
