@@ -431,11 +431,3 @@ def test_display_names_come_from_the_catalogue():
         ["RSICD", "RSITMD", "UCM-captions", "Sydney-captions"]
     assert display_name("synthetic") == "synthetic" and display_name("MyData") == "MyData"
 
-
-def test_old_catalogue_names_still_resolve_until_round_2():
-    from rsbench.datasets import catalogue, source
-
-    assert catalogue.load_dataset is source.load_dataset
-    assert catalogue.default_data_root is source.default_data_root
-    with pytest.raises(AttributeError):
-        catalogue.no_such_name  # noqa: B018

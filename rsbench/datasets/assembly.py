@@ -42,11 +42,6 @@ def class_from_name(name: str) -> str:
     return head if sep else ""
 
 
-def normalize_caption(raw: str) -> str:
-    """Keep the raw text but strip it and collapse runs of whitespace (tabs, double spaces, newlines)."""
-    return " ".join(raw.split())
-
-
 def safe_image_path(image_dir: Path, name: str, ann_file: Path | str, entry: str,
                     resolved_dir: bool = False) -> Path:
     """Join `name` to the image folder, refusing anything that would read outside it.

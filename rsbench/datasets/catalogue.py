@@ -5,9 +5,7 @@ Adding a dataset is one `DatasetInfo` here; finding its files on disk is dataset
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Any
 
 from ..errors import unknown
 
@@ -63,15 +61,4 @@ def display_name(name: str) -> str:
     key = name.strip().lower()
     info = _DATASETS.get(_ALIASES.get(key, key))
     return info.display_name if info is not None and info.display_name else name
-
-
-# Transition until #14 round 2 moves the callers to rsbench.datasets.source (a static import here
-# would be a catalogue <-> source cycle): the names that used to live in this module.
-_MOVED_TO_SOURCE = ("load_dataset", "default_data_root", "LAYOUTS", "SYNTHETIC_DEFAULTS")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_SOURCE:
-        return getattr(importlib.import_module("rsbench.datasets.source"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

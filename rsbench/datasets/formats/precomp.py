@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DataError
+from ...text import normalize_caption
+from ..assembly import ImageRecord, class_from_name
 from .common import decode_utf8, read_bytes
-from ..assembly import ImageRecord, class_from_name, normalize_caption
 
 PRECOMP_FILES = ("train_caps.txt", "train_filename.txt", "test_caps.txt", "test_filename.txt")
 

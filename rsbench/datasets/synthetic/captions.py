@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from ...text import words as tokenize  # noqa: F401 (generate.py: the JSON "tokens")
 from .palette import pick
 
 CLASS_NOUNS: dict[str, tuple[str, ...]] = {

@@ -16,7 +16,8 @@ from PIL import Image
 
 from ...errors import UserError
 from ...io import atomic_dir, write_json
-from .captions import captions, tokenize
+from ...text import words
+from .captions import captions
 from .render import render
 from .scenes import BUILDERS, CLASSES
 
@@ -98,7 +99,7 @@ def _write_images(
         fname = f"{cls}_{n}.png"
         img.save(folder / fname, format="PNG", compress_level=3)
         sents = [
-            {"raw": c, "tokens": tokenize(c), "imgid": k, "sentid": sentid + j} for j, c in enumerate(caps)
+            {"raw": c, "tokens": words(c), "imgid": k, "sentid": sentid + j} for j, c in enumerate(caps)
         ]
         images.append(
             {
