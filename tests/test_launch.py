@@ -38,12 +38,12 @@ def test_parse_time() -> None:
 
 
 def test_config_round_trip() -> None:
-    from rsbench.config.schema import to_dict
-    from rsbench.engine.launch import config_from_dict
+    from rsbench.config.overlay import to_dict
     from rsbench.config.resolve import resolve_config
+    from rsbench.config.schema import RunConfig
 
     cfg = resolve_config("vsepp", "synthetic", 3, "small", {}, {"epochs": 2}, {"embed_dim": "32"})
-    assert config_from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg
+    assert RunConfig.from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg
 
 
 def test_slurm_needs_partition(tmp_path, capsys) -> None:
@@ -77,7 +77,7 @@ def test_submitit_local_grid_runs_both_cells(syn, tmp_path, capsys) -> None:
 
 @pytest.mark.slow
 def test_status_states(syn, tmp_path, capsys) -> None:
-    from rsbench.engine.launch import record_jobs
+    from rsbench.results.scan import record_jobs
     from rsbench.locks import cell_lock
 
     out = tmp_path / "res"

@@ -25,7 +25,8 @@ import torch
 from helpers import run_cli
 
 from rsbench.engine.checkpoint import load_resume
-from rsbench.results.cell import is_complete, scan_results
+from rsbench.results.cell import is_complete
+from rsbench.results.scan import scan_results
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 CELL = ("synthetic", "vsepp", "seed0")

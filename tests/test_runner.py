@@ -187,7 +187,7 @@ def test_failed_cell_goes_on_alone_but_stops_a_distributed_rank(syn, tmp_path, m
     from rsbench.engine import distributed as dist
     from rsbench.engine import grid
     from rsbench.datasets import load_dataset
-    from rsbench.engine.cellfolder import FAILED_FILE
+    from rsbench.results.layout import FAILED_FILE
 
     def fail(*_a, **_k):
         raise UserError("out of memory on cuda:1 at epoch 1, step 3 with batch size 8")
@@ -215,7 +215,7 @@ def test_failed_cell_goes_on_alone_but_stops_a_distributed_rank(syn, tmp_path, m
 def test_default_synthetic_is_generated_by_the_preparing_rank_only_when_needed(tmp_path):
     """Under torchrun rank 0 runs this before the others load: it generates the default synthetic set
     (and only that: a given data root or another dataset generates nothing)."""
-    from rsbench.datasets.catalogue import default_data_root
+    from rsbench.datasets.source import default_data_root
 
     cache = tmp_path / "cache"
     assert default_data_root("rsicd", None, None) is None
@@ -353,7 +353,7 @@ def test_disk_full_during_a_run_is_one_line(syn, tmp_path, capsys, monkeypatch):
 # ---- dirty datasets, user-facing ---------------------------------------------------------------
 
 def test_worker_traceback_becomes_one_line():
-    from rsbench.engine.cellfolder import one_line
+    from rsbench.errors import one_line
 
     e = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                   '  File "x.py", line 1, in f\nrsbench.errors.DataError: /d/img.png: corrupt or truncated image (x)\n')
