@@ -168,6 +168,43 @@ def test_out_of_memory_in_training_suggests_a_smaller_batch(syn, tmp_path, monke
                             "train.batch_size=4 (or a smaller train.image_size)")
 
 
+def test_rank_split_gives_the_top_k_of_the_full_test_matrix(syn):
+    """Top-K from the blockwise pass equals the top-K of the whole matrix, ranks those of compute_ranks."""
+    from rsbench.datasets import load_dataset
+    from rsbench.engine.cell import build_method
+    from rsbench.engine.device import pick_precision
+    from rsbench.engine.evaluate import encode_split, rank_split
+    from rsbench.evaluation.metrics import compute_ranks
+    from rsbench.evaluation.topk import topk_from_scores
+
+    cfg, cpu = tiny(), torch.device("cpu")
+    data = load_dataset("synthetic", data_root=syn)
+    torch.manual_seed(0)
+    method = build_method(cfg, data, cpu)
+    prec = pick_precision(cfg.train.amp, cpu)
+    i2t, t2i, top = rank_split(method, data.test, cfg, cpu, prec, topk=True)
+    full = method.score(*encode_split(method, data.test, cfg, cpu, prec)).numpy()
+    ref = topk_from_scores(full)
+    ref_i2t, ref_t2i = compute_ranks(full, data.test.cap2img)
+    assert i2t.tolist() == ref_i2t.tolist() and t2i.tolist() == ref_t2i.tolist()
+    assert np.array_equal(top.i2t_idx, ref.i2t_idx) and np.array_equal(top.t2i_idx, ref.t2i_idx)
+    assert top.i2t_idx.shape == (data.test.n_images, 10) and top.t2i_idx.shape == (data.test.n_captions, 6)
+    assert rank_split(method, data.val, cfg, cpu, prec)[2] is None  # val: no top-K
+
+
+def test_finished_cell_has_top_k_agreeing_with_its_ranks(finished):
+    """topk.npz is written for the test split; a query ranked first has its own match in first place."""
+    from rsbench.evaluation.topk import read_topk
+
+    with np.load(finished / "ranks.npz") as z:
+        i2t, t2i, c2i = z["i2t_rank"], z["t2i_rank"], z["cap2img"]
+    top = read_topk(finished / "topk.npz", len(i2t), len(t2i))
+    firsts = np.flatnonzero(t2i == 1)
+    assert firsts.size and (top.t2i_idx[firsts, 0] == c2i[firsts]).all()
+    assert all(c2i[top.i2t_idx[i, 0]] == i for i in np.flatnonzero(i2t == 1))
+    assert all(c2i[top.i2t_idx[i, 0]] != i for i in np.flatnonzero(i2t > 1))
+
+
 def test_out_of_memory_in_evaluation_suggests_a_smaller_eval_batch(syn, tmp_path, monkeypatch):
     from rsbench.engine import evaluate as engine_evaluate
 
