@@ -15,18 +15,32 @@ from typing import Any
 
 import torch
 
-from . import distributed as dist
-from .cellfolder import check_cell_config, check_cell_data, clear_cell, config_record, data_record, remove_trash
-from .checkpoint import load_best
-from .device import pick_precision, use_channels_last
-from .evaluate import check_not_collapsed, evaluate
-from .train import Trainer, attach_train_data, build_image_cache, seed_everything, start_training, train_epochs
 from ..config.schema import RunConfig
 from ..contracts import DatasetSplits
 from ..io import cache_root, remove_stale_temp_files, write_json  # one cache root for datasets and methods
 from ..methods.base import MethodContext, RetrievalMethod
 from ..methods.registry import create_method
 from ..results.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_FILE, RUN_FILE
+from . import distributed as dist
+from .cellfolder import (
+    check_cell_config,
+    check_cell_data,
+    clear_cell,
+    config_record,
+    data_record,
+    remove_trash,
+)
+from .checkpoint import load_best
+from .device import pick_precision, use_channels_last
+from .evaluate import check_not_collapsed, evaluate
+from .train import (
+    Trainer,
+    attach_train_data,
+    build_image_cache,
+    seed_everything,
+    start_training,
+    train_epochs,
+)
 
 
 @dataclass

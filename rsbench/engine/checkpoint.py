@@ -19,7 +19,6 @@ import torch
 
 from ..errors import UserError, one_line
 from ..io import read_json, write_bytes, write_json, write_with
-from ..results.layout import RESUME_FILE
 
 BEST_FILE = "best.safetensors"
 BEST_META = "best.json"

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .device import Precision, auto_workers, make_loader, use_channels_last
 from ..errors import UserError
 from ..io import kill_point
+from .device import Precision, auto_workers, make_loader, use_channels_last
 
 if TYPE_CHECKING:
     from ..config.schema import RunConfig

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UserError, one_line
+from ..results.layout import CHECKPOINT_DIR, RESUME_FILE, TRAIN_LOG
 from . import cell as cell_mod  # run_cell is looked up at call time (tests replace it)
 from . import distributed as dist
 from .cellfolder import check_cell_config, check_cell_data, clear_cell
-from ..errors import UserError, one_line
-from ..results.layout import CHECKPOINT_DIR, RESUME_FILE, TRAIN_LOG
 
 if TYPE_CHECKING:
     import torch

@@ -51,12 +51,12 @@ def run_cell_job(cfg: dict[str, Any], source: DataSource, out: str, device: str 
     DataSource). Any error is recorded in the cell's failed.json (and re-raised, so the scheduler
     marks the job failed).
     """
-    from . import distributed as dist
-    from .device import pick_device
-    from .grid import load_data, record_failure, run_one_cell
     from ..config.schema import RunConfig
     from ..results.cell import read_failure
     from ..results.layout import cell_dir
+    from . import distributed as dist
+    from .device import pick_device
+    from .grid import load_data, record_failure, run_one_cell
 
     _export_submitit_dist_env()
     run_cfg = RunConfig.from_dict(cfg)

@@ -15,20 +15,27 @@ import io
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from . import distributed as dist
-from .checkpoint import RESUME_FILE, CheckpointError, best_epoch_on_disk, load_resume, restore_model, save_best, \
-    save_resume
-from .device import Precision, auto_workers, make_loader, use_channels_last
 from ..errors import UserError, one_line
 from ..io import kill_point, write_text
-from ..results.layout import CHECKPOINT_DIR, TRAIN_LOG
+from ..results.layout import CHECKPOINT_DIR, RESUME_FILE, TRAIN_LOG
+from . import distributed as dist
+from .checkpoint import (
+    CheckpointError,
+    best_epoch_on_disk,
+    load_resume,
+    restore_model,
+    save_best,
+    save_resume,
+)
+from .device import Precision, auto_workers, make_loader, use_channels_last
 
 if TYPE_CHECKING:
     from ..config.schema import RunConfig

@@ -33,20 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contracts import Batch, LossOutput, Tokenizer
 from ..errors import UserError
 from .amfmn import AMFMNConfig
 from .amfmn import ImageEncoder as AMFMNImageEncoder
 from .amfmn import TextEncoder as AMFMNTextEncoder
-from .base import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Batch,
-    LossOutput,
-    MethodContext,
-    RetrievalMethod,
-    Tokenizer,
-    same_image_mask,
-)
+from .base import IMAGENET_MEAN, IMAGENET_STD, MethodContext, RetrievalMethod, same_image_mask
 from .components.triplet import hinge_triplet
 from .components.vocab import Vocabulary, WordTokenizer
 from .registry import register_method
