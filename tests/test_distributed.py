@@ -30,9 +30,9 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def test_torchrun_two_cpu_ranks_equal_single_process_eval(tmp_path: Path, tiny_synthetic: Path) -> None:
     from rsbench.config.resolve import resolve_config
     from rsbench.datasets import load_dataset
-    from rsbench.engine.cell import evaluate
     from rsbench.engine.checkpoint import load_best
     from rsbench.engine.device import pick_precision
+    from rsbench.engine.evaluate import evaluate
     from rsbench.methods.base import MethodContext
     from rsbench.methods.registry import create_method
 

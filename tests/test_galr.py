@@ -118,7 +118,7 @@ def test_midf_fusion_by_hand() -> None:
         assert torch.allclose(m(g, loc), w[:, :1] * gg + w[:, 1:] * ll, atol=1e-5)
 
 
-def test_grid_fallback_trains_a_step_and_mr_option_is_refused(tmp_path) -> None:
+def test_grid_fallback_trains_a_step_and_mr_is_an_option(tmp_path) -> None:
     model = make(tmp_path)
     assert model.detector is None and "grid" in model.extra_state_json()["region_source"]
     images = torch.randn(4, 3, 64, 64).repeat_interleave(2, 0)
@@ -129,8 +129,9 @@ def test_grid_fallback_trains_a_step_and_mr_option_is_refused(tmp_path) -> None:
     out.loss.backward()
     assert model.gcn.out.weight.grad is not None and model.fusion.weights[0].weight.grad is not None
     assert model.global_encoder.mvsa.fc.weight.grad is not None
-    with pytest.raises(UserError, match="rerank=mr is transductive"):
-        make(tmp_path, rerank="mr")
+    assert not model.reranks and make(tmp_path, rerank="mr").reranks  # the engine re-ranks only with mr
+    with pytest.raises(UserError, match="bad rerank 'xr'"):
+        make(tmp_path, rerank="xr")
 
 
 def test_detector_path_caches_region_features(tmp_path, monkeypatch) -> None:
@@ -170,3 +171,52 @@ def test_detector_path_caches_region_features(tmp_path, monkeypatch) -> None:
 def test_trains_on_synthetic_far_above_chance(tiny_synthetic, tmp_path) -> None:
     metrics = run_small("galr", tiny_synthetic, tmp_path, epochs=15)
     assert_far_above_chance(metrics)
+
+
+def _ranks_loop(sim: np.ndarray, cap2img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query reference: 1 + candidates scoring higher, or equal with a lower index (the ties rule)."""
+    n, m = sim.shape
+    i2t = [min(1 + sum(sim[i, x] > sim[i, c] or (sim[i, x] == sim[i, c] and x < c) for x in range(m))
+               for c in range(m) if cap2img[c] == i) for i in range(n)]
+    t2i = [1 + sum(sim[x, c] > sim[cap2img[c], c] or (sim[x, c] == sim[cap2img[c], c] and x < cap2img[c])
+                   for x in range(n)) for c in range(m)]
+    return np.array(i2t), np.array(t2i)
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_mr_cell_ranks_each_direction_from_its_own_mr_matrix(tiny_synthetic, tmp_path) -> None:
+    """galr_mr end to end: the cell's ranks are those of ranking the MR matrices of the selected model's
+    full test matrix directly (images->captions from one, captions->images from the other); rank_split's
+    top-K lists come from the same two matrices; config.json records rerank=mr."""
+    import json
+
+    from rsbench.config.resolve import resolve_config
+    from rsbench.datasets import load_dataset
+    from rsbench.engine.cell import build_method
+    from rsbench.engine.checkpoint import load_best
+    from rsbench.engine.device import pick_precision
+    from rsbench.engine.evaluate import encode_split, rank_split
+    from rsbench.evaluation.topk import topk_from_scores
+
+    metrics = run_small("galr_mr", tiny_synthetic, tmp_path, epochs=1)
+    cell = tmp_path / "galr_mr" / "seed0"
+    assert json.loads((cell / "config.json").read_text())["model"]["rerank"] == "mr"
+    data = load_dataset("synthetic", data_root=tiny_synthetic)
+    cfg = resolve_config("galr_mr", "synthetic", 0, "small", {}, {"epochs": 1, "batch_size": 8},
+                         {"backbone": "test_resnet", "train.image_size": "32"})
+    cpu = torch.device("cpu")
+    method = build_method(cfg, data, cpu)
+    method.load_extra_state_json(load_best(cell / "checkpoint", method, "galr_mr").get("text_state", {}))
+    prec = pick_precision(cfg.train.amp, cpu)
+    img, txt = encode_split(method, data.test, cfg, cpu, prec)
+    by_image, by_caption = multivariate_rerank(method.score(img, txt).numpy(), cfg.model.mr_k, cfg.model.mr_wp1,
+                                               cfg.model.mr_wp2)
+    c2i = np.asarray(data.test.cap2img)
+    with np.load(cell / "ranks.npz") as z:
+        assert z["i2t_rank"].tolist() == _ranks_loop(by_image, c2i)[0].tolist()
+        assert z["t2i_rank"].tolist() == _ranks_loop(by_caption, c2i)[1].tolist()
+    assert metrics["n_images"] == data.test.n_images and metrics["method"] == "galr_mr"
+    *_, top = rank_split(method, data.test, cfg, cpu, prec, topk=True)
+    a, b = topk_from_scores(by_image), topk_from_scores(by_caption)
+    assert np.array_equal(top.i2t_idx, a.i2t_idx) and np.array_equal(top.t2i_idx, b.t2i_idx)
+    assert np.allclose(top.i2t_score, a.i2t_score) and np.allclose(top.t2i_score, b.t2i_score)

@@ -28,8 +28,8 @@ def syn(tiny_synthetic: Path) -> Path:
 
 
 def test_parse_time() -> None:
-    from rsbench.errors import UserError
     from rsbench.engine.launch import parse_time
+    from rsbench.errors import UserError
 
     assert [parse_time(v) for v in ("90", "4:00:00", "1-12:00:00", "2h", "30m", "10:30")] == \
         [90, 240, 2160, 120, 30, 11]
@@ -38,12 +38,12 @@ def test_parse_time() -> None:
 
 
 def test_config_round_trip() -> None:
-    from rsbench.config.schema import to_dict
-    from rsbench.engine.launch import config_from_dict
+    from rsbench.config.overlay import to_dict
     from rsbench.config.resolve import resolve_config
+    from rsbench.config.schema import RunConfig
 
     cfg = resolve_config("vsepp", "synthetic", 3, "small", {}, {"epochs": 2}, {"embed_dim": "32"})
-    assert config_from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg
+    assert RunConfig.from_dict(json.loads(json.dumps(to_dict(cfg)))) == cfg
 
 
 def test_slurm_needs_partition(tmp_path, capsys) -> None:
@@ -77,8 +77,8 @@ def test_submitit_local_grid_runs_both_cells(syn, tmp_path, capsys) -> None:
 
 @pytest.mark.slow
 def test_status_states(syn, tmp_path, capsys) -> None:
-    from rsbench.engine.launch import record_jobs
     from rsbench.locks import cell_lock
+    from rsbench.results.scan import record_jobs
 
     out = tmp_path / "res"
     base = ["run", "--methods", "vsepp", "--dataset", "synthetic", "--data-root", str(syn), "--out", str(out),

@@ -25,7 +25,9 @@ import torch
 from helpers import run_cli
 
 from rsbench.engine.checkpoint import load_resume
-from rsbench.results.cell import is_complete, scan_results
+from rsbench.evaluation.topk import read_topk
+from rsbench.results.cell import is_complete
+from rsbench.results.scan import scan_results
 
 BENCH = str(Path(sys.executable).with_name("bench"))
 CELL = ("synthetic", "vsepp", "seed0")
@@ -74,6 +76,8 @@ def assert_no_partial_files(out: Path) -> None:
             assert p.name.startswith("."), p
         elif p.suffix == ".json":
             json.loads(p.read_text(encoding="utf-8"))
+        elif p.name == "topk.npz":
+            read_topk(p)  # shapes, index ranges and score order checked
         elif p.suffix == ".npz":
             with np.load(p, allow_pickle=False) as z:
                 assert set(z.files) == {"i2t_rank", "t2i_rank", "cap2img"}
@@ -99,8 +103,9 @@ def assert_same_cell(ref: Path, cell: Path) -> None:
     """Everything a run computes is bitwise equal; only wall-clock fields may differ."""
     assert (cell / "metrics.json").read_bytes() == (ref / "metrics.json").read_bytes()
     assert (cell / "config.json").read_bytes() == (ref / "config.json").read_bytes()
-    with np.load(ref / "ranks.npz") as a, np.load(cell / "ranks.npz") as b:
-        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    for name in ("ranks.npz", "topk.npz"):
+        with np.load(ref / name) as a, np.load(cell / name) as b:
+            assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files), name
     from safetensors.torch import load_file
 
     assert _same(load_file(str(ref / "checkpoint/best.safetensors")), load_file(str(cell / "checkpoint/best.safetensors")))

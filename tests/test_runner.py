@@ -49,6 +49,15 @@ def run(cfg, syn: Path, cell: Path, **kw):
                     **kw)
 
 
+def same_result(a: Path, b: Path) -> bool:
+    """Two metrics.json files hold the same result: equal in every key but the method and dataset names,
+    which metrics.json takes from the folders the cells lie in (results.cell.write_eval_outputs)."""
+    ja, jb = (json.loads(f.read_text(encoding="utf-8")) for f in (a, b))
+    for j in (ja, jb):
+        del j["method"], j["dataset"]
+    return ja == jb and ja["fingerprint"] is not None
+
+
 @pytest.fixture(scope="module")
 def finished(syn, tmp_path_factory) -> Path:
     """One uninterrupted 2-epoch cell."""
@@ -168,6 +177,43 @@ def test_out_of_memory_in_training_suggests_a_smaller_batch(syn, tmp_path, monke
                             "train.batch_size=4 (or a smaller train.image_size)")
 
 
+def test_rank_split_gives_the_top_k_of_the_full_test_matrix(syn):
+    """Top-K from the blockwise pass equals the top-K of the whole matrix, ranks those of compute_ranks."""
+    from rsbench.datasets import load_dataset
+    from rsbench.engine.cell import build_method
+    from rsbench.engine.device import pick_precision
+    from rsbench.engine.evaluate import encode_split, rank_split
+    from rsbench.evaluation.metrics import compute_ranks
+    from rsbench.evaluation.topk import topk_from_scores
+
+    cfg, cpu = tiny(), torch.device("cpu")
+    data = load_dataset("synthetic", data_root=syn)
+    torch.manual_seed(0)
+    method = build_method(cfg, data, cpu)
+    prec = pick_precision(cfg.train.amp, cpu)
+    i2t, t2i, top = rank_split(method, data.test, cfg, cpu, prec, topk=True)
+    full = method.score(*encode_split(method, data.test, cfg, cpu, prec)).numpy()
+    ref = topk_from_scores(full)
+    ref_i2t, ref_t2i = compute_ranks(full, data.test.cap2img)
+    assert i2t.tolist() == ref_i2t.tolist() and t2i.tolist() == ref_t2i.tolist()
+    assert np.array_equal(top.i2t_idx, ref.i2t_idx) and np.array_equal(top.t2i_idx, ref.t2i_idx)
+    assert top.i2t_idx.shape == (data.test.n_images, 10) and top.t2i_idx.shape == (data.test.n_captions, 6)
+    assert rank_split(method, data.val, cfg, cpu, prec)[2] is None  # val: no top-K
+
+
+def test_finished_cell_has_top_k_agreeing_with_its_ranks(finished):
+    """topk.npz is written for the test split; a query ranked first has its own match in first place."""
+    from rsbench.evaluation.topk import read_topk
+
+    with np.load(finished / "ranks.npz") as z:
+        i2t, t2i, c2i = z["i2t_rank"], z["t2i_rank"], z["cap2img"]
+    top = read_topk(finished / "topk.npz", len(i2t), len(t2i))
+    firsts = np.flatnonzero(t2i == 1)
+    assert firsts.size and (top.t2i_idx[firsts, 0] == c2i[firsts]).all()
+    assert all(c2i[top.i2t_idx[i, 0]] == i for i in np.flatnonzero(i2t == 1))
+    assert all(c2i[top.i2t_idx[i, 0]] != i for i in np.flatnonzero(i2t > 1))
+
+
 def test_out_of_memory_in_evaluation_suggests_a_smaller_eval_batch(syn, tmp_path, monkeypatch):
     from rsbench.engine import evaluate as engine_evaluate
 
@@ -183,11 +229,11 @@ def test_out_of_memory_in_evaluation_suggests_a_smaller_eval_batch(syn, tmp_path
 def test_failed_cell_goes_on_alone_but_stops_a_distributed_rank(syn, tmp_path, monkeypatch, capsys):
     """One process: the failure is printed, recorded and the grid goes on. Under torchrun the rank
     raises instead, so that it exits and torchrun stops the ranks waiting for it in a collective."""
+    from rsbench.datasets import load_dataset
     from rsbench.engine import cell as runner
     from rsbench.engine import distributed as dist
     from rsbench.engine import grid
-    from rsbench.datasets import load_dataset
-    from rsbench.engine.cellfolder import FAILED_FILE
+    from rsbench.results.layout import FAILED_FILE
 
     def fail(*_a, **_k):
         raise UserError("out of memory on cuda:1 at epoch 1, step 3 with batch size 8")
@@ -215,7 +261,7 @@ def test_failed_cell_goes_on_alone_but_stops_a_distributed_rank(syn, tmp_path, m
 def test_default_synthetic_is_generated_by_the_preparing_rank_only_when_needed(tmp_path):
     """Under torchrun rank 0 runs this before the others load: it generates the default synthetic set
     (and only that: a given data root or another dataset generates nothing)."""
-    from rsbench.datasets.catalogue import default_data_root
+    from rsbench.datasets.source import default_data_root
 
     cache = tmp_path / "cache"
     assert default_data_root("rsicd", None, None) is None
@@ -249,7 +295,7 @@ def test_kill_between_last_and_best_checkpoint_is_repaired(syn, finished, tmp_pa
     assert load_resume(cell / "checkpoint" / "last.pt")["epoch"] == 1
     assert not (cell / "checkpoint" / "best.safetensors").exists()
     run(tiny(), syn, cell)
-    assert (cell / "metrics.json").read_bytes() == (finished / "metrics.json").read_bytes()
+    assert same_result(cell / "metrics.json", finished / "metrics.json")
     with np.load(cell / "ranks.npz") as a, np.load(finished / "ranks.npz") as b:
         assert all(np.array_equal(a[k], b[k]) for k in a.files)
 
@@ -353,7 +399,7 @@ def test_disk_full_during_a_run_is_one_line(syn, tmp_path, capsys, monkeypatch):
 # ---- dirty datasets, user-facing ---------------------------------------------------------------
 
 def test_worker_traceback_becomes_one_line():
-    from rsbench.engine.cellfolder import one_line
+    from rsbench.errors import one_line
 
     e = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                   '  File "x.py", line 1, in f\nrsbench.errors.DataError: /d/img.png: corrupt or truncated image (x)\n')

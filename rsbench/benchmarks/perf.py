@@ -323,7 +323,7 @@ class Workspace:
     def synthetic(self) -> Any:
         """A synthetic data set at 256 px (generated once per run)."""
         if self._data is None:
-            from ..datasets.catalogue import load_dataset
+            from ..datasets import load_dataset
             from ..datasets.synthetic import generate_synthetic
 
             folder = self.root / "synthetic"
@@ -536,13 +536,11 @@ def loading_epoch(split: Any, transform: Any, cache: Any, batch_size: int = 32) 
 
 
 def item_loading(ws: Workspace) -> list[Row]:
-    from ..config.schema import TrainConfig
     from ..datasets.cache import ImageCache, train_resize_size
     from ..datasets.torchdata import build_transform
 
     train = ws.synthetic().train
-    tcfg = TrainConfig(image_size=256, resize=278, augment="crop,flip")
-    transform = build_transform(tcfg, train=True)
+    transform = build_transform(256, 278, {"crop", "flip"}, train=True)
     rows = []
     with torch_threads(1):
         for fmt in ws.sizes.loading_formats:
@@ -573,8 +571,9 @@ def item_loading(ws: Workspace) -> list[Row]:
 def build_method(name: str, ws: Workspace, device: torch.device) -> dict[str, Any]:
     """A method from its small preset, its optimiser and one seeded batch."""
     from ..config.resolve import resolve_config
-    from ..engine.cell import build_optimizer
-    from ..methods import Batch, MethodContext, create_method
+    from ..contracts import Batch
+    from ..engine.train import build_optimizer
+    from ..methods import MethodContext, create_method
 
     split = ws.synthetic().train
     cfg = resolve_config(name, "synthetic")

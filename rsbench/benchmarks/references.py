@@ -66,8 +66,9 @@ def _attended_shard(attention: nn.Module, v: torch.Tensor, t: torch.Tensor, i: s
         a = side["a"][i, None, :] + side["b"][None, j, :]
         c = side["c"][i, None, :] + side["d"][None, j, :]
         return torch.sigmoid(a) * c
-    # similarity: T' = sigmoid(Wv v_i * Wt t_j) * t_j
-    return torch.sigmoid(side["p"][i, None, :] * side["q"][None, j, :]) * t[None, j, :]
+    # similarity: T' = sigmoid(Wv v_i * Wt t_j) * (Wt t_j), the gate on the projected text (paper eq. 25)
+    q = side["q"][None, j, :]
+    return torch.sigmoid(side["p"][i, None, :] * q) * q
 
 
 def _side_terms(attention: nn.Module, v: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,28 +2,26 @@
 
 config.json and data.json say which config and which data a cell was started with: a cell to skip
 or resume must match both, or its numbers would be labelled with an experiment they do not come
-from. failed.json is the one-line failure marker read by `bench status`. Clearing a cell renames it
-away first, so a kill never leaves a half-deleted cell under the real name.
+from. Clearing a cell renames it away first, so a kill never leaves a half-deleted cell under the real
+name. File names come from rsbench.results.layout; the failure marker is results.cell's.
 """
 
 from __future__ import annotations
 
+import glob
 import json
-import os
 import shutil
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from ..io import read_json_object, remove_tree_atomically
+from ..results.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_FILE, RESUME_FILE
 
 if TYPE_CHECKING:
     from ..config.schema import RunConfig
     from ..contracts import DatasetSplits, Split
 
-CONFIG_FILE = "config.json"
-DATA_FILE = "data.json"  # the data a cell was started on (written before its first epoch)
-FAILED_FILE = "failed.json"
 # Options that change how fast a cell runs, not what it computes: a resumed cell may change them.
 # (num_workers changes which random stream feeds the augmentations; see docs/bad_inputs.md.)
 IGNORED_ON_RESUME = frozenset({"train.num_workers", "train.eval_batch_size", "train.compile"})
@@ -37,31 +35,18 @@ class DataMismatch(UserError):
     """The cell on disk was trained or scored on other data; resuming or skipping it would mislabel a result."""
 
 
-def one_line(e: BaseException) -> str:
-    """A one-line message for an error; a DataLoader worker's re-raised error carries the worker's
-    traceback in its message, of which the last line ('pkg.DataError: file: problem') is kept."""
-    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else type(e).__name__
-    last = lines[-1]
-    head, sep, rest = last.partition(": ")
-    if sep and head.replace(".", "").replace("_", "").isalnum() and head.split(".")[-1] == type(e).__name__:
-        return rest
-    return last
-
-
 # ---- the config a cell was started with ----------------------------------------------------------
 
 def config_record(cfg: RunConfig) -> dict[str, Any]:
     """What config.json holds for a trained cell."""
-    from ..config.schema import to_dict
+    from ..config.overlay import to_dict
 
     return {**to_dict(cfg), "external": False}
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """'key: old in the cell, new now' for every result-changing key that differs."""
-    from ..config.schema import flatten
+    from ..config.overlay import flatten
 
     missing = object()
     a = flatten(old)
@@ -77,11 +62,9 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def check_cell_config(cell: Path, cfg: RunConfig) -> None:
     """Refuse (ConfigMismatch) when the cell's config.json differs from `cfg` in a result-changing key."""
-    from .checkpoint import RESUME_FILE
-
     path = cell / CONFIG_FILE
     if not path.is_file():
-        if (cell / "checkpoint" / RESUME_FILE).exists():
+        if (cell / CHECKPOINT_DIR / RESUME_FILE).exists():
             raise ConfigMismatch(f"{cell} has a resume checkpoint but no {CONFIG_FILE}, so its config is "
                                  "unknown; pass --overwrite to discard it and start again")
         return
@@ -117,19 +100,13 @@ def data_record(data: DatasetSplits) -> dict[str, Any]:
 
 def _stored_data(cell: Path) -> dict[str, Any] | None:
     """The data identity recorded in the cell: data.json, else run.json (older or externally scored cells)."""
-    for name in (DATA_FILE, "run.json"):
-        try:
-            rec = json.loads((cell / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(rec, dict):
-            if name == DATA_FILE:
-                return rec
-            fp = (rec.get("data") or {}).get("fingerprint") if isinstance(rec.get("data"), dict) \
-                else rec.get("data_fingerprint")
-            if fp:
-                return {"fingerprint": fp}
-    return None
+    from ..results.cell import read_run_record
+
+    rec = read_json_object(cell / DATA_FILE)
+    if rec is not None:
+        return rec
+    fp = ((read_run_record(cell) or {}).get("data") or {}).get("fingerprint")
+    return {"fingerprint": fp} if fp else None
 
 
 def check_cell_data(cell: Path, data: DatasetSplits) -> None:
@@ -145,44 +122,20 @@ def check_cell_data(cell: Path, data: DatasetSplits) -> None:
                                "or use another --out")
 
 
-# ---- clearing and failure markers ----------------------------------------------------------------
+# ---- clearing ----------------------------------------------------------------------------------
 
 def clear_cell(cell: Path) -> None:
     """Empty a cell folder (the caller holds its lock; the lock file lives outside the folder).
 
-    The folder is first renamed to a hidden `.seed<k>.trash-*` sibling, so a kill during the delete
-    never leaves a half-deleted cell (say metrics.json without ranks.npz, or last.pt without its
-    config.json) under the real name.
+    io.remove_tree_atomically renames it to a hidden `.seed<k>.trash-*` sibling first, so a kill during
+    the delete never leaves a half-deleted cell (say metrics.json without ranks.npz, or last.pt without
+    its config.json) under the real name.
     """
-    if cell.exists():
-        trash = cell.with_name(f".{cell.name}.trash-{os.getpid()}-{time.time_ns()}")
-        os.rename(cell, trash)
-    remove_trash(cell)
+    remove_tree_atomically(cell)
     cell.mkdir(parents=True, exist_ok=True)
 
 
 def remove_trash(cell: Path) -> None:
-    """Delete what `clear_cell` renamed away, including leftovers of a killed run (lock held)."""
-    for old in cell.parent.glob(f".{cell.name}.trash-*"):
+    """Delete the trash a killed `clear_cell` left beside the cell (lock held)."""
+    for old in cell.parent.glob(f".{glob.escape(cell.name)}.trash-*"):
         shutil.rmtree(old, ignore_errors=True)
-
-
-def record_failure(cell: Path, error: BaseException | str) -> None:
-    """Write `<cell>/failed.json` with a one-line message (rank 0 only under DDP)."""
-    from . import distributed as dist
-    from ..io import write_json
-
-    if not dist.is_main():
-        return
-    msg = error if isinstance(error, str) else one_line(error)
-    cell.mkdir(parents=True, exist_ok=True)
-    write_json(cell / FAILED_FILE, {"error": msg, "type": type(error).__name__ if not isinstance(error, str)
-                                    else "", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-
-
-def clear_failure(cell: Path) -> None:
-    """Forget an earlier failure when the cell is started again."""
-    from . import distributed as dist
-
-    if dist.is_main():
-        (cell / FAILED_FILE).unlink(missing_ok=True)

@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError, first_line
+from ..errors import UserError, one_line
 from ..io import read_json, write_bytes, write_json, write_with
 
 BEST_FILE = "best.safetensors"
 BEST_META = "best.json"
-RESUME_FILE = "last.pt"
 BEST_FORMAT = "rsbench-best-v1"
 RESUME_FORMAT = "rsbench-resume-v1"
 
@@ -60,7 +59,7 @@ def _open_best(path: Path, with_tensors: bool) -> tuple[dict[str, str], dict[str
         raise CheckpointError(f"{path}: checkpoint not found") from None
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: not a valid safetensors checkpoint, truncated or corrupt "
-                              f"({first_line(e, 160)})") from None
+                              f"({one_line(e, 160)})") from None
     return header, tensors
 
 
@@ -125,7 +124,7 @@ def load_resume(path: Path, method: str = "") -> dict[str, Any]:
                               f"{hint}") from None
     except _LOAD_ERRORS as e:
         raise CheckpointError(f"{path}: refusing to load resume state: truncated or not a torch checkpoint "
-                              f"({first_line(e, 120)}); {hint}") from None
+                              f"({one_line(e, 120)}); {hint}") from None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT or "model" not in state:
         raise CheckpointError(f"{path}: not an rsbench resume checkpoint; {hint}")
     if method and state.get("method") != method:

@@ -6,18 +6,21 @@ or whose selected checkpoint ranks no better than chance is a failed run, not a 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .device import Precision, auto_workers, make_loader, use_channels_last
 from ..errors import UserError
 from ..io import kill_point
+from .device import Precision, auto_workers, make_loader, use_channels_last
 
 if TYPE_CHECKING:
     from ..config.schema import RunConfig
     from ..contracts import Split
+    from ..evaluation.topk import TopK
     from ..methods.base import RetrievalMethod
 
 
@@ -36,7 +39,8 @@ def encode_split(method: RetrievalMethod, split: Split, cfg: RunConfig, device: 
 
     method.eval()
     normalize = ImageNormalizer(*method.image_mean_std(), channels_last=use_channels_last(method, cfg.train, device))
-    ds = ImageDataset(split, build_transform(cfg.train, train=False), cache=image_cache)
+    t = cfg.train
+    ds = ImageDataset(split, build_transform(t.image_size, t.resize, t.augments, train=False), cache=image_cache)
     workers = auto_workers(cfg.train.num_workers, device)
     loader = make_loader(ds, cfg.train.eval_batch_size, False, None, workers, device, 0)
     feats = []
@@ -56,12 +60,32 @@ def encode_split(method: RetrievalMethod, split: Split, cfg: RunConfig, device: 
     return img, torch.cat(txt_parts)
 
 
+@dataclass
+class SplitEvaluation:
+    """What evaluating one split gives: its metrics, per-query ranks and (test only) the top-K lists."""
+
+    metrics: dict[str, Any]
+    i2t: np.ndarray
+    t2i: np.ndarray
+    topk: TopK | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        """Unpacks as (metrics, i2t, t2i), the triple evaluate returned before the top-K lists existed."""
+        return iter((self.metrics, self.i2t, self.t2i))
+
+
 @torch.inference_mode()
 def rank_split(method: RetrievalMethod, split: Split, cfg: RunConfig, device: torch.device,
-               precision: Precision, progress: bool = False, image_cache: Any = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-query 1-based ranks for both directions, scoring blockwise (bounded memory)."""
+               precision: Precision, progress: bool = False, image_cache: Any = None, topk: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, TopK | None]:
+    """Per-query 1-based ranks for both directions (and the top-K lists when `topk`), scoring blockwise.
+
+    Memory stays bounded (one block of scores at a time), except for a method that re-ranks
+    transductively (`method.reranks`, e.g. GaLR with rerank=mr): its `rerank_scores` needs the whole
+    matrix and returns one matrix per direction, each ranked on its own.
+    """
     from ..evaluation.metrics import compute_ranks_blockwise
+    from ..evaluation.topk import topk_blockwise
 
     img, txt = encode_split(method, split, cfg, device, precision, progress, image_cache)
     spread: list[torch.Tensor] = []  # per block max - min, summed at the end (one host sync per split)
@@ -72,23 +96,51 @@ def rank_split(method: RetrievalMethod, split: Split, cfg: RunConfig, device: to
         spread.append((s.amax() - s.amin()).detach())
         return s
 
-    block_i = 1024 if not method.cross_interaction else 256
-    ranks = compute_ranks_blockwise(score_block, split.n_images, split.n_captions, split.cap2img,
-                                    block_images=block_i, block_captions=8192)
+    block_i, block_c = (1024 if not method.cross_interaction else 256), 8192
+    if getattr(method, "reranks", False):
+        i2t, t2i, top = _rank_reranked(method, score_block, split, block_i, block_c, topk)
+    else:
+        i2t, t2i = compute_ranks_blockwise(score_block, split.n_images, split.n_captions, split.cap2img,
+                                           block_images=block_i, block_captions=block_c)
+        top = topk_blockwise(score_block, split.n_images, split.n_captions, block_images=block_i,
+                             block_captions=block_c) if topk else None
     if split.n_images * split.n_captions > 1 and spread and float(torch.stack(spread).max()) == 0.0:
         raise TrainingCollapsed(f"the model gives every image-caption pair of the {split.name} split the same "
                                 "score (collapsed: diverging weights or a dead embedding); try a lower train.lr")
-    return ranks
+    return i2t, t2i, top
+
+
+def _rank_reranked(method: RetrievalMethod, score_block: Any, split: Split, block_i: int, block_c: int,
+                   topk: bool) -> tuple[np.ndarray, np.ndarray, TopK | None]:
+    """Ranks (and top-K) from a transductive re-ranking: the full matrix, then one matrix per direction."""
+    from ..evaluation.metrics import compute_ranks
+    from ..evaluation.topk import TopK, topk_from_scores
+
+    full = np.empty((split.n_images, split.n_captions), dtype=np.float32)
+    for i0 in range(0, split.n_images, block_i):
+        for c0 in range(0, split.n_captions, block_c):
+            i, c = slice(i0, i0 + block_i), slice(c0, c0 + block_c)
+            full[i, c] = score_block(i, c).cpu().numpy()
+    if np.isnan(full).any():
+        raise ValueError("NaN scores before re-ranking")
+    by_image, by_caption = method.rerank_scores(full)  # (rank captions per image, rank images per caption)
+    i2t = compute_ranks(by_image, split.cap2img)[0]
+    t2i = compute_ranks(by_caption, split.cap2img)[1]
+    if not topk:
+        return i2t, t2i, None
+    a, b = topk_from_scores(by_image), topk_from_scores(by_caption)
+    return i2t, t2i, TopK(a.i2t_idx, a.i2t_score, b.t2i_idx, b.t2i_score)
 
 
 def evaluate(method: RetrievalMethod, split: Split, cfg: RunConfig, device: torch.device,
-             precision: Precision, progress: bool = False, image_cache: Any = None
-             ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """Metrics and ranks of one split; NaN scores and out-of-memory become one-line errors with a fix."""
+             precision: Precision, progress: bool = False, image_cache: Any = None, topk: bool = False
+             ) -> SplitEvaluation:
+    """Metrics, ranks and (with `topk`, for the test split) the top-K lists of one split; NaN scores and
+    out-of-memory become one-line errors with a fix."""
     from ..evaluation.metrics import metrics_from_ranks
 
     try:
-        i2t, t2i = rank_split(method, split, cfg, device, precision, progress, image_cache)
+        i2t, t2i, top = rank_split(method, split, cfg, device, precision, progress, image_cache, topk)
     except ValueError as e:
         if not str(e).startswith("NaN scores"):
             raise
@@ -99,7 +151,7 @@ def evaluate(method: RetrievalMethod, split: Split, cfg: RunConfig, device: torc
         raise UserError(f"out of memory on {device} while evaluating the {split.name} split with eval batch "
                         f"size {bs}; try --set train.eval_batch_size={max(1, bs // 2)}") from None
     kill_point(f"eval:{split.name}")  # test-only crash hook
-    return metrics_from_ranks(i2t, t2i), i2t, t2i
+    return SplitEvaluation(metrics_from_ranks(i2t, t2i), i2t, t2i, top)
 
 
 # Below this many val images, a weak but real model lands under chance by noise alone (6 images:

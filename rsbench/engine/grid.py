@@ -16,15 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UserError, one_line
+from ..results.layout import CHECKPOINT_DIR, RESUME_FILE, TRAIN_LOG
 from . import cell as cell_mod  # run_cell is looked up at call time (tests replace it)
-from .cellfolder import check_cell_config, check_cell_data, clear_cell, clear_failure, one_line, record_failure
-from ..errors import UserError
+from . import distributed as dist
+from .cellfolder import check_cell_config, check_cell_data, clear_cell
 
 if TYPE_CHECKING:
     import torch
 
     from ..config.schema import RunConfig
     from ..contracts import DatasetSplits
+    from ..datasets import DataSource
 
 
 def echo(msg: str = "", err: bool = False) -> None:
@@ -46,16 +49,18 @@ class CellOutcome:
 
 @dataclass
 class Grid:
-    """A planned grid: every cell's resolved config and where its data and results are."""
+    """A planned grid: every cell's resolved config and where its data and results are.
+
+    `source` says where the data is (None: each dataset's default place); its name is replaced by
+    each dataset's (DataSource.for_dataset), so one source serves a grid of several datasets.
+    """
 
     methods: list[str]
     datasets: list[str]
     seeds: list[int]
     cfgs: dict[tuple[str, str, int], RunConfig]
     out: Path
-    data_root: Path | None = None
-    ann_file: Path | None = None
-    image_dir: Path | None = None
+    source: DataSource | None = None
     resume: bool = True
     overwrite: bool = False
 
@@ -94,7 +99,7 @@ def plan_grid(grid: Grid, preset: str, config_file: Path | None, set_options: li
         get_method_spec(m)
     for d in grid.datasets:
         get_dataset_info(d)
-    if (grid.ann_file or grid.image_dir) and len(grid.datasets) > 1:
+    if grid.source and (grid.source.ann_file or grid.source.image_dir) and len(grid.datasets) > 1:
         raise UserError("--ann-file/--image-dir name one dataset's files; run one dataset at a time")
     file_keys = load_config_file(config_file) if config_file else {}
     overrides = parse_set_options(set_options)
@@ -109,7 +114,7 @@ def plan_grid(grid: Grid, preset: str, config_file: Path | None, set_options: li
 def grid_cell(out: Path, dataset: str, method: str, seed: int) -> Path:
     """The cell folder of a grid entry (the dataset's canonical name, not the alias typed)."""
     from ..datasets import get_dataset_info
-    from ..results.cell import cell_dir
+    from ..results.layout import cell_dir
 
     return cell_dir(out, get_dataset_info(dataset).name, method, seed)
 
@@ -134,22 +139,21 @@ def preflight(cell: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None
         check_cell_config(cell, cfg)
 
 
-def dataset_root(data_root: Path | None, dataset: str, several: bool) -> Path | None:
-    """With several datasets, --data-root may hold one sub-folder per dataset."""
-    if data_root is not None and several and (data_root / dataset).is_dir():
-        return data_root / dataset
-    return data_root
+def dataset_source(source: DataSource | None, dataset: str, several: bool) -> DataSource:
+    """Where one dataset of the grid is: with several datasets, --data-root may hold one sub-folder each."""
+    from ..datasets import DataSource
+
+    return (source or DataSource(dataset)).for_dataset(dataset, several=several)
 
 
-def load_data(name: str, root: Path | None, ann_file: Path | None, image_dir: Path | None) -> DatasetSplits:
+def load_data(source: DataSource) -> DatasetSplits:
     """Load one dataset; under torchrun rank 0 first generates the default synthetic set if needed."""
-    from . import distributed as dist
     from ..datasets import load_dataset
-    from ..datasets.catalogue import default_data_root
+    from ..datasets.source import default_data_root
 
     if dist.is_distributed():  # rank 0 generates the default synthetic set; the others then read it
-        dist.on_main(default_data_root, name, root, ann_file)
-    return load_dataset(name, data_root=root, ann_file=ann_file, image_dir=image_dir)
+        dist.on_main(default_data_root, source.name, source.data_root, source.ann_file)
+    return load_dataset(source)
 
 
 # ---- running -------------------------------------------------------------------------------------
@@ -161,7 +165,6 @@ def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | Non
     """
     import signal
 
-    from . import distributed as dist
     from .device import pick_device
 
     dev = dist.setup(pick_device(device))  # under torchrun: one DDP process per GPU/CPU rank
@@ -182,10 +185,9 @@ def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | Non
 def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
                 current: dict[str, Any]) -> list[CellOutcome]:
     """Load one dataset, refuse cells made on other data, then run its cells one after another."""
-    from ..results.cell import cell_dir
+    from ..results.layout import cell_dir
 
-    root = dataset_root(grid.data_root, d, len(grid.datasets) > 1)
-    data = load_data(d, root, grid.ann_file, grid.image_dir)
+    data = load_data(dataset_source(grid.source, d, len(grid.datasets) > 1))
     echo(f"{d}: train {data.train.n_images} / val {data.val.n_images} / test {data.test.n_images} "
          f"images on {dev}")
     if not grid.overwrite:  # before any training: a cell to resume or skip must have been made on this data
@@ -204,10 +206,10 @@ def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
 
 def _resume_point(cell: Path) -> int:
     """Epochs saved in the cell (rows of train_log.csv, which is written after last.pt); 0 if none."""
-    if not (cell / "checkpoint" / "last.pt").is_file():
+    if not (cell / CHECKPOINT_DIR / RESUME_FILE).is_file():
         return 0
     try:
-        lines = (cell / "train_log.csv").read_text(encoding="utf-8").strip().splitlines()
+        lines = (cell / TRAIN_LOG).read_text(encoding="utf-8").strip().splitlines()
     except OSError:
         return 0
     return max(0, len(lines) - 1)
@@ -235,7 +237,6 @@ def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.dev
     GPU) would leave the other ranks waiting in a collective until the timeout, whereas a rank that
     exits makes torchrun stop the others at once. Run the grid again to resume the other cells.
     """
-    from . import distributed as dist
     from ..errors import DataError
     from ..io import WriteError
     from ..locks import cell_lock
@@ -251,7 +252,7 @@ def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.dev
     except (DataError, WriteError) as e:
         raise type(e)(one_line(e)) from None
     except UserError as e:
-        record_failure(cell, e)  # failed.json, read by `bench status` (atomic: any rank may write it)
+        record_failure(cell, e)  # failed.json, read by `bench status` (written by rank 0)
         if dist.is_distributed():
             raise UserError(f"{cell}: {one_line(e)} (rank {dist.rank()}; the other ranks are stopped)") from None
         echo(f"error: {one_line(e)}", err=True)
@@ -269,8 +270,7 @@ def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.dev
 def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device,
                 resume: bool, overwrite: bool, show: bool) -> None:
     """Skip a complete cell (after checking it was made with this config and data), else run it."""
-    from . import distributed as dist
-    from ..results.cell import cell_damage, is_complete, load_cell
+    from ..results.cell import cell_damage, clear_failure, is_complete, load_cell
 
     if is_complete(cell) and not overwrite:
         check_cell_config(cell, cfg)
@@ -278,9 +278,10 @@ def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Pat
         echo(f"skip {cell} (complete; --overwrite to redo)")
         row.status, row.metrics = "skipped", load_cell(cell).metrics
         return
-    if overwrite and dist.is_main():
-        clear_cell(cell)
-    clear_failure(cell)
+    if dist.is_main():
+        if overwrite:
+            clear_cell(cell)
+        clear_failure(cell)
     damage = None if overwrite else cell_damage(cell)
     if damage:
         echo(f"repair {cell}: {damage}")
@@ -288,6 +289,14 @@ def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Pat
     t0 = time.time()
     res = cell_mod.run_cell(cfg, data, cell, dev, resume=resume, progress=show, log=echo)
     row.status, row.metrics, row.wall = "done", res.metrics, time.time() - t0
+
+
+def record_failure(cell: Path, error: BaseException | str) -> None:
+    """The cell's failure marker (results.cell.write_failure), written by rank 0 only under DDP."""
+    from ..results.cell import write_failure
+
+    if dist.is_main():
+        write_failure(cell, error)
 
 
 def _record_internal_error(cell: Path, e: Exception) -> None:
@@ -314,29 +323,3 @@ def _free_device_memory(dev: torch.device) -> None:
         import torch
 
         torch.cuda.empty_cache()
-
-
-def update_leaderboard(out: Path) -> bool:
-    """Write <out>/leaderboard.{csv,md} from every complete cell (serialised between processes).
-
-    False when a damaged cell (warned by name) kept it from being written: a table without that row
-    would silently drop a result."""
-    from ..locks import leaderboard_lock
-    from ..results.cell import DamagedCell, write_leaderboard
-
-    lock = leaderboard_lock(out)
-    if not lock.acquire(timeout=120):
-        echo(f"leaderboard not written: another process is writing it ({lock.describe_owner()})")
-        return True
-    try:
-        write_leaderboard(out)
-    except DamagedCell as e:
-        echo(f"error: leaderboard not written: {e}", err=True)
-        return False
-    except UserError:
-        echo(f"no complete result cells in {out} yet; no leaderboard written")
-        return True
-    finally:
-        lock.release()
-    echo(f"leaderboard: {out / 'leaderboard.md'} (and leaderboard.csv)")
-    return True

@@ -15,57 +15,19 @@ import os
 import shutil
 import stat
 import subprocess
-import time
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 
-from .cellfolder import FAILED_FILE, clear_failure, record_failure  # noqa: F401  (clear_failure: re-export)
+if TYPE_CHECKING:
+    from ..datasets import DataSource
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
-JOBS_FILE = ".jobs.json"
-
-
-# ---- config round trip ---------------------------------------------------------------------------
-
-def _fill(obj: Any, values: dict[str, Any]) -> Any:
-    """Set a dataclass instance's fields from a dict (recursing into nested dataclasses)."""
-    for f in fields(obj):
-        if f.name not in values:
-            continue
-        cur, new = getattr(obj, f.name), values[f.name]
-        if is_dataclass(cur) and isinstance(new, dict):
-            _fill(cur, new)
-        else:
-            setattr(obj, f.name, new)
-    return obj
-
-
-def config_from_dict(d: dict[str, Any]) -> Any:
-    """Rebuild a RunConfig from `to_dict(cfg)` (what a job receives)."""
-    from ..config.schema import RunConfig, TrainConfig
-    from ..methods.registry import get_method_spec
-
-    spec = get_method_spec(d["method"])
-    cfg = RunConfig(method=d["method"], dataset=d["dataset"], seed=int(d["seed"]), preset=d["preset"],
-                    train=_fill(TrainConfig(), d.get("train") or {}),
-                    model=_fill(spec.config_cls(), d.get("model") or {}))
-    return cfg
 
 
 # ---- the job -------------------------------------------------------------------------------------
-
-@dataclass
-class DataArgs:
-    """Where one dataset's files are (plain values, picklable)."""
-
-    name: str
-    data_root: str | None = None
-    ann_file: str | None = None
-    image_dir: str | None = None
-
 
 def _export_submitit_dist_env() -> None:
     """Inside a submitit job with several tasks: set MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK."""
@@ -81,38 +43,36 @@ def _export_submitit_dist_env() -> None:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
-def run_cell_job(cfg: dict[str, Any], data: dict[str, Any], out: str, device: str = "auto",
+def run_cell_job(cfg: dict[str, Any], source: DataSource, out: str, device: str = "auto",
                  resume: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Run one cell exactly as `bench run` does locally; returns {"cell", "status", "mR"}.
 
-    cfg: `to_dict(RunConfig)`; data: `DataArgs` fields as a dict. Any error is recorded in the cell's
-    failed.json (and re-raised, so the scheduler marks the job failed).
+    cfg: `to_dict(RunConfig)`; source: the cell's dataset with absolute paths (a frozen, picklable
+    DataSource). Any error is recorded in the cell's failed.json (and re-raised, so the scheduler
+    marks the job failed).
     """
+    from ..config.schema import RunConfig
+    from ..results.cell import read_failure
+    from ..results.layout import cell_dir
     from . import distributed as dist
     from .device import pick_device
-    from .grid import load_data, run_one_cell
-    from ..results.cell import cell_dir
+    from .grid import load_data, record_failure, run_one_cell
 
     _export_submitit_dist_env()
-    run_cfg = config_from_dict(cfg)
-    args = DataArgs(**data)
-    cell = cell_dir(out, args.name, run_cfg.method, run_cfg.seed)
+    run_cfg = RunConfig.from_dict(cfg)
+    cell = cell_dir(out, source.name, run_cfg.method, run_cfg.seed)
     try:
         dev = dist.setup(pick_device(device))
-        ds = load_data(run_cfg.dataset, _path(args.data_root), _path(args.ann_file), _path(args.image_dir))
+        ds = load_data(source)
         cell = cell_dir(out, ds.name, run_cfg.method, run_cfg.seed)
         row = run_one_cell(run_cfg, ds, cell, dev, resume, overwrite, False)
         dist.finish()
     except Exception as e:  # a timeout/preemption (signal, SystemExit) leaves the cell incomplete instead
         record_failure(cell, e)
         raise
-    if row.status == "failed" and not (cell / FAILED_FILE).exists():
+    if row.status == "failed" and read_failure(cell) is None:
         record_failure(cell, "failed (see the job's log)")
     return {"cell": str(cell), "status": row.status, "mR": row.metrics.get("mR")}
-
-
-def _path(p: str | None) -> Path | None:
-    return Path(p) if p else None
 
 
 # ---- submission ----------------------------------------------------------------------------------
@@ -144,10 +104,10 @@ def parse_time(value: str) -> int:
 
 @dataclass
 class JobSpec:
-    """One cell to submit: its resolved config (as a dict) and its data arguments."""
+    """One cell to submit: its resolved config (as a dict) and where its dataset is."""
 
     cfg: dict[str, Any]
-    data: dict[str, Any]
+    source: DataSource
     cell: Path
 
 
@@ -207,12 +167,14 @@ def submit_grid(launcher: str, specs: list[JobSpec], out: Path, *, device: str, 
                 partition: str | None = None, gpus_per_job: int = 1, time_limit: str = "240",
                 slurm_folder: Path | None = None, cpus_per_task: int | None = None) -> list[Any]:
     """Submit one job per cell; record the job ids in `<out>/.jobs.json`; return the submitit jobs."""
+    from ..results.scan import record_jobs
+
     folder = submitit_folder(out, slurm_folder)
     ex = make_executor(launcher, folder, partition, gpus_per_job, parse_time(time_limit), cpus_per_task)
     jobs = []
     try:
         for spec in specs:
-            jobs.append(ex.submit(run_cell_job, spec.cfg, spec.data, str(out), device, resume, overwrite))
+            jobs.append(ex.submit(run_cell_job, spec.cfg, spec.source, str(out), device, resume, overwrite))
     except (RuntimeError, OSError, subprocess.CalledProcessError) as e:  # sbatch refused: one line
         record_jobs(out, [(s.cell, j.job_id) for s, j in zip(specs, jobs)], launcher, folder)
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
@@ -220,41 +182,6 @@ def submit_grid(launcher: str, specs: list[JobSpec], out: Path, *, device: str, 
                         f"{lines[-1] if lines else type(e).__name__}") from None
     record_jobs(out, [(s.cell, j.job_id) for s, j in zip(specs, jobs)], launcher, folder)
     return jobs
-
-
-def record_jobs(out: Path, entries: list[tuple[Path, str]], launcher: str, folder: Path) -> None:
-    """Merge {cell (relative to out): {job_id, launcher, folder, submitted}} into `<out>/.jobs.json`."""
-    from ..io import read_json, write_json
-    from ..locks import PathLock
-
-    lock = PathLock(out / ".jobs.lock")
-    if not lock.acquire(timeout=60):
-        return
-    try:
-        path = out / JOBS_FILE
-        try:
-            known = read_json(path) if path.is_file() else {}
-        except (OSError, ValueError, UserError):
-            known = {}
-        known = known if isinstance(known, dict) else {}
-        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        for cell, job_id in entries:
-            known[str(Path(cell).relative_to(out))] = {"job_id": str(job_id), "launcher": launcher,
-                                                        "folder": str(folder), "submitted": now}
-        write_json(path, known)
-    finally:
-        lock.release()
-
-
-def read_jobs(out: Path) -> dict[str, dict[str, Any]]:
-    """What `record_jobs` wrote ({} when nothing was submitted)."""
-    import json
-
-    try:
-        data = json.loads((Path(out) / JOBS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def wait_and_report(jobs: list[Any], echo: Any = print) -> int:
@@ -273,24 +200,24 @@ def wait_and_report(jobs: list[Any], echo: Any = print) -> int:
     return failed
 
 
-def submit_from_cli(launcher: str, cfgs: dict[tuple[str, str, int], Any], out: Path, data_root: Path | None,
-                    ann_file: Path | None, image_dir: Path | None, device: str, resume: bool, overwrite: bool,
-                    partition: str | None, gpus_per_job: int, time_limit: str,
-                    slurm_folder: Path | None) -> None:
-    """`bench run --launcher slurm|submitit-local`: submit the grid; wait for local jobs, print SLURM ids."""
-    from ..config.schema import to_dict
-    from .grid import dataset_root, echo, grid_cell, update_leaderboard
+def submit_from_cli(launcher: str, cfgs: dict[tuple[str, str, int], Any], out: Path, source: DataSource | None,
+                    device: str, resume: bool, overwrite: bool, partition: str | None, gpus_per_job: int,
+                    time_limit: str, slurm_folder: Path | None) -> None:
+    """`bench run --launcher slurm|submitit-local`: submit the grid; wait for local jobs, print SLURM ids.
+
+    `source` is the grid's (engine.grid.Grid.source): each job gets its dataset's, with absolute paths."""
+    from ..config.overlay import to_dict
+    from ..results.leaderboard import update_leaderboard
+    from .grid import dataset_source, echo, grid_cell
 
     if launcher not in LAUNCHERS:
         raise UserError(f"unknown --launcher '{launcher}'; choose from: local, slurm")
     if gpus_per_job < 0:
         raise UserError(f"--gpus-per-job {gpus_per_job}: must be >= 0")
     out = out.resolve()  # jobs may start in another working directory
-    datasets = sorted({d for _, d, _ in cfgs})
-    specs = []
-    for (m, d, s), cfg in cfgs.items():
-        data = DataArgs(d, _abs(dataset_root(data_root, d, len(datasets) > 1)), _abs(ann_file), _abs(image_dir))
-        specs.append(JobSpec(to_dict(cfg), data.__dict__, grid_cell(out, d, m, s)))
+    several = len({d for _, d, _ in cfgs}) > 1
+    specs = [JobSpec(to_dict(cfg), dataset_source(source, d, several).absolute(), grid_cell(out, d, m, s))
+             for (m, d, s), cfg in cfgs.items()]
     cpus = os.environ.get("RSBENCH_SLURM_CPUS_PER_TASK", "")
     if cpus and not cpus.isdigit():
         raise UserError(f"RSBENCH_SLURM_CPUS_PER_TASK='{cpus}': expected a whole number")
@@ -301,13 +228,10 @@ def submit_from_cli(launcher: str, cfgs: dict[tuple[str, str, int], Any], out: P
         echo(f"submitted job {job.job_id}: {spec.cell}")
     if launcher == "submitit-local":
         failed = wait_and_report(jobs, echo)
-        update_leaderboard(out)
-        if failed:
+        ok, line = update_leaderboard(out)
+        echo(line, err=not ok)
+        if failed or not ok:
             raise SystemExit(2)
     else:
         echo(f"{len(jobs)} job(s) submitted; follow them with `bench status {out}` "
-                   f"(logs in {submitit_folder(out, slurm_folder)})")
-
-
-def _abs(p: Path | None) -> str | None:
-    return str(Path(p).resolve()) if p is not None else None
+             f"(logs in {submitit_folder(out, slurm_folder)})")

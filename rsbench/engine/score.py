@@ -6,15 +6,16 @@ cleared, so a bad file never destroys a result. Pickles are refused.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import UserError, first_line
+from ..errors import UserError, one_line
+
+if TYPE_CHECKING:
+    from ..datasets import DataSource
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -31,20 +32,22 @@ class ScoredCell:
     n_captions: int
 
 
-def score_external(sims: Path, dataset: str, name: str, out: Path, *, data_root: Path | None = None,
-                   ann_file: Path | None = None, image_dir: Path | None = None, split: str = "test",
-                   seed: int = 0, overwrite: bool = False) -> ScoredCell:
-    """Load and check the matrix, then write <out>/<dataset>/<name>/seed<seed>/ under the cell lock."""
+def score_external(sims: Path, source: DataSource | str, name: str, out: Path, *, split: str = "test",
+                   seed: int = 0, overwrite: bool = False, **where: Any) -> ScoredCell:
+    """Load and check the matrix, then write <out>/<dataset>/<name>/seed<seed>/ under the cell lock.
+
+    `source`: where the dataset is (a DataSource, or a dataset name with its fields as keywords)."""
     started = time.time()
     if not _NAME.match(name):
         raise UserError(f"--name '{name}': use letters, digits and . _ + - (it becomes a folder name)")
 
-    from ..datasets import load_dataset
+    from ..datasets import DataSource, load_dataset
     from ..locks import cell_lock, holding
-    from ..results.cell import cell_dir, is_complete
+    from ..results.cell import is_complete
+    from ..results.layout import cell_dir
 
     arr = load_score_matrix(sims)
-    ds = load_dataset(dataset, data_root=data_root, ann_file=ann_file, image_dir=image_dir, verify_images=False)
+    ds = load_dataset(DataSource.of(source, **where), verify_images=False)
     sp = ds.split(split)
     check_score_matrix(arr, sims, ds.name, split, sp.n_images, sp.n_captions)
 
@@ -70,10 +73,10 @@ def load_score_matrix(path: Path) -> Any:
         obj = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
         pickled = "pickle" in str(e) or "Python objects" in str(e)
-        msg = "contains Python objects (pickled); save a plain numeric array" if pickled else first_line(e)
+        msg = "contains Python objects (pickled); save a plain numeric array" if pickled else one_line(e)
         raise UserError(f"{path}: {msg}") from None
     except (OSError, EOFError) as e:
-        raise UserError(f"{path}: not a .npy/.npz array file ({first_line(e)})") from None
+        raise UserError(f"{path}: not a .npy/.npz array file ({one_line(e)})") from None
     if isinstance(obj, np.lib.npyio.NpzFile):
         with obj:
             names = list(obj.files)
@@ -134,73 +137,22 @@ def check_score_matrix(arr: Any, path: Path, dataset: str, split: str, n_images:
                 )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _run_info(started: float, extra: dict[str, Any]) -> dict[str, Any]:
-    """versions, hardware, command line, wall time (for run.json)."""
-    import os
-    import platform
-
-    import numpy as np
-    import torch
-
-    from .. import __version__
-
-    return {
-        "versions": {
-            "rsbench": __version__,
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "torch": torch.__version__,
-        },
-        "hardware": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "gpu": None},
-        "command": sys.argv,
-        "wall_seconds": round(time.time() - started, 3),
-        **extra,
-    }
-
-
 def _score_cell(cell: Path, arr: Any, sims: Path, ds: Any, sp: Any, split: str, name: str, seed: int,
                 started: float) -> dict[str, Any]:
     """Rank the matrix and write the cell's files (the caller holds the cell lock)."""
-    from ..io import write_json
     from ..evaluation.metrics import compute_ranks
-    from ..results.cell import mark_incomplete, write_eval_outputs
+    from ..io import sha256_file, write_json
+    from ..results.cell import mark_incomplete, run_record, write_eval_outputs
+    from ..results.layout import CONFIG_FILE, RUN_FILE
 
     i2t, t2i = compute_ranks(arr, sp.cap2img)  # everything that can fail comes before the old cell is cleared
-    source, digest = str(sims.resolve()), _sha256(sims)
+    source = str(sims.resolve())
+    extra = {"source": source, "source_sha256": sha256_file(sims)}
     mark_incomplete(cell)
-    write_json(
-        cell / "config.json",
-        {
-            "method": name,
-            "dataset": ds.name,
-            "seed": seed,
-            "split": split,
-            "preset": None,
-            "train": None,
-            "model": None,
-            "external": True,
-            "source": source,
-        },
-    )
-    write_json(
-        cell / "run.json",
-        _run_info(
-            started,
-            {
-                "data_fingerprint": ds.fingerprint,
-                "ann_file": str(Path(ds.ann_file).resolve()) if ds.ann_file else None,
-                "source": source,
-                "source_sha256": digest,
-            },
-        ),
-    )
+    write_json(cell / CONFIG_FILE, {"method": name, "dataset": ds.name, "seed": seed, "split": split,
+                                    "preset": None, "train": None, "model": None, "external": True,
+                                    "source": source})
+    write_json(cell / RUN_FILE, run_record(ds, time.time() - started, extra=extra))
     extra = {"split": split, "n_images": sp.n_images, "n_captions": sp.n_captions}
-    return write_eval_outputs(cell, i2t, t2i, sp.cap2img, {**extra, "selected_epoch": None, "val": None})
+    return write_eval_outputs(cell, i2t, t2i, sp.cap2img, {**extra, "selected_epoch": None, "val": None},
+                              fingerprint=ds.fingerprint)

@@ -15,25 +15,32 @@ import io
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from . import distributed as dist
-from .cellfolder import one_line
-from .checkpoint import RESUME_FILE, CheckpointError, best_epoch_on_disk, load_resume, restore_model, save_best, \
-    save_resume
-from .device import Precision, auto_workers, make_loader, use_channels_last
-from ..errors import UserError
+from ..errors import UserError, one_line
 from ..io import kill_point, write_text
+from ..results.layout import CHECKPOINT_DIR, RESUME_FILE, TRAIN_LOG
+from . import distributed as dist
+from .checkpoint import (
+    CheckpointError,
+    best_epoch_on_disk,
+    load_resume,
+    restore_model,
+    save_best,
+    save_resume,
+)
+from .device import Precision, auto_workers, make_loader, use_channels_last
 
 if TYPE_CHECKING:
     from ..config.schema import RunConfig
-    from ..contracts import DatasetSplits, Split
-    from ..methods.base import Batch, RetrievalMethod
+    from ..contracts import Batch, DatasetSplits, Split
+    from ..methods.base import RetrievalMethod
 
 LOG_FIELDS = ["epoch", "loss", "val_mR", "lr", "seconds"]
 
@@ -118,7 +125,7 @@ class Trainer:
 
     @property
     def ckpt_dir(self) -> Path:
-        return self.cell / "checkpoint"
+        return self.cell / CHECKPOINT_DIR
 
     @property
     def last_path(self) -> Path:
@@ -179,9 +186,9 @@ def start_training(cfg: RunConfig, method: RetrievalMethod, device: torch.device
         tr.state = resume_state(tr, log)
     if dist.is_main():  # the log says what last.pt holds (a kill may have come between the two writes)
         if tr.state.rows:
-            write_text(cell / "train_log.csv", log_csv(tr.state.rows))
+            write_text(cell / TRAIN_LOG, log_csv(tr.state.rows))
         else:
-            (cell / "train_log.csv").unlink(missing_ok=True)
+            (cell / TRAIN_LOG).unlink(missing_ok=True)
     if cfg.train.compile:
         for child in method.children():
             child.compile()
@@ -206,8 +213,8 @@ def attach_train_data(tr: Trainer, train: Split, cache: Any) -> None:
     t = tr.cfg.train
     tr.normalize = ImageNormalizer(*tr.method.image_mean_std(),
                                    channels_last=use_channels_last(tr.method, t, tr.device))
-    tr.pairs = PairDataset(train, build_transform(t, train=True), sampling=t.sampling, seed=tr.cfg.seed,
-                           cache=cache)
+    transform = build_transform(t.image_size, t.resize, t.augments, train=True)
+    tr.pairs = PairDataset(train, transform, sampling=t.sampling, seed=tr.cfg.seed, cache=cache)
     tr.collate = make_collate(tr.method.tokenizer())
     tr.workers = auto_workers(t.num_workers, tr.device)
 
@@ -303,7 +310,7 @@ def save_epoch(tr: Trainer, epoch: int, improved: bool, stop: bool) -> None:
         "bad_evals": st.bad_evals, "early_stopped": stop,
     }, name)
     # after last.pt: the log never shows an epoch a resume would not start after (rank 0 writes)
-    dist.on_main(write_text, tr.cell / "train_log.csv", log_csv(st.rows))
+    dist.on_main(write_text, tr.cell / TRAIN_LOG, log_csv(st.rows))
     if improved:
         dist.on_main(save_best, tr.ckpt_dir, method, _best_meta(tr, epoch, st.best_val_metrics), name)
 
