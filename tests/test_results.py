@@ -327,8 +327,8 @@ def test_cli_score_and_leaderboard_respect_locks(tmp_path: Path, capsys: pytest.
     import subprocess
     import sys
 
-    from rsbench.cli import report as cli_report
     from rsbench.locks import lock_path
+    from rsbench.results import leaderboard as board
 
     ann = fake_karpathy(tmp_path, [5, 5, 3])
     np.save(tmp_path / "sims.npy", np.random.default_rng(0).standard_normal((3, 13)).astype(np.float32))
@@ -336,7 +336,7 @@ def test_cli_score_and_leaderboard_respect_locks(tmp_path: Path, capsys: pytest.
     args = ["score", str(tmp_path / "sims.npy"), "--dataset", "rsicd", "--ann-file", str(ann),
             "--image-dir", str(tmp_path / "images"), "--name", "ext", "--out", str(res)]
     cell = cell_dir(res, "rsicd", "ext", 0)
-    monkeypatch.setattr(cli_report, "LEADERBOARD_WAIT_S", 0.5)
+    monkeypatch.setattr(board, "LEADERBOARD_WAIT_S", 0.5)  # read at call time
     for held in (lock_path(cell), res / ".leaderboard.lock"):
         held.parent.mkdir(parents=True, exist_ok=True)
         holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(held)], stdout=subprocess.PIPE, text=True)

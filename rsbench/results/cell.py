@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import UserError, one_line
 from ..evaluation.metrics import LEADERBOARD_METRICS, METRIC_KEYS, chance_metrics, metrics_from_ranks
 from ..evaluation.topk import TOPK_FILE, TopK, read_topk, write_topk
-from ..io import read_json, write_json, write_with
+from ..io import read_json, read_json_object, write_json, write_with
 from .layout import CONFIG_FILE, FAILED_FILE, METRICS_FILE, RANKS_FILE, RUN_FILE, cell_dir, parse_cell
 
 __all__ = ["Cell", "DamagedCell", "cell_damage", "cell_dir", "clear_failure", "is_complete", "load_cell",
@@ -291,13 +291,9 @@ def run_record(data: Any, wall_s: float, *, device: Any = "cpu", precision: str 
 def read_run_record(cell: str | Path) -> dict[str, Any] | None:
     """run.json in the current schema; None when missing or unreadable. Records written before the one
     schema (`bench score`'s wall_seconds / data_fingerprint / ann_file) are read into its fields."""
-    try:
-        rec = json.loads((Path(cell) / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    rec = read_json_object(Path(cell) / RUN_FILE)
+    if rec is None:
         return None
-    if not isinstance(rec, dict):
-        return None
-    rec = dict(rec)
     data = rec.get("data") if isinstance(rec.get("data"), dict) else {}
     if "wall_seconds" in rec and "wall_s" not in rec:
         rec["wall_s"] = rec.pop("wall_seconds")
@@ -328,28 +324,5 @@ def read_failure(cell: str | Path) -> str | None:
     f = Path(cell) / FAILED_FILE
     if not f.is_file():
         return None
-    try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "unknown error"
-    return str(data.get("error", "unknown error")) if isinstance(data, dict) else "unknown error"
-
-
-# ---- round-1 compatibility (#14): names that moved to results.scan / results.leaderboard -----------
-# cli/run.py, cli/report.py, cli/status.py and tests/test_reliability.py still import them from here;
-# remove this forwarder when those imports are rewritten (round 2).
-_MOVED = {"require_results_dir": "scan", "scan_results": "scan", "complete_cells": "scan",
-          "leaderboard": "leaderboard", "leaderboard_markdown": "leaderboard", "format_mean_std": "leaderboard",
-          "LEADERBOARD_COLUMNS": "leaderboard", "MARKDOWN_HEADERS": "leaderboard", "leaderboard_files": "leaderboard",
-          "remove_stale_leaderboard_temps": "leaderboard", "write_file_set": "leaderboard",
-          # the old write_leaderboard expected its caller to hold the lock (cli/run.py does)
-          "write_leaderboard": "leaderboard:write_leaderboard_holding_lock"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from . import leaderboard, scan  # a cycle while this forwarder exists: remove it in round 2
-
-        module, _, attr = _MOVED[name].partition(":")
-        return getattr(scan if module == "scan" else leaderboard, attr or name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    data = read_json_object(f) or {}
+    return str(data.get("error", "unknown error"))

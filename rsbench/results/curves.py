@@ -153,8 +153,8 @@ def plot_training_curves(results_dir: str | Path, out_dir: str | Path | None = N
 
     Files go to out_dir (default <results_dir>/figures), as `bench plot` writes its other figures.
     """
-    from .cell import complete_cells
     from .plots import method_styles
+    from .scan import complete_cells
 
     cells = complete_cells(results_dir, skip_damaged) if cells is None else cells
     styles = method_styles([c.method for c in cells])

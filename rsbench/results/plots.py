@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.statistics import MethodRuns, group_runs
+from .compare import MethodRuns, group_runs
 from .tables import display_dataset
 
 # Okabe & Ito (2008); black replaced by a mid grey so error bars stay visible on bars.
@@ -212,7 +212,7 @@ def plot_results(
     Files go to out_dir (default <results_dir>/figures): <dataset>_recall.{png,pdf} and
     <dataset>_mR.{png,pdf} (the split is added to the name when it is not "test").
     """
-    from .cell import complete_cells
+    from .scan import complete_cells
 
     cells = complete_cells(results_dir, skip_damaged)
     groups = group_runs(cells, dataset, split, where=str(results_dir))

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .cell import LEADERBOARD_METRICS, complete_cells, leaderboard
-from .tables import Table, build_tables, display_dataset
+from ..evaluation.metrics import LEADERBOARD_METRICS
+from .leaderboard import leaderboard
+from .scan import complete_cells
+from .tables import Table, TableOptions, build_tables, display_dataset
 
 EMBED_DPI = 130  # figures in the page: sharp on screen, a few hundred kB each
 GALLERY_QUERIES = 3
@@ -220,7 +222,7 @@ def gallery_html(ds: str, cells: list, data_root: str | Path | None, n: int, see
 
 def dataset_html(ds: str, cells: list, table: Table | None, sig: Any, styles: dict, opts: dict[str, Any]) -> str:
     """The section of one dataset."""
-    from ..evaluation.statistics import group_runs
+    from .compare import group_runs
 
     mine = [c for c in cells if c.dataset == ds]
     runs = group_runs(mine, ds, "test")[(ds, "test")]
@@ -240,18 +242,19 @@ def build_report(results_dir: str | Path, dataset: str | None = None, data_root:
                  gallery_queries: int = GALLERY_QUERIES) -> str:
     """The whole HTML page (a string). data_root: {dataset: folder} for the gallery images ('' = any)."""
     from .. import __version__
-    from ..evaluation.statistics import METRICS, compare_runs, group_runs
+    from ..evaluation.metrics import TESTED_METRICS
+    from .compare import compare_runs, group_runs
     from .plots import method_styles
     from .report_template import CSS, JS
 
     cells = complete_cells(results_dir, skip_damaged)
-    tables = {t.dataset: t for t in build_tables(results_dir, True, alpha, dataset=dataset, resamples=resamples,
-                                                   seed=seed, cells=cells)}
+    options = TableOptions(with_published=True, alpha=alpha, dataset=dataset, resamples=resamples, seed=seed)
+    tables = {t.dataset: t for t in build_tables(cells, leaderboard(cells), options, where=str(results_dir))}
     styles = method_styles([c.method for c in cells])
     opts = {"data_root": data_root or {}, "gallery_queries": gallery_queries, "seed": seed}
     sections = []
     for (ds, _split), runs in sorted(group_runs(cells, dataset, "test", where=str(results_dir)).items()):
-        sig = compare_runs(ds, "test", runs, METRICS, alpha, resamples, seed) if len(runs) > 1 else None
+        sig = compare_runs(ds, "test", runs, TESTED_METRICS, alpha, resamples, seed) if len(runs) > 1 else None
         sections.append(dataset_html(ds, cells, tables.get(ds), sig, styles, opts))
     nav = " ".join(f'<a href="#ds-{e(ds)}">{e(display_dataset(ds))}</a>' for ds in sorted(tables))
     title = f"rsbench report: {Path(results_dir).resolve().name}"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..evaluation.metrics import METRIC_HEADERS, METRICS, TABLE_METRICS, TESTED_METRICS
@@ -331,14 +330,3 @@ def render_tables(tables: Sequence[Table]) -> dict[str, str]:
         "% requires \\usepackage{booktabs}\n" + "\n\n".join(_tex_table(t) for t in tables) + "\n"
     )
     return {"md": md, "tex": tex}
-
-
-def leaderboard_table_files(results_dir: str | Path, out_dir: str | Path | None = None, with_published: bool = False,
-                            alpha: float = 0.05, *, cells: list | None = None, **kw: Any) -> dict[Path, str]:
-    """Round-1 compatibility (#14) for cli/report.py: {path: text} of leaderboard.md and .tex; remove in
-    round 2 (results.leaderboard.leaderboard_files gives all three files)."""
-    from .leaderboard import leaderboard_files
-
-    opts = TableOptions(with_published=with_published, alpha=alpha, **kw)
-    _, files = leaderboard_files(results_dir, out_dir, cells=cells, options=opts)
-    return {p: t for p, t in files.items() if p.suffix in (".md", ".tex")}
