@@ -189,3 +189,18 @@ def test_method_colours_stable_and_colour_blind_safe():
     assert all(s["color"] in OKABE_ITO for s in a.values())
     many = method_styles([f"m{i:02d}" for i in range(10)])
     assert len({(s["color"], s["linestyle"]) for s in many.values()}) == 10  # distinct beyond 8
+
+
+def test_save_figure_embeds_truetype_fonts(tmp_path):
+    """Every figure's PDF carries TrueType fonts (editable text, accepted by publishers), never Type 3;
+    the rc in force when the figure was built does not matter, only save_figure's."""
+    from matplotlib.figure import Figure
+
+    from rsbench.results.plots import save_figure
+
+    fig = Figure(figsize=(2, 1))
+    fig.add_subplot().set_title("R@1 mR")
+    paths = save_figure(fig, tmp_path / "fig")
+    assert [p.name for p in paths] == ["fig.png", "fig.pdf"]
+    pdf = (tmp_path / "fig.pdf").read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType outlines (Type 42), no Type 3 font

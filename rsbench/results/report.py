@@ -20,11 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..datasets.catalogue import display_name
 from ..errors import UserError
 from ..evaluation.metrics import LEADERBOARD_METRICS
 from .leaderboard import leaderboard
 from .scan import complete_cells
-from .tables import Table, TableOptions, build_tables, display_dataset
+from .tables import Table, TableOptions, build_tables
 
 EMBED_DPI = 130  # figures in the page: sharp on screen, a few hundred kB each
 GALLERY_QUERIES = 3
@@ -227,7 +228,7 @@ def dataset_html(ds: str, cells: list, table: Table | None, sig: Any, styles: di
     mine = [c for c in cells if c.dataset == ds]
     runs = group_runs(mine, ds, "test")[(ds, "test")]
     size = f"test split: {table.n_images} images, {table.n_captions} captions" if table else ""
-    parts = [f'<section id="ds-{e(ds)}"><h2>{e(display_dataset(ds))} <span class="muted">{e(size)}</span></h2>',
+    parts = [f'<section id="ds-{e(ds)}"><h2>{e(display_name(ds))} <span class="muted">{e(size)}</span></h2>',
              leaderboard_html(ds, leaderboard(mine), table),
              figures_html(ds, mine, runs, styles), significance_html(sig)]
     if opts["gallery_queries"] > 0:
@@ -256,7 +257,7 @@ def build_report(results_dir: str | Path, dataset: str | None = None, data_root:
     for (ds, _split), runs in sorted(group_runs(cells, dataset, "test", where=str(results_dir)).items()):
         sig = compare_runs(ds, "test", runs, TESTED_METRICS, alpha, resamples, seed) if len(runs) > 1 else None
         sections.append(dataset_html(ds, cells, tables.get(ds), sig, styles, opts))
-    nav = " ".join(f'<a href="#ds-{e(ds)}">{e(display_dataset(ds))}</a>' for ds in sorted(tables))
+    nav = " ".join(f'<a href="#ds-{e(ds)}">{e(display_name(ds))}</a>' for ds in sorted(tables))
     title = f"rsbench report: {Path(results_dir).resolve().name}"
     stamp = time.strftime("%Y-%m-%d %H:%M")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'
