@@ -283,14 +283,13 @@ def test_compare_errors(tmp_path):
 def test_cli_compare(tmp_path):
     from typer.testing import CliRunner
 
-    import rsbench.cli.compare  # noqa: F401  (registers the commands)
-    from rsbench.cli.app import app
+    from rsbench.cli.app import build_app
 
     root = _results(tmp_path)
-    result = CliRunner().invoke(app, ["compare", str(root), "--resamples", "500", "--metric", "t2i_r1"])
+    result = CliRunner().invoke(build_app(), ["compare", str(root), "--resamples", "500", "--metric", "t2i_r1"])
     assert result.exit_code == 0, result.output
     assert "t2i_r1" in result.output and (root / "significance.csv").is_file()
-    bad = CliRunner().invoke(app, ["compare", str(root), "--metric", "mr"])
+    bad = CliRunner().invoke(build_app(), ["compare", str(root), "--metric", "mr"])
     assert isinstance(bad.exception, UserError) and "did you mean 'mR'" in str(bad.exception)
 
 

@@ -58,9 +58,14 @@ def plot(
     split: Annotated[str, typer.Option("--split", help="Plot cells scored on this split.")] = "test",
     skip_damaged: SkipDamagedOpt = False,
 ) -> None:
-    """Recall@K curves (both directions, band over seeds) and an mR bar chart, PNG (200 dpi) and PDF."""
+    """Recall@K curves (both directions, band over seeds), an mR bar chart and the training curves (loss and
+    val mR per epoch, from each cell's train_log.csv), PNG (200 dpi) and PDF."""
+    from ..results.curves import plot_training_curves
     from ..results.plots import plot_results
+    from ..results.scan import complete_cells
 
-    paths = plot_results(results_dir, out_dir=out, dataset=dataset, logx=logx, split=split, skip_damaged=skip_damaged)
+    cells = complete_cells(results_dir, skip_damaged)  # read once: each damaged cell is warned once
+    paths = plot_results(results_dir, out_dir=out, dataset=dataset, logx=logx, split=split, cells=cells)
+    paths += plot_training_curves(results_dir, out_dir=out, dataset=dataset, cells=cells)
     for p in paths:
         typer.echo(f"wrote {p}")

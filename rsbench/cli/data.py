@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -26,13 +26,6 @@ def build_data_app() -> typer.Typer:
     data_app.command("synth")(synth_cmd)
     data_app.command("cache")(cache_cmd)
     return data_app
-
-
-def __getattr__(name: str) -> Any:
-    """`rsbench.cli.data.data_app`: a freshly built group (tests invoke it with typer's CliRunner)."""
-    if name == "data_app":
-        return build_data_app()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_cmd(

@@ -213,15 +213,17 @@ def plot_results(
     logx: bool = True,
     split: str = "test",
     skip_damaged: bool = False,
+    cells: list | None = None,
 ) -> list[Path]:
     """Write the recall and mR figures of each dataset (cells of `split`); returns the paths.
 
     Files go to out_dir (default <results_dir>/figures): <dataset>_recall.{png,pdf} and
     <dataset>_mR.{png,pdf} (the split is added to the name when it is not "test").
+    `cells`: the folder's complete cells when the caller has scanned it already (default: scanned here).
     """
     from .scan import complete_cells
 
-    cells = complete_cells(results_dir, skip_damaged)
+    cells = complete_cells(results_dir, skip_damaged) if cells is None else cells
     groups = group_runs(cells, dataset, split, where=str(results_dir))
     styles = method_styles([c.method for c in cells])  # every method of the folder: stable colours
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"
