@@ -27,11 +27,12 @@ def score(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing complete cell.")] = False,
 ) -> None:
     """Evaluate an external score matrix (e.g. a published model's) into a result cell."""
+    from ..datasets import DataSource
     from ..engine.score import score_external
     from ..evaluation.metrics import format_metrics
 
-    r = score_external(sims, dataset, name, out, data_root=data_root, ann_file=ann_file, image_dir=image_dir,
-                       split=split, seed=seed, overwrite=overwrite)
+    source = DataSource(dataset, data_root, ann_file, image_dir)
+    r = score_external(sims, source, name, out, split=split, seed=seed, overwrite=overwrite)
     typer.echo(f"{r.dataset} / {name} / seed{seed}  ({r.split}: {r.n_images} images x {r.n_captions} captions)")
     typer.echo(format_metrics(r.metrics))
     typer.echo(f"wrote {r.cell}", err=True)
