@@ -182,7 +182,7 @@ def test_check_not_collapsed_uses_chance_of_the_val_split() -> None:
     from types import SimpleNamespace
 
     from rsbench.evaluation.metrics import chance_metrics
-    from rsbench.engine.cell import TrainingCollapsed, check_not_collapsed
+    from rsbench.engine.evaluate import TrainingCollapsed, check_not_collapsed
 
     cap2img = np.repeat(np.arange(40), 5)
     split = SimpleNamespace(n_images=40, cap2img=cap2img)

@@ -228,17 +228,13 @@ def test_training_curve_pdf_embeds_truetype(grid):
 
 
 def test_cli_functions_register_and_run(grid, tmp_path):
-    """The plain command functions work once registered (as cli/app.py will do)."""
-    import typer
+    """`bench gallery` and `bench report` as cli/app.py registers them."""
     from typer.testing import CliRunner
 
-    from rsbench.cli.report_html import gallery as gallery_cmd
-    from rsbench.cli.report_html import report as report_cmd
+    from rsbench.cli.app import build_app
     from rsbench.errors import UserError
 
-    app = typer.Typer()
-    app.command("gallery")(gallery_cmd)
-    app.command("report")(report_cmd)
+    app = build_app()
     run = CliRunner().invoke
     res = run(app, ["gallery", str(grid["results"]), "--dataset", "ucm", "--methods", "noisy,perfect",
                     "--query-ids", "3,1", "--data-root", str(grid["data_root"]), "--out", str(tmp_path)])
