@@ -22,18 +22,19 @@ from typing import Any
 
 from ..datasets.catalogue import display_name
 from ..errors import UserError
-from ..evaluation.metrics import LEADERBOARD_METRICS
+from ..evaluation.metrics import LEADERBOARD_METRICS, METRIC_HEADERS
 from .leaderboard import leaderboard
 from .scan import complete_cells
 from .tables import Table, TableOptions, build_tables
 
 EMBED_DPI = 130  # figures in the page: sharp on screen, a few hundred kB each
 GALLERY_QUERIES = 3
-_HEADERS = {
-    "mR": "mR", "i2t_r1": "I→T R@1", "i2t_r5": "I→T R@5", "i2t_r10": "I→T R@10", "t2i_r1": "T→I R@1",
-    "t2i_r5": "T→I R@5", "t2i_r10": "T→I R@10", "i2t_medr": "I→T MedR", "i2t_meanr": "I→T MeanR",
-    "t2i_medr": "T→I MedR", "t2i_meanr": "T→I MeanR",
-}  # fmt: skip
+
+
+def _header(metric: str) -> str:
+    """The leaderboard header of a metric with arrows for the directions (I2T R@1 -> I→T R@1)."""
+    return METRIC_HEADERS[metric].replace("I2T", "I→T").replace("T2I", "T→I")
+
 
 e = html.escape
 
@@ -83,7 +84,7 @@ def leaderboard_html(ds: str, df: Any, table: Table | None) -> str:
     rows = {r.name: r for r in table.rows} if table else {}
     best = _best(df)
     head = ['<th class="text">Row</th>', '<th class="text">Method</th>', "<th>Seeds</th>",
-            '<th class="text">Sel.</th>'] + [f"<th>{e(_HEADERS[m])}</th>" for m in LEADERBOARD_METRICS]
+            '<th class="text">Sel.</th>'] + [f"<th>{e(_header(m))}</th>" for m in LEADERBOARD_METRICS]
     body = []
     for rec in df.to_dict("records"):
         r = rows.get(rec["method"])
