@@ -13,7 +13,6 @@ other process prints; that file is informative only, never trusted for mutual ex
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import sys
@@ -130,11 +129,9 @@ class PathLock:
 
     def owner(self) -> dict[str, Any]:
         """What the holder wrote about itself ({} if unknown: it may not have written it yet)."""
-        try:
-            data = json.loads(self.owner_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        from .io import read_json_object
+
+        return read_json_object(self.owner_path) or {}
 
     def describe_owner(self) -> str:
         """'pid 123' or 'pid 123 on host gpu7' (host named only when it is not this one)."""

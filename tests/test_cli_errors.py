@@ -173,3 +173,36 @@ def test_usage_errors_have_no_traceback(tmp_path, argv, expect):
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 2
     assert expect in proc.stderr
+
+
+
+_HEAVY = ("torch", "torchvision", "timm", "transformers", "open_clip", "pandas", "matplotlib", "scipy")
+# runs `bench ARGS` in-process, then prints the exit code and which heavy packages got imported
+_PROBE = """
+import json, sys
+from rsbench.cli.app import main
+heavy = set(json.loads(sys.argv[1]))
+try:
+    main(sys.argv[2:])
+    code = 0
+except SystemExit as e:
+    code = e.code
+print(json.dumps({"code": code, "heavy": sorted({m.split('.')[0] for m in sys.modules} & heavy)}))
+"""
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["--help"], 0),
+    (["run", "--help"], 0),
+    (["leaderboard", "--help"], 0),
+    (["report", "--help"], 0),
+    (["run", "--methods", "vsepp"], 2),  # usage error: --dataset missing
+    (["compare"], 2),  # usage error: RESULTS_DIR missing
+])
+def test_help_and_usage_errors_import_no_heavy_module(argv, code):
+    """Every command imports torch, pandas, matplotlib ... inside its body, so `bench --help` and a mistyped
+    command line answer without loading them (seconds, not tens of seconds, on a cluster login node)."""
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(_HEAVY), *argv], capture_output=True,
+                          text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"code": code, "heavy": []}, proc.stderr[-500:]

@@ -13,12 +13,12 @@ from helpers import run_cli as run_main
 from helpers import shared_data
 from typer.testing import CliRunner
 
-from rsbench.cli.data import data_app
+from rsbench.cli.data import build_data_app
 from rsbench.datasets import check_dataset
 
 
 def run_data(args: list[str]):
-    return CliRunner().invoke(data_app, args)
+    return CliRunner().invoke(build_data_app(), args)
 
 
 @pytest.mark.parametrize("name", ["ucm", "sydney", "rsicd", "rsitmd"])

@@ -182,7 +182,7 @@ def test_check_not_collapsed_uses_chance_of_the_val_split() -> None:
     from types import SimpleNamespace
 
     from rsbench.evaluation.metrics import chance_metrics
-    from rsbench.engine.cell import TrainingCollapsed, check_not_collapsed
+    from rsbench.engine.evaluate import TrainingCollapsed, check_not_collapsed
 
     cap2img = np.repeat(np.arange(40), 5)
     split = SimpleNamespace(n_images=40, cap2img=cap2img)
@@ -306,8 +306,7 @@ def test_signal_prints_resume_point_and_exits(tmp_path: Path, tiny_synthetic: Pa
     (ValueError("summary\nKeyError: k"), "summary"),
 ])
 def test_one_line_is_the_one_first_line_helper(exc: BaseException, expect: str) -> None:
-    from rsbench.errors import first_line, one_line
+    from rsbench.errors import one_line
 
     assert one_line(exc) == expect
     assert one_line(exc, 10) == expect[:10]
-    assert first_line is one_line  # the old name is the same function, not a second implementation

@@ -16,16 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fakedata import make_karpathy
+
 from rsbench.datasets import load_dataset
 from rsbench.evaluation.metrics import compute_ranks
-from rsbench.evaluation.topk import TOPK_FILE, topk_from_scores, write_topk
+from rsbench.evaluation.topk import topk_from_scores
 from rsbench.io import write_json, write_text
-from rsbench.results.cell import scan_results, write_eval_outputs, write_leaderboard
+from rsbench.results.cell import write_eval_outputs
 from rsbench.results.curves import plot_training_curves, read_train_log
 from rsbench.results.gallery import build_gallery, choose_queries, gallery, load_method_top, tile_hits
+from rsbench.results.leaderboard import write_leaderboard
 from rsbench.results.report import write_report
+from rsbench.results.scan import scan_results
 
 SEEDS = (0, 1, 2)
 
@@ -43,7 +45,6 @@ def _scores(kind: str, cap2img: np.ndarray, n_images: int, seed: int) -> np.ndar
 def _cell(root: Path, method: str, seed: int, sims: np.ndarray, cap2img: np.ndarray) -> None:
     cell = root / "ucm" / method / f"seed{seed}"
     i2t, t2i = compute_ranks(sims, cap2img)
-    write_topk(cell / TOPK_FILE, topk_from_scores(sims))
     epochs = range(1, 5)
     rows = ["epoch,loss,val_mR,lr,seconds"] + [f"{e},{2.0 / e + 0.1 * seed:.4f},{20 + 5 * e + seed},0.001,1.5"
                                                for e in epochs]
@@ -51,7 +52,7 @@ def _cell(root: Path, method: str, seed: int, sims: np.ndarray, cap2img: np.ndar
     write_json(cell / "run.json", {"versions": {"rsbench": "test", "torch": "2.x"}, "hardware": {"device": "cpu"},
                                    "precision": "fp32", "data": {"fingerprint": "f" * 64}, "wall_s": 12.5,
                                    "finished": "2025-01-01T00:00:00"})
-    write_eval_outputs(cell, i2t, t2i, cap2img, {"selected_epoch": 3})
+    write_eval_outputs(cell, i2t, t2i, cap2img, {"selected_epoch": 3}, topk=topk_from_scores(sims))
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +192,11 @@ def test_report_is_self_contained_and_has_every_section(page):
 
 def test_marks_match_the_latex_table(grid, page):
     """perfect beats both others on mR; the marks in the page are those of rsbench.results.tables."""
-    from rsbench.results.tables import build_tables
+    from rsbench.results.leaderboard import leaderboard
+    from rsbench.results.tables import TableOptions, build_tables
 
-    t = build_tables(grid["results"], alpha=0.05, resamples=499)[0]
+    cells = scan_results(grid["results"])
+    t = build_tables(cells, leaderboard(cells), TableOptions(alpha=0.05, resamples=499))[0]
     _, _, text = page
     for r in t.rows:
         if r.marks.get("mR"):
@@ -225,17 +228,13 @@ def test_training_curve_pdf_embeds_truetype(grid):
 
 
 def test_cli_functions_register_and_run(grid, tmp_path):
-    """The plain command functions work once registered (as cli/app.py will do)."""
-    import typer
+    """`bench gallery` and `bench report` as cli/app.py registers them."""
     from typer.testing import CliRunner
 
-    from rsbench.cli.report_html import gallery as gallery_cmd
-    from rsbench.cli.report_html import report as report_cmd
+    from rsbench.cli.app import build_app
     from rsbench.errors import UserError
 
-    app = typer.Typer()
-    app.command("gallery")(gallery_cmd)
-    app.command("report")(report_cmd)
+    app = build_app()
     run = CliRunner().invoke
     res = run(app, ["gallery", str(grid["results"]), "--dataset", "ucm", "--methods", "noisy,perfect",
                     "--query-ids", "3,1", "--data-root", str(grid["data_root"]), "--out", str(tmp_path)])

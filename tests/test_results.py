@@ -327,8 +327,8 @@ def test_cli_score_and_leaderboard_respect_locks(tmp_path: Path, capsys: pytest.
     import subprocess
     import sys
 
-    from rsbench.cli import report as cli_report
     from rsbench.locks import lock_path
+    from rsbench.results import leaderboard as board
 
     ann = fake_karpathy(tmp_path, [5, 5, 3])
     np.save(tmp_path / "sims.npy", np.random.default_rng(0).standard_normal((3, 13)).astype(np.float32))
@@ -336,7 +336,7 @@ def test_cli_score_and_leaderboard_respect_locks(tmp_path: Path, capsys: pytest.
     args = ["score", str(tmp_path / "sims.npy"), "--dataset", "rsicd", "--ann-file", str(ann),
             "--image-dir", str(tmp_path / "images"), "--name", "ext", "--out", str(res)]
     cell = cell_dir(res, "rsicd", "ext", 0)
-    monkeypatch.setattr(cli_report, "LEADERBOARD_WAIT_S", 0.5)
+    monkeypatch.setattr(board, "LEADERBOARD_WAIT_S", 0.5)  # read at call time
     for held in (lock_path(cell), res / ".leaderboard.lock"):
         held.parent.mkdir(parents=True, exist_ok=True)
         holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(held)], stdout=subprocess.PIPE, text=True)
@@ -512,3 +512,53 @@ def test_scan_status_states(tmp_path: Path) -> None:
                    (4, "running", ""), (5, "queued", "job42")]
     assert rows[0].detail == f"test mR {load_cell(done).metrics['mR']:.2f}"
     assert rows[1].detail == "boom" and rows[2].detail == "interrupted after epoch 2, will resume"
+
+
+def _write_with_topk(cell: Path, top: object | None) -> None:
+    """A cell of the seeded scorer, with the given top-K (or none)."""
+    rng = np.random.default_rng(7)
+    sims = rng.standard_normal((6, CAP2IMG.size))
+    i2t, t2i = compute_ranks(sims, CAP2IMG)
+    write_eval_outputs(cell, i2t, t2i, CAP2IMG, {}, topk=top)
+
+
+def test_topk_written_between_ranks_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """topk.npz is written after ranks.npz and before metrics.json (which vouches for both), and reads back."""
+    from rsbench.evaluation.topk import read_topk, topk_from_scores
+    from rsbench.results import cell as results
+
+    sims = np.random.default_rng(7).standard_normal((6, CAP2IMG.size))
+    top = topk_from_scores(sims)
+    order: list[str] = []
+    real_with, real_json, real_topk = results.write_with, results.write_json, results.write_topk
+    monkeypatch.setattr(results, "write_with", lambda p, w: (order.append(Path(p).name), real_with(p, w)))
+    monkeypatch.setattr(results, "write_topk", lambda p, t: (order.append(Path(p).name), real_topk(p, t)))
+    monkeypatch.setattr(results, "write_json", lambda p, d: (order.append(Path(p).name), real_json(p, d)))
+    cell = cell_dir(tmp_path, "d", "m", 0)
+    _write_with_topk(cell, top)
+    assert order == ["ranks.npz", "topk.npz", "metrics.json"]
+    back = read_topk(cell / "topk.npz", n_images=6, n_captions=CAP2IMG.size)
+    assert np.array_equal(back.t2i_idx, top.t2i_idx) and np.array_equal(back.i2t_idx, top.i2t_idx)
+    assert is_complete(cell)
+
+
+def test_topk_missing_is_fine_damaged_is_damaged_stale_is_removed(tmp_path: Path) -> None:
+    """Older cells have no topk.npz (complete, no gallery); a damaged one makes the cell damaged; a rewrite
+    without top-K does not leave an earlier run's topk.npz behind."""
+    from rsbench.evaluation.topk import topk_from_scores
+    from rsbench.results.cell import cell_damage
+
+    cell = cell_dir(tmp_path, "d", "m", 0)
+    _write_with_topk(cell, topk_from_scores(np.random.default_rng(7).standard_normal((6, CAP2IMG.size))))
+    assert is_complete(cell)
+    (cell / "topk.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert not is_complete(cell)
+    damage = cell_damage(cell)
+    assert damage is not None and "topk.npz" in damage
+    with pytest.raises(UserError, match="topk.npz"):
+        load_cell(cell)
+    _write_with_topk(cell, None)  # rewritten by a writer that keeps no top-K
+    assert not (cell / "topk.npz").exists() and is_complete(cell)
+    wrong = topk_from_scores(np.random.default_rng(1).standard_normal((5, CAP2IMG.size)))  # 5 images, not 6
+    with pytest.raises(ValueError, match="top-K"):
+        _write_with_topk(cell, wrong)

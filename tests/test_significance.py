@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from rsbench.errors import UserError
+from rsbench.evaluation.metrics import TESTED_METRICS as METRICS
 from rsbench.evaluation.metrics import metrics_from_ranks
 from rsbench.evaluation.statistics import (
     COLUMNS,
-    METRICS,
     draw_resamples,
     holm,
     paired_test,
@@ -249,7 +249,7 @@ def test_compare_results_table(tmp_path):
     gt = mr.loc[("good", "twin")]
     assert gt.n_seeds == 0 and math.isnan(gt.seed_p) and gt.significant
     # the means are the seed means of metrics.json
-    from rsbench.results.cell import scan_results
+    from rsbench.results.scan import scan_results
 
     seed_mr = [c.metrics["mR"] for c in scan_results(root) if c.method == "good"]
     assert gm.mean_a == pytest.approx(np.mean(seed_mr))
@@ -283,14 +283,13 @@ def test_compare_errors(tmp_path):
 def test_cli_compare(tmp_path):
     from typer.testing import CliRunner
 
-    import rsbench.cli.compare  # noqa: F401  (registers the commands)
-    from rsbench.cli.app import app
+    from rsbench.cli.app import build_app
 
     root = _results(tmp_path)
-    result = CliRunner().invoke(app, ["compare", str(root), "--resamples", "500", "--metric", "t2i_r1"])
+    result = CliRunner().invoke(build_app(), ["compare", str(root), "--resamples", "500", "--metric", "t2i_r1"])
     assert result.exit_code == 0, result.output
     assert "t2i_r1" in result.output and (root / "significance.csv").is_file()
-    bad = CliRunner().invoke(app, ["compare", str(root), "--metric", "mr"])
+    bad = CliRunner().invoke(build_app(), ["compare", str(root), "--metric", "mr"])
     assert isinstance(bad.exception, UserError) and "did you mean 'mR'" in str(bad.exception)
 
 
@@ -302,9 +301,7 @@ def test_statistics_is_pure_and_the_folder_half_lives_in_results() -> None:
     import rsbench.evaluation.statistics as st
 
     tree = ast.parse(Path(st.__file__).read_text(encoding="utf-8"))
-    # the round-1 forwarder `__getattr__` (old import path of cli/compare.py) is the one exemption; drop it in round 2
-    body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name == "__getattr__")]
-    imported = {("." * n.level) + (n.module or "") for t in body for n in ast.walk(t) if isinstance(n, ast.ImportFrom)}
+    imported = {("." * n.level) + (n.module or "") for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not {m for m in imported if "results" in m or m.endswith("io")}
     assert not any(callable(getattr(st, name, None)) and name in st.__dict__
                    for name in ("group_runs", "load_runs", "compare_results", "format_significance"))

@@ -168,11 +168,10 @@ def test_plots_written(results, tmp_path):
 def test_plot_single_seed_linear_axis_and_cli(tmp_path):
     from typer.testing import CliRunner
 
-    import rsbench.cli.compare  # noqa: F401  (registers the commands)
-    from rsbench.cli.app import app
+    from rsbench.cli.app import build_app
 
     root = make_results(tmp_path / "r", dataset="rsitmd", n=40, seeds=(0,))
-    result = CliRunner().invoke(app, ["plot", str(root), "--no-logx", "--dataset", "rsitmd"])
+    result = CliRunner().invoke(build_app(), ["plot", str(root), "--no-logx", "--dataset", "rsitmd"])
     assert result.exit_code == 0, result.output
     for stem in ("rsitmd_recall", "rsitmd_mR"):
         for ext in ("png", "pdf"):
@@ -189,3 +188,41 @@ def test_method_colours_stable_and_colour_blind_safe():
     assert all(s["color"] in OKABE_ITO for s in a.values())
     many = method_styles([f"m{i:02d}" for i in range(10)])
     assert len({(s["color"], s["linestyle"]) for s in many.values()}) == 10  # distinct beyond 8
+
+
+def test_save_figure_embeds_truetype_fonts(tmp_path):
+    """Every figure's PDF carries TrueType fonts (editable text, accepted by publishers), never Type 3;
+    the rc in force when the figure was built does not matter, only save_figure's."""
+    from matplotlib.figure import Figure
+
+    from rsbench.results.plots import save_figure
+
+    fig = Figure(figsize=(2, 1))
+    fig.add_subplot().set_title("R@1 mR")
+    paths = save_figure(fig, tmp_path / "fig")
+    assert [p.name for p in paths] == ["fig.png", "fig.pdf"]
+    pdf = (tmp_path / "fig.pdf").read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # TrueType outlines (Type 42), no Type 3 font
+
+
+def test_bench_plot_draws_training_curves_and_help_lists_report_and_gallery(tmp_path):
+    """`bench plot` adds <dataset>_training.{png,pdf} for cells with a train_log.csv (none without);
+    `bench report` and `bench gallery` are registered commands."""
+    from typer.testing import CliRunner
+
+    from rsbench.cli.app import build_app
+    from rsbench.io import write_text
+
+    root = make_results(tmp_path / "r", dataset="rsitmd", n=40, seeds=(0,))
+    result = CliRunner().invoke(build_app(), ["plot", str(root)])
+    assert result.exit_code == 0, result.output
+    assert not list((root / "figures").glob("*_training.*"))  # no logs (e.g. bench score cells): no figure
+    for cell in root.glob("rsitmd/*/seed0"):
+        write_text(cell / "train_log.csv", "epoch,loss,val_mR,lr,seconds\n1,2.0,10,0.001,1\n2,1.5,20,0.001,1\n")
+    result = CliRunner().invoke(build_app(), ["plot", str(root)])
+    assert result.exit_code == 0, result.output
+    for ext in ("png", "pdf"):
+        assert (root / "figures" / f"rsitmd_training.{ext}").stat().st_size > 1000
+        assert f"rsitmd_training.{ext}" in result.output
+    help_text = CliRunner().invoke(build_app(), ["--help"]).output
+    assert "report" in help_text and "gallery" in help_text

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import typer
 
@@ -17,7 +16,7 @@ from ..errors import UserError
 
 def build_app() -> typer.Typer:
     """The Typer app with every command (the `data` group as a sub-app)."""
-    from . import compare, data, listing, perf, report, run, status
+    from . import compare, data, listing, perf, report, report_html, run, status
 
     app = typer.Typer(
         name="bench",
@@ -33,17 +32,12 @@ def build_app() -> typer.Typer:
     app.command("leaderboard")(report.leaderboard)
     app.command("compare")(compare.compare)
     app.command("plot")(compare.plot)
+    app.command("report")(report_html.report)
+    app.command("gallery")(report_html.gallery)
     app.command("status")(status.status)
     app.command("perf")(perf.perf)
     app.add_typer(data.build_data_app(), name="data")
     return app
-
-
-def __getattr__(name: str) -> Any:
-    """`rsbench.cli.app.app`: a freshly built app, for tests that invoke it with typer's CliRunner."""
-    if name == "app":
-        return build_app()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _click_modules() -> list:

@@ -11,8 +11,9 @@ from typing import Annotated
 
 import typer
 
-from .options import ResultsDirArg, SkipDamagedOpt
 from ..errors import UserError, unknown
+from .options import ResultsDirArg, SkipDamagedOpt
+
 
 def compare(
     results_dir: ResultsDirArg,
@@ -33,15 +34,17 @@ def compare(
 
     seed_p: paired t-test over the seeds both methods share.
     """
-    from ..evaluation.statistics import METRICS, compare_results, format_significance, write_significance
+    from ..evaluation.metrics import TESTED_METRICS
+    from ..results.compare import compare_results, format_significance, write_significance
+    from ..results.layout import SIGNIFICANCE_FILE
 
-    if metric != "all" and metric not in METRICS:
-        raise unknown("metric", metric, [*METRICS, "all"])
+    if metric != "all" and metric not in TESTED_METRICS:
+        raise unknown("metric", metric, [*TESTED_METRICS, "all"])
     df = compare_results(results_dir, dataset=dataset, alpha=alpha, resamples=resamples, seed=seed, split=split,
                          skip_damaged=skip_damaged)
     if df.empty:
         raise UserError(f"{results_dir}: nothing to compare (each dataset has fewer than two methods)")
-    path = out if out is not None else Path(results_dir) / "significance.csv"
+    path = out if out is not None else Path(results_dir) / SIGNIFICANCE_FILE
     write_significance(df, path)
     typer.echo(format_significance(df, None if metric == "all" else metric, alpha=alpha))
     typer.echo(f"wrote {path}", err=True)
@@ -55,9 +58,14 @@ def plot(
     split: Annotated[str, typer.Option("--split", help="Plot cells scored on this split.")] = "test",
     skip_damaged: SkipDamagedOpt = False,
 ) -> None:
-    """Recall@K curves (both directions, band over seeds) and an mR bar chart, PNG (200 dpi) and PDF."""
+    """Recall@K curves (both directions, band over seeds), an mR bar chart and the training curves (loss and
+    val mR per epoch, from each cell's train_log.csv), PNG (200 dpi) and PDF."""
+    from ..results.curves import plot_training_curves
     from ..results.plots import plot_results
+    from ..results.scan import complete_cells
 
-    paths = plot_results(results_dir, out_dir=out, dataset=dataset, logx=logx, split=split, skip_damaged=skip_damaged)
+    cells = complete_cells(results_dir, skip_damaged)  # read once: each damaged cell is warned once
+    paths = plot_results(results_dir, out_dir=out, dataset=dataset, logx=logx, split=split, cells=cells)
+    paths += plot_training_curves(results_dir, out_dir=out, dataset=dataset, cells=cells)
     for p in paths:
         typer.echo(f"wrote {p}")

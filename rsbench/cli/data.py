@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -28,13 +28,6 @@ def build_data_app() -> typer.Typer:
     return data_app
 
 
-def __getattr__(name: str) -> Any:
-    """`rsbench.cli.data.data_app`: a freshly built group (tests invoke it with typer's CliRunner)."""
-    if name == "data_app":
-        return build_data_app()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def check_cmd(
     dataset: DatasetArg,
     data_root: DataRootOpt = None,
@@ -44,11 +37,11 @@ def check_cmd(
     val_seed: ValSeedOpt = 0,
 ) -> None:
     """Read every caption and decode every image once; print per-split counts and all problems."""
-    from ..datasets.check import check_dataset, format_report
+    from ..datasets import DataSource, check_dataset
+    from ..datasets.check import format_report
 
-    report = check_dataset(dataset, data_root=data_root, ann_file=ann_file, image_dir=image_dir,
-                           layout=layout, val_seed=val_seed,
-                           progress=lambda msg: typer.echo(msg, err=True))
+    source = DataSource(dataset, data_root, ann_file, image_dir, layout, val_seed)
+    report = check_dataset(source, progress=lambda msg: typer.echo(msg, err=True))
     typer.echo(format_report(report))
     for w in report.warnings:
         typer.echo(f"warning: {w.line}", err=True)
@@ -85,11 +78,10 @@ def cache_cmd(
     val_seed: ValSeedOpt = 0,
 ) -> None:
     """Decode and resize every image once into $RSBENCH_CACHE/images (used with train.image_cache=true)."""
+    from ..datasets import DataSource, load_dataset
     from ..datasets.cache import ImageCache, train_resize_size
-    from ..datasets.catalogue import load_dataset
 
-    ds = load_dataset(dataset, data_root=data_root, ann_file=ann_file, image_dir=image_dir, layout=layout,
-                      val_seed=val_seed)
+    ds = load_dataset(DataSource(dataset, data_root, ann_file, image_dir, layout, val_seed))
     size = train_resize_size(image_size, resize)
     step = max(1, (ds.train.n_images + ds.val.n_images + ds.test.n_images) // 20)
 

@@ -7,24 +7,11 @@ Heavy imports (torch via rsbench.evaluation.metrics, datasets, pandas) stay insi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from .options import AnnFileOpt, DataRootOpt, ImageDirOpt, ResultsDirArg, SkipDamagedOpt
-
-LEADERBOARD_WAIT_S = 120.0  # how long `bench leaderboard` waits for another writer of the same files
-
-
-def format_metrics(m: dict[str, Any]) -> str:
-    """A short human summary of one cell's metrics."""
-    return (
-        f"mR {m['mR']:.2f}  (chance {m['chance_mR']:.2f})\n"
-        f"i2t  R@1 {m['i2t_r1']:.2f}  R@5 {m['i2t_r5']:.2f}  R@10 {m['i2t_r10']:.2f}  "
-        f"medr {m['i2t_medr']:g}  meanr {m['i2t_meanr']:.1f}\n"
-        f"t2i  R@1 {m['t2i_r1']:.2f}  R@5 {m['t2i_r5']:.2f}  R@10 {m['t2i_r10']:.2f}  "
-        f"medr {m['t2i_medr']:g}  meanr {m['t2i_meanr']:.1f}"
-    )
 
 
 def score(
@@ -40,10 +27,12 @@ def score(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing complete cell.")] = False,
 ) -> None:
     """Evaluate an external score matrix (e.g. a published model's) into a result cell."""
+    from ..datasets import DataSource
     from ..engine.score import score_external
+    from ..evaluation.metrics import format_metrics
 
-    r = score_external(sims, dataset, name, out, data_root=data_root, ann_file=ann_file, image_dir=image_dir,
-                       split=split, seed=seed, overwrite=overwrite)
+    source = DataSource(dataset, data_root, ann_file, image_dir)
+    r = score_external(sims, source, name, out, split=split, seed=seed, overwrite=overwrite)
     typer.echo(f"{r.dataset} / {name} / seed{seed}  ({r.split}: {r.n_images} images x {r.n_captions} captions)")
     typer.echo(format_metrics(r.metrics))
     typer.echo(f"wrote {r.cell}", err=True)
@@ -58,24 +47,12 @@ def leaderboard(
 ) -> None:
     """Mean ± std over seeds per (dataset, method): writes leaderboard.csv, and leaderboard.md and
     leaderboard.tex (booktabs) with best values bold and significance marks between rows."""
-    from ..locks import holding, leaderboard_lock
-    from ..results.cell import (
-        leaderboard_files,
-        leaderboard_markdown,
-        remove_stale_leaderboard_temps,
-        require_results_dir,
-        scan_results,
-        write_file_set,
-    )
-    from ..results.tables import leaderboard_table_files
+    from ..results import leaderboard as board
+    from ..results.layout import leaderboard_paths
+    from ..results.tables import TableOptions
 
-    require_results_dir(results_dir)  # before the lock would create the folder
-    with holding(leaderboard_lock(out or results_dir), f"{out or results_dir}: leaderboard being written by "
-                 "another process", timeout=LEADERBOARD_WAIT_S):
-        cells = scan_results(results_dir, skip_damaged)  # read once: each damaged cell warned once
-        df, files = leaderboard_files(results_dir, out, cells=cells)
-        files.update(leaderboard_table_files(results_dir, out, with_published, alpha, cells=cells))
-        remove_stale_leaderboard_temps(out or results_dir)  # a killed writer's; we hold the lock
-        write_file_set(files)  # .csv, .md, .tex: all or none
-    typer.echo(leaderboard_markdown(df), nl=False)
-    typer.echo(f"wrote {(out or results_dir) / 'leaderboard.csv'}, leaderboard.md and leaderboard.tex", err=True)
+    options = TableOptions(with_published=with_published, alpha=alpha)
+    df = board.write_leaderboard(results_dir, out, skip_damaged, options, wait_s=board.LEADERBOARD_WAIT_S)
+    typer.echo(board.leaderboard_markdown(df), nl=False)
+    paths = leaderboard_paths(out or results_dir)
+    typer.echo(f"wrote {paths['csv']}, {paths['md'].name} and {paths['tex'].name}", err=True)

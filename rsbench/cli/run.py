@@ -46,17 +46,21 @@ def run(
     Safe to run again after a crash (finished cells are skipped, interrupted ones resume) and to run
     several times at once on one results folder (each cell is locked by the process running it).
     """
-    from ..engine.grid import Grid, GridInterrupted, plan_grid, run_grid, update_leaderboard
+    from ..datasets import DataSource
+    from ..engine.grid import Grid, GridInterrupted, plan_grid, run_grid
+    from ..results.leaderboard import update_leaderboard
 
-    grid = Grid(split_list(methods, "methods"), split_list(dataset, "dataset"), parse_seeds(seeds), {}, out,
-                data_root, ann_file, image_dir, resume, overwrite)
+    names = split_list(dataset, "dataset")
+    source = DataSource(names[0], data_root, ann_file, image_dir)  # each dataset's: source.for_dataset(name)
+    grid = Grid(methods=split_list(methods, "methods"), datasets=names, seeds=parse_seeds(seeds), cfgs={}, out=out,
+                source=source, resume=resume, overwrite=overwrite)
     cli_train = {"epochs": epochs, "batch_size": batch_size, "compile": compile or None}
     plan_grid(grid, preset, config, set_, cli_train)
     if launcher != "local":  # one submitit job per cell (rsbench.engine.launch); nothing is trained here
         from ..engine.launch import submit_from_cli
 
-        return submit_from_cli(launcher, grid.cfgs, out, data_root, ann_file, image_dir, device, resume, overwrite,
-                               partition, gpus_per_job, time_limit, slurm_folder)
+        return submit_from_cli(launcher, grid.cfgs, out, source, device, resume, overwrite, partition, gpus_per_job,
+                               time_limit, slurm_folder)
     try:
         rows = run_grid(grid, device, sys.stderr.isatty() if progress is None else progress)
     except GridInterrupted as e:
@@ -65,7 +69,8 @@ def run(
     if rows is None:  # DDP: rank 0 reports
         return
     typer.echo(format_summary(rows), nl=False)
-    written = update_leaderboard(out)
+    written, line = update_leaderboard(out)
+    typer.echo(line, err=not written)
     if any(r.status == "failed" for r in rows) or not written:
         sys.exit(2)
 

@@ -77,7 +77,7 @@ import numpy as np
 from ..errors import UserError, unknown
 from .metrics import METRICS as _SPECS
 from .metrics import RECALL_KS as KS
-from .metrics import TESTED_METRICS as METRICS  # the older name (cli/compare.py imports it)
+from .metrics import TESTED_METRICS
 
 COLUMNS: tuple[str, ...] = (
     "dataset", "split", "method_a", "method_b", "metric", "mean_a", "mean_b", "std_a", "std_b", "diff",
@@ -137,7 +137,7 @@ def metric_weights(metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Weights (over K) of the i2t and t2i recalls making up `metric`."""
     spec = next((s for s in _SPECS if s.name == metric and s.in_table), None)
     if spec is None:
-        raise unknown("metric", metric, METRICS)
+        raise unknown("metric", metric, TESTED_METRICS)
     wi, wt = np.zeros(len(KS)), np.zeros(len(KS))
     if spec.recall_k is None:  # mR: the mean of the six recalls
         wi[:] = wt[:] = 1.0 / (2 * len(KS))
@@ -269,7 +269,7 @@ def resampling_distributions(
 def paired_test(
     a: QueryValues,
     b: QueryValues,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] = TESTED_METRICS,
     resamples: int = 10_000,
     alpha: float = 0.05,
     seed: int | Sequence[int] = 0,
@@ -354,18 +354,3 @@ def check_alpha(alpha: float) -> None:
     """--alpha must lie strictly between 0 and 1 (compare, leaderboard)."""
     if not 0.0 < alpha < 1.0:
         raise UserError(f"--alpha must be between 0 and 1 (got {alpha})")
-
-
-# ---- round-1 compatibility (#14): the folder half moved to rsbench.results.compare ----------------
-# cli/compare.py still imports compare_results/format_significance/write_significance from here;
-# remove this forwarder when its import is rewritten (round 2).
-_MOVED = {"MethodRuns", "load_runs", "group_runs", "compare_runs", "compare_results", "write_significance",
-          "format_significance"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        from ..results import compare
-
-        return getattr(compare, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

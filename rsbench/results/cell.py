@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import UserError, one_line
 from ..evaluation.metrics import LEADERBOARD_METRICS, METRIC_KEYS, chance_metrics, metrics_from_ranks
-from ..io import read_json, write_json, write_with
+from ..evaluation.topk import TOPK_FILE, TopK, read_topk, write_topk
+from ..io import read_json, read_json_object, write_json, write_with
 from .layout import CONFIG_FILE, FAILED_FILE, METRICS_FILE, RANKS_FILE, RUN_FILE, cell_dir, parse_cell
 
 __all__ = ["Cell", "DamagedCell", "cell_damage", "cell_dir", "clear_failure", "is_complete", "load_cell",
@@ -27,8 +28,17 @@ __all__ = ["Cell", "DamagedCell", "cell_damage", "cell_dir", "clear_failure", "i
 
 
 def mark_incomplete(cell: str | Path) -> None:
-    """Remove metrics.json before (re)writing a cell, so a half-rewritten cell never reads as complete."""
+    """Remove metrics.json before (re)writing a cell, so a half-rewritten cell never reads as complete.
+    ranks.npz and topk.npz stay until they are replaced: without metrics.json nothing vouches for them."""
     (Path(cell) / METRICS_FILE).unlink(missing_ok=True)
+
+
+def _check_topk(top: TopK, n_images: int, n_captions: int) -> None:
+    """The top-K lists must belong to this gallery (one row per query, indices inside it)."""
+    rows = (top.i2t_idx.shape[0], top.t2i_idx.shape[0])
+    if rows != (n_images, n_captions):
+        raise ValueError(f"top-K has {rows[0]} image and {rows[1]} caption queries, the ranks {n_images} and "
+                         f"{n_captions}")
 
 
 def write_eval_outputs(
@@ -39,13 +49,15 @@ def write_eval_outputs(
     extra: dict[str, Any] | None = None,
     *,
     fingerprint: str | None = None,
+    topk: TopK | None = None,
 ) -> dict[str, Any]:
-    """Write ranks.npz, then metrics.json last; return the metrics dict as written.
+    """Write ranks.npz, then topk.npz (when `topk` is given), then metrics.json last; return the metrics.
 
     extra adds split, n_images, n_captions, selected_epoch, val (defaults: "test", the rank
     lengths, None, None) and any further keys; it may not override a computed metric.
     metrics.json also names the cell it belongs to: dataset, method and seed (from the folder, when
     it is shaped like a cell) and the data fingerprint, so a copied file still says what it measures.
+    Without `topk` an earlier run's topk.npz is removed, so the gallery never shows another run's lists.
     """
     cell = Path(cell)
     i2t = np.asarray(i2t_rank, dtype=np.int64)
@@ -61,10 +73,16 @@ def write_eval_outputs(
     clash = (set(computed) | {"chance_mR", "dataset", "method", "seed", "fingerprint"}) & set(extra)
     if clash:
         raise ValueError(f"extra may not override metrics: {sorted(clash)}")
+    if topk is not None:
+        _check_topk(topk, i2t.size, t2i.size)
 
     mark_incomplete(cell)
     cell.mkdir(parents=True, exist_ok=True)
     write_with(cell / RANKS_FILE, lambda f: np.savez(f, i2t_rank=i2t, t2i_rank=t2i, cap2img=c2i))
+    if topk is not None:
+        write_topk(cell / TOPK_FILE, topk)
+    else:
+        (cell / TOPK_FILE).unlink(missing_ok=True)
 
     metrics: dict[str, Any] = {
         "split": extra.pop("split", "test"),
@@ -131,8 +149,20 @@ def _read_ranks(cell: Path, metrics: dict[str, Any]) -> dict[str, np.ndarray]:
     return ranks
 
 
+def _check_topk_file(cell: Path, ranks: dict[str, np.ndarray]) -> None:
+    """A cell's topk.npz, when it has one, must read back for its gallery; DamagedCell otherwise.
+    A missing one is fine: cells written before top-K lists were kept have no gallery."""
+    f = cell / TOPK_FILE
+    if not f.exists():
+        return
+    try:
+        read_topk(f, n_images=ranks["i2t_rank"].size, n_captions=ranks["t2i_rank"].size)
+    except UserError as e:
+        raise DamagedCell(str(e)) from None
+
+
 def read_cell(cell: str | Path) -> Cell:
-    """THE reader of a result cell: metrics.json, ranks.npz and config.json must all read back.
+    """THE reader of a result cell: metrics.json, ranks.npz, config.json and topk.npz (if any) must read back.
 
     UserError for a folder that is not a cell or has no metrics.json yet (incomplete: being run,
     or interrupted); DamagedCell when metrics.json exists but a result file does not read back.
@@ -145,6 +175,7 @@ def read_cell(cell: str | Path) -> Cell:
         raise UserError(f"{cell}: incomplete result cell (no {METRICS_FILE})")
     metrics = _read_metrics(cell)
     ranks = _read_ranks(cell, metrics)
+    _check_topk_file(cell, ranks)
     config: dict[str, Any] = {}
     if (cell / CONFIG_FILE).exists():
         try:
@@ -260,13 +291,9 @@ def run_record(data: Any, wall_s: float, *, device: Any = "cpu", precision: str 
 def read_run_record(cell: str | Path) -> dict[str, Any] | None:
     """run.json in the current schema; None when missing or unreadable. Records written before the one
     schema (`bench score`'s wall_seconds / data_fingerprint / ann_file) are read into its fields."""
-    try:
-        rec = json.loads((Path(cell) / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    rec = read_json_object(Path(cell) / RUN_FILE)
+    if rec is None:
         return None
-    if not isinstance(rec, dict):
-        return None
-    rec = dict(rec)
     data = rec.get("data") if isinstance(rec.get("data"), dict) else {}
     if "wall_seconds" in rec and "wall_s" not in rec:
         rec["wall_s"] = rec.pop("wall_seconds")
@@ -297,28 +324,5 @@ def read_failure(cell: str | Path) -> str | None:
     f = Path(cell) / FAILED_FILE
     if not f.is_file():
         return None
-    try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return "unknown error"
-    return str(data.get("error", "unknown error")) if isinstance(data, dict) else "unknown error"
-
-
-# ---- round-1 compatibility (#14): names that moved to results.scan / results.leaderboard -----------
-# cli/run.py, cli/report.py, cli/status.py and tests/test_reliability.py still import them from here;
-# remove this forwarder when those imports are rewritten (round 2).
-_MOVED = {"require_results_dir": "scan", "scan_results": "scan", "complete_cells": "scan",
-          "leaderboard": "leaderboard", "leaderboard_markdown": "leaderboard", "format_mean_std": "leaderboard",
-          "LEADERBOARD_COLUMNS": "leaderboard", "MARKDOWN_HEADERS": "leaderboard", "leaderboard_files": "leaderboard",
-          "remove_stale_leaderboard_temps": "leaderboard", "write_file_set": "leaderboard",
-          # the old write_leaderboard expected its caller to hold the lock (cli/run.py does)
-          "write_leaderboard": "leaderboard:write_leaderboard_holding_lock"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        from . import leaderboard, scan  # a cycle while this forwarder exists: remove it in round 2
-
-        module, _, attr = _MOVED[name].partition(":")
-        return getattr(scan if module == "scan" else leaderboard, attr or name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    data = read_json_object(f) or {}
+    return str(data.get("error", "unknown error"))

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError, unknown
+from ..evaluation.metrics import TESTED_METRICS
 from ..evaluation.statistics import (
     COLUMNS,
-    METRICS,
     QueryValues,
     check_alpha,
     draw_resamples,
@@ -66,7 +66,7 @@ def load_runs(
     results_dir: str | Path, dataset: str | None = None, split: str | None = "test", skip_damaged: bool = False
 ) -> dict[tuple[str, str], dict[str, MethodRuns]]:
     """Scan `results_dir` and group its complete cells (see `group_runs`)."""
-    from .cell import complete_cells
+    from .scan import complete_cells
 
     return group_runs(complete_cells(results_dir, skip_damaged), dataset, split, where=str(results_dir))
 
@@ -119,7 +119,7 @@ def compare_runs(
     dataset: str,
     split: str,
     runs: dict[str, MethodRuns],
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] = TESTED_METRICS,
     alpha: float = 0.05,
     resamples: int = 10_000,
     seed: int = 0,
@@ -184,7 +184,7 @@ def compare_results(
     alpha: float = 0.05,
     resamples: int = 10_000,
     seed: int = 0,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] = TESTED_METRICS,
     split: str | None = "test",
     skip_damaged: bool = False,
 ):

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-
-TRAIN_LOG = "train_log.csv"
+from .layout import TRAIN_LOG
 
 
 @dataclass
@@ -110,8 +109,8 @@ def curves_figure(logs: dict[str, MethodLogs], styles: dict, dataset: str):
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    from ..datasets.catalogue import display_name
     from .plots import _RC
-    from .tables import display_dataset
 
     with rc_context(_RC):
         fig = Figure(figsize=(7.2, 3.3), layout="constrained")
@@ -127,24 +126,10 @@ def curves_figure(logs: dict[str, MethodLogs], styles: dict, dataset: str):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         several = any(len(ml.epochs) > 1 for ml in logs.values())
         what = "mean over seeds (band: min–max over seeds)" if several else "one seed"
-        fig.suptitle(f"{display_dataset(dataset)}: training curves, {what}", fontsize=10)
+        fig.suptitle(f"{display_name(dataset)}: training curves, {what}", fontsize=10)
         handles, labels = axes[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), frameon=False)
     return fig
-
-
-def save_truetype(fig, stem: Path) -> list[Path]:
-    """plots.save_figure (PNG + PDF, atomic) with TrueType fonts embedded in the PDF.
-
-    pdf.fonttype is read when the file is written, not when the figure is built, so the rc must
-    be active around savefig (plots.save_figure alone writes Type 3 fonts).
-    """
-    from matplotlib import rc_context
-
-    from .plots import save_figure
-
-    with rc_context({"pdf.fonttype": 42}):
-        return save_figure(fig, stem)
 
 
 def plot_training_curves(results_dir: str | Path, out_dir: str | Path | None = None, dataset: str | None = None,
@@ -153,8 +138,8 @@ def plot_training_curves(results_dir: str | Path, out_dir: str | Path | None = N
 
     Files go to out_dir (default <results_dir>/figures), as `bench plot` writes its other figures.
     """
-    from .cell import complete_cells
-    from .plots import method_styles
+    from .plots import method_styles, save_figure
+    from .scan import complete_cells
 
     cells = complete_cells(results_dir, skip_damaged) if cells is None else cells
     styles = method_styles([c.method for c in cells])
@@ -162,5 +147,5 @@ def plot_training_curves(results_dir: str | Path, out_dir: str | Path | None = N
     written: list[Path] = []
     for ds, logs in sorted(collect_logs(cells).items()):
         if dataset is None or ds == dataset:
-            written += save_truetype(curves_figure(logs, styles, ds), out / f"{ds}_training")
+            written += save_figure(curves_figure(logs, styles, ds), out / f"{ds}_training")
     return written

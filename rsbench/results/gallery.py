@@ -10,7 +10,6 @@ dataset loader, so any layout works; the figure never needs a model. PNG + PDF (
 
 from __future__ import annotations
 
-import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -217,9 +216,9 @@ def gallery(results_dir: str | Path, dataset: str, out_dir: str | Path | None = 
             **kw: Any) -> tuple[list[Path], list[int]]:
     """`bench gallery`: write <out>/<dataset>_gallery_<direction>.{png,pdf} (default out:
     <results_dir>/figures); returns (paths, the queries shown). kw: those of build_gallery."""
-    from .cell import complete_cells
-    from .curves import save_truetype
+    from .plots import save_figure
+    from .scan import complete_cells
 
     fig, queries = build_gallery(complete_cells(results_dir, skip_damaged), dataset, **kw)
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"
-    return save_truetype(fig, out / f"{dataset}_gallery_{kw.get('direction', 't2i')}"), queries
+    return save_figure(fig, out / f"{dataset}_gallery_{kw.get('direction', 't2i')}"), queries

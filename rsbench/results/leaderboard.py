@@ -151,24 +151,27 @@ def write_leaderboard_holding_lock(root: str | Path, out_dir: str | Path | None 
 
 
 def write_leaderboard(root: str | Path, out_dir: str | Path | None = None, skip_damaged: bool = False,
-                      options: TableOptions | None = None, wait_s: float = 0.0) -> pd.DataFrame:
+                      options: TableOptions | None = None, wait_s: float | None = 0.0) -> pd.DataFrame:
     """THE leaderboard writer: under the leaderboard lock of out_dir (default root; a UserError when
-    another process keeps it past wait_s), write leaderboard.csv, .md and .tex as one set."""
+    another process keeps it past wait_s, None: LEADERBOARD_WAIT_S), write leaderboard.csv, .md and .tex
+    as one set."""
+    wait_s = LEADERBOARD_WAIT_S if wait_s is None else wait_s  # read now: tests shorten it
     require_results_dir(root)  # before the lock would create the folder
     folder = Path(out_dir) if out_dir is not None else Path(root)
     with holding(leaderboard_lock(folder), f"{folder}: leaderboard being written by another process", timeout=wait_s):
         return write_leaderboard_holding_lock(root, out_dir, skip_damaged, options)
 
 
-def update_leaderboard(out: str | Path, wait_s: float = LEADERBOARD_WAIT_S) -> tuple[bool, str]:
+def update_leaderboard(out: str | Path, wait_s: float | None = None) -> tuple[bool, str]:
     """Rewrite <out>/leaderboard.* after a run; (ok, one line to print: to stderr when not ok).
+    wait_s None: LEADERBOARD_WAIT_S, read at call time.
 
     Not ok only when a damaged cell (warned by name) kept it from being written: a table without that
     row would silently drop a result. Busy (another writer past wait_s) and no complete cell yet are ok.
     """
     out = Path(out)
     lock = leaderboard_lock(out)
-    if not lock.acquire(timeout=wait_s):
+    if not lock.acquire(timeout=LEADERBOARD_WAIT_S if wait_s is None else wait_s):
         return True, f"leaderboard not written: another process is writing it ({lock.describe_owner()})"
     try:
         write_leaderboard_holding_lock(out)

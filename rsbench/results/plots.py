@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.statistics import MethodRuns, group_runs
-from .tables import display_dataset
+from ..datasets.catalogue import display_name
+from .compare import MethodRuns, group_runs
 
 # Okabe & Ito (2008); black replaced by a mid grey so error bars stay visible on bars.
 OKABE_ITO: tuple[str, ...] = (
@@ -90,7 +90,7 @@ def _curves(runs: MethodRuns, max_k: int = 100) -> tuple[np.ndarray, np.ndarray,
 
 
 def _subtitle(dataset: str, split: str) -> str:
-    return display_dataset(dataset) + ("" if split == "test" else f" ({split})")
+    return display_name(dataset) + ("" if split == "test" else f" ({split})")
 
 
 def recall_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split: str, logx: bool = True):
@@ -187,15 +187,22 @@ def mr_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split: st
 
 
 def save_figure(fig, stem: Path) -> list[Path]:
-    """Write `stem`.png (dpi 200) and `stem`.pdf atomically."""
+    """Write `stem`.png (dpi 200) and `stem`.pdf atomically, the PDF with TrueType fonts (editable text).
+
+    pdf.fonttype is read when the file is written, not when the figure is built, so the rc must be
+    active around savefig; without it matplotlib embeds Type 3 fonts.
+    """
+    from matplotlib import rc_context
+
     from ..io import write_with
 
     paths = []
-    for fmt in ("png", "pdf"):
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        meta = {"Software": None} if fmt == "png" else {"CreationDate": None, "Producer": None}
-        write_with(path, lambda f, fmt=fmt, meta=meta: fig.savefig(f, format=fmt, dpi=DPI, metadata=meta))
-        paths.append(path)
+    with rc_context({"pdf.fonttype": 42}):
+        for fmt in ("png", "pdf"):
+            path = stem.with_name(f"{stem.name}.{fmt}")
+            meta = {"Software": None} if fmt == "png" else {"CreationDate": None, "Producer": None}
+            write_with(path, lambda f, fmt=fmt, meta=meta: fig.savefig(f, format=fmt, dpi=DPI, metadata=meta))
+            paths.append(path)
     return paths
 
 
@@ -206,15 +213,17 @@ def plot_results(
     logx: bool = True,
     split: str = "test",
     skip_damaged: bool = False,
+    cells: list | None = None,
 ) -> list[Path]:
     """Write the recall and mR figures of each dataset (cells of `split`); returns the paths.
 
     Files go to out_dir (default <results_dir>/figures): <dataset>_recall.{png,pdf} and
     <dataset>_mR.{png,pdf} (the split is added to the name when it is not "test").
+    `cells`: the folder's complete cells when the caller has scanned it already (default: scanned here).
     """
-    from .cell import complete_cells
+    from .scan import complete_cells
 
-    cells = complete_cells(results_dir, skip_damaged)
+    cells = complete_cells(results_dir, skip_damaged) if cells is None else cells
     groups = group_runs(cells, dataset, split, where=str(results_dir))
     styles = method_styles([c.method for c in cells])  # every method of the folder: stable colours
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"

@@ -20,17 +20,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..datasets.catalogue import display_name
 from ..errors import UserError
-from .cell import LEADERBOARD_METRICS, complete_cells, leaderboard
-from .tables import Table, build_tables, display_dataset
+from ..evaluation.metrics import LEADERBOARD_METRICS, METRIC_HEADERS
+from .leaderboard import leaderboard
+from .scan import complete_cells
+from .tables import Table, TableOptions, build_tables
 
 EMBED_DPI = 130  # figures in the page: sharp on screen, a few hundred kB each
 GALLERY_QUERIES = 3
-_HEADERS = {
-    "mR": "mR", "i2t_r1": "I→T R@1", "i2t_r5": "I→T R@5", "i2t_r10": "I→T R@10", "t2i_r1": "T→I R@1",
-    "t2i_r5": "T→I R@5", "t2i_r10": "T→I R@10", "i2t_medr": "I→T MedR", "i2t_meanr": "I→T MeanR",
-    "t2i_medr": "T→I MedR", "t2i_meanr": "T→I MeanR",
-}  # fmt: skip
+
+
+def _header(metric: str) -> str:
+    """The leaderboard header of a metric with arrows for the directions (I2T R@1 -> I→T R@1)."""
+    return METRIC_HEADERS[metric].replace("I2T", "I→T").replace("T2I", "T→I")
+
 
 e = html.escape
 
@@ -80,7 +84,7 @@ def leaderboard_html(ds: str, df: Any, table: Table | None) -> str:
     rows = {r.name: r for r in table.rows} if table else {}
     best = _best(df)
     head = ['<th class="text">Row</th>', '<th class="text">Method</th>', "<th>Seeds</th>",
-            '<th class="text">Sel.</th>'] + [f"<th>{e(_HEADERS[m])}</th>" for m in LEADERBOARD_METRICS]
+            '<th class="text">Sel.</th>'] + [f"<th>{e(_header(m))}</th>" for m in LEADERBOARD_METRICS]
     body = []
     for rec in df.to_dict("records"):
         r = rows.get(rec["method"])
@@ -220,12 +224,12 @@ def gallery_html(ds: str, cells: list, data_root: str | Path | None, n: int, see
 
 def dataset_html(ds: str, cells: list, table: Table | None, sig: Any, styles: dict, opts: dict[str, Any]) -> str:
     """The section of one dataset."""
-    from ..evaluation.statistics import group_runs
+    from .compare import group_runs
 
     mine = [c for c in cells if c.dataset == ds]
     runs = group_runs(mine, ds, "test")[(ds, "test")]
     size = f"test split: {table.n_images} images, {table.n_captions} captions" if table else ""
-    parts = [f'<section id="ds-{e(ds)}"><h2>{e(display_dataset(ds))} <span class="muted">{e(size)}</span></h2>',
+    parts = [f'<section id="ds-{e(ds)}"><h2>{e(display_name(ds))} <span class="muted">{e(size)}</span></h2>',
              leaderboard_html(ds, leaderboard(mine), table),
              figures_html(ds, mine, runs, styles), significance_html(sig)]
     if opts["gallery_queries"] > 0:
@@ -240,20 +244,21 @@ def build_report(results_dir: str | Path, dataset: str | None = None, data_root:
                  gallery_queries: int = GALLERY_QUERIES) -> str:
     """The whole HTML page (a string). data_root: {dataset: folder} for the gallery images ('' = any)."""
     from .. import __version__
-    from ..evaluation.statistics import METRICS, compare_runs, group_runs
+    from ..evaluation.metrics import TESTED_METRICS
+    from .compare import compare_runs, group_runs
     from .plots import method_styles
     from .report_template import CSS, JS
 
     cells = complete_cells(results_dir, skip_damaged)
-    tables = {t.dataset: t for t in build_tables(results_dir, True, alpha, dataset=dataset, resamples=resamples,
-                                                   seed=seed, cells=cells)}
+    options = TableOptions(with_published=True, alpha=alpha, dataset=dataset, resamples=resamples, seed=seed)
+    tables = {t.dataset: t for t in build_tables(cells, leaderboard(cells), options, where=str(results_dir))}
     styles = method_styles([c.method for c in cells])
     opts = {"data_root": data_root or {}, "gallery_queries": gallery_queries, "seed": seed}
     sections = []
     for (ds, _split), runs in sorted(group_runs(cells, dataset, "test", where=str(results_dir)).items()):
-        sig = compare_runs(ds, "test", runs, METRICS, alpha, resamples, seed) if len(runs) > 1 else None
+        sig = compare_runs(ds, "test", runs, TESTED_METRICS, alpha, resamples, seed) if len(runs) > 1 else None
         sections.append(dataset_html(ds, cells, tables.get(ds), sig, styles, opts))
-    nav = " ".join(f'<a href="#ds-{e(ds)}">{e(display_dataset(ds))}</a>' for ds in sorted(tables))
+    nav = " ".join(f'<a href="#ds-{e(ds)}">{e(display_name(ds))}</a>' for ds in sorted(tables))
     title = f"rsbench report: {Path(results_dir).resolve().name}"
     stamp = time.strftime("%Y-%m-%d %H:%M")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>'

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..io import read_json, write_json
+from ..io import read_json_object, write_json
 from ..locks import PathLock, cell_of_lock, lock_path
 from .cell import Cell, DamagedCell, cell_damage, read_cell, read_failure
 from .layout import (
@@ -161,8 +161,4 @@ def record_jobs(out: Path, entries: list[tuple[Path, str]], launcher: str, folde
 
 def read_jobs(out: Path) -> dict[str, dict[str, Any]]:
     """What `record_jobs` wrote ({} when nothing was submitted or the file does not read back)."""
-    try:
-        data = read_json(Path(out) / JOBS_FILE)
-    except (OSError, ValueError, UserError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json_object(Path(out) / JOBS_FILE) or {}

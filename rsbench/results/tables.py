@@ -17,9 +17,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from ..datasets.catalogue import display_name
 from ..evaluation.metrics import METRIC_HEADERS, METRICS, TABLE_METRICS, TESTED_METRICS
 from ..evaluation.statistics import check_alpha
 from .compare import MethodRuns, compare_runs, group_runs
@@ -27,7 +27,6 @@ from .published import published_results
 
 _SPECS = {s.name: s for s in METRICS}
 _TEST_SELECTED = "test"
-_DATASET_NAMES = {"rsicd": "RSICD", "rsitmd": "RSITMD", "ucm": "UCM-captions", "sydney": "Sydney-captions"}
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,6 @@ class Table:
 
 # --------------------------------------------------------------------------------------------
 # data
-
-
-def display_dataset(name: str) -> str:
-    """Paper spelling of a dataset name (RSICD, RSITMD, ...); unknown names unchanged."""
-    return _DATASET_NAMES.get(name.lower(), name)
 
 
 def _letters(i: int) -> str:
@@ -171,7 +165,7 @@ def _caption_parts(t: Table) -> tuple[str, str, str]:
     seeds = sorted({r.n_seeds for r in t.rows})
     seed_txt = "/".join(str(s) for s in seeds) + (" seed" if seeds == [1] else " seeds")
     main = (
-        f"Image-text retrieval on {display_dataset(t.dataset)} ({t.split} split: {t.n_images} images, "
+        f"Image-text retrieval on {display_name(t.dataset)} ({t.split} split: {t.n_images} images, "
         f"{t.n_captions} captions). Recall in %, mean@PM@std over {seed_txt}; mR is the mean of the six recalls; "
         "bold marks the best of our runs per column."
     )
@@ -298,7 +292,7 @@ def _md_table(t: Table) -> str:
     head = ["", "Method"] + (["Sel."] if with_sel else [])
     head += [METRIC_HEADERS[m].replace("I2T", "I→T").replace("T2I", "T→I") for m in TABLE_METRICS]
     align = ["---", ":---"] + ([":---"] if with_sel else []) + ["---:"] * len(TABLE_METRICS)
-    lines = [f"### {display_dataset(t.dataset)} ({t.split})", "", "| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    lines = [f"### {display_name(t.dataset)} ({t.split})", "", "| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     best = _best(t.rows)
     for r in t.rows:
         cells = [f"({r.letter})", _md_escape(r.name)] + ([r.selection] if with_sel else [])
@@ -331,14 +325,3 @@ def render_tables(tables: Sequence[Table]) -> dict[str, str]:
         "% requires \\usepackage{booktabs}\n" + "\n\n".join(_tex_table(t) for t in tables) + "\n"
     )
     return {"md": md, "tex": tex}
-
-
-def leaderboard_table_files(results_dir: str | Path, out_dir: str | Path | None = None, with_published: bool = False,
-                            alpha: float = 0.05, *, cells: list | None = None, **kw: Any) -> dict[Path, str]:
-    """Round-1 compatibility (#14) for cli/report.py: {path: text} of leaderboard.md and .tex; remove in
-    round 2 (results.leaderboard.leaderboard_files gives all three files)."""
-    from .leaderboard import leaderboard_files
-
-    opts = TableOptions(with_published=with_published, alpha=alpha, **kw)
-    _, files = leaderboard_files(results_dir, out_dir, cells=cells, options=opts)
-    return {p: t for p, t in files.items() if p.suffix in (".md", ".tex")}
