@@ -46,6 +46,3 @@ def one_line(e: BaseException, limit: int | None = None) -> str:
             line = rest
     return line[:limit] if limit is not None else line
 
-
-# the older name of the same helper (config, checkpoint, datasets, methods and the CLI still call it)
-first_line = one_line

@@ -9,7 +9,7 @@ import typer
 
 def methods_cmd(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every option.")] = False) -> None:
     """List the registered methods."""
-    from ..config.schema import all_keys
+    from ..config.overlay import all_keys
     from ..methods.registry import list_methods
 
     for spec in list_methods():

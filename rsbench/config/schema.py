@@ -13,9 +13,6 @@ from typing import Any
 from ..contracts import require_above, require_at_least
 from ..errors import UserError, suggest
 from .overlay import field_map, fill, is_optional, strip_optional, to_dict
-# still imported from here by engine/grid.py, engine/cellfolder.py and cli/listing.py: once they import
-# from config.overlay, this line goes
-from .overlay import all_keys, flatten, load_config_file, parse_set_options  # noqa: F401
 
 
 @dataclass

@@ -91,7 +91,7 @@ def plan_grid(grid: Grid, preset: str, config_file: Path | None, set_options: li
               cli_train: dict[str, Any]) -> Grid:
     """Resolve every cell's config (a typo fails fast), then refuse cells made with another config."""
     from ..config.resolve import resolve_config
-    from ..config.schema import load_config_file, parse_set_options
+    from ..config.overlay import load_config_file, parse_set_options
     from ..datasets import get_dataset_info
     from ..methods.registry import get_method_spec
 
