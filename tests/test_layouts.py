@@ -182,3 +182,30 @@ def test_unknown_layout_lists_what_was_looked_for(tmp_path):
     assert "\n" not in msg
     for what in ("dataset_rsicd.json", "rsicd_precomp/", ".parquet", "rsicd_{train,val,test}.json", "*.csv"):
         assert what in msg
+
+
+def _bench(*args: str, cwd: Path, env_cache: Path) -> "subprocess.CompletedProcess[str]":
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "RSBENCH_CACHE": str(env_cache), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "rsbench.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_test_only_csv_evaluates_with_epochs_0_and_refuses_training(tmp_path, rsicd):
+    make_csv(tmp_path / "csv", rsicd)
+    common = ("run", "--methods", "vsepp", "--dataset", "rsicd", "--data-root", str(tmp_path / "csv"),
+              "--preset", "small", "--device", "cpu")
+    train = _bench(*common, "--epochs", "1", "--out", str(tmp_path / "r1"), cwd=tmp_path, env_cache=tmp_path / "c")
+    assert train.returncode == 2
+    assert "rsicd: " in train.stderr and "has no train split" in train.stderr and "--epochs 0" in train.stderr
+    assert "Traceback" not in train.stderr
+    zero = _bench(*common, "--epochs", "0", "--out", str(tmp_path / "r0"), cwd=tmp_path, env_cache=tmp_path / "c")
+    assert zero.returncode == 0, zero.stderr
+    import json
+
+    m = json.loads((tmp_path / "r0" / "rsicd" / "vsepp" / "seed0" / "metrics.json").read_text())
+    assert m["n_images"] == 3
