@@ -20,7 +20,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
 from fakedata import FakeSet, write_image
 
 

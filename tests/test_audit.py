@@ -93,7 +93,9 @@ def two_sets(tmp_path: Path):
 
 
 def _pairs(result) -> set:
-    key = lambda d: (d["dataset"], d["split"], d["filename"])  # noqa: E731
+    def key(d: dict) -> tuple[str, str, str]:
+        return d["dataset"], d["split"], d["filename"]
+
     return {tuple(sorted((key(p["a"]), key(p["b"])))) for p in result["image_duplicates"]}
 
 
@@ -109,7 +111,7 @@ def test_audit_finds_planted_copies_and_no_false_pairs(two_sets, isolated_cache,
     test_member = {m[2] for pair in want for m in pair if m[:2] == ("rsicd", "test")}
     assert leaked_images(on_disk, "rsicd") == test_member and len(test_member) == 3
     # second run: every hash comes from the per-image cache
-    import rsbench.datasets.hashing as hashing
+    from rsbench.datasets import hashing
 
     monkeypatch.setattr(hashing, "phash_file", lambda p: (_ for _ in ()).throw(AssertionError(f"rehashed {p}")))
     again = run_audit(dss, None, workers=1)
@@ -119,7 +121,7 @@ def test_audit_finds_planted_copies_and_no_false_pairs(two_sets, isolated_cache,
 def test_audit_cli_writes_json_and_md(two_sets, isolated_cache, tmp_path):
     from rsbench.cli.audit import audit
 
-    root, want = two_sets
+    root, _ = two_sets
     app = typer.Typer()
     app.command("audit")(audit)
     app.command("noop")(lambda: None)
