@@ -25,7 +25,7 @@ from rsbench.errors import DataError, UserError
 # ---- registry ------------------------------------------------------------------------------------
 def test_registry_names_aliases_and_unknown():
     names = [d.name for d in list_datasets()]
-    assert names == ["rsicd", "rsitmd", "sydney", "synthetic", "ucm"]
+    assert names == ["nwpu", "rsicd", "rsitmd", "sydney", "synthetic", "ucm"]
     assert get_dataset_info("UCM-captions").name == "ucm"
     assert get_dataset_info("sydney-captions").name == "sydney"
     info = get_dataset_info("rsicd")

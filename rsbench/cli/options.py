@@ -21,7 +21,7 @@ AnnFileOpt = Annotated[Path | None, typer.Option(
     "--ann-file", help="Annotation JSON, or a <name>_precomp folder (one dataset only; overrides the default).")]
 ImageDirOpt = Annotated[Path | None, typer.Option(
     "--image-dir", help="Image folder (one dataset only; default: found in the data root).")]
-LayoutOpt = Annotated[str, typer.Option("--layout", help="auto | karpathy | precomp")]
+LayoutOpt = Annotated[str, typer.Option("--layout", help="auto | karpathy | precomp | hf_parquet | pir_json | csv | nwpu | precomp_verify")]
 ValSeedOpt = Annotated[int, typer.Option("--val-seed", help="Seed of the carved val split (when there is none).")]
 
 # ---- result folders read by the reporting commands -----------------------------------------------

@@ -168,14 +168,18 @@ def split_findings(by_split: dict[str, list[ImageRecord]], dropped: list[tuple[s
     return errors, warnings
 
 
-def fingerprint(source_digest: str, splits: dict[str, list[str]], carving: dict[str, Any] | None) -> str:
-    """sha256 over the annotation bytes' digest, the image names per split and the val carving."""
+def fingerprint(source_digest: str, splits: dict[str, list[str]], carving: dict[str, Any] | None,
+                val_split: str | None = None) -> str:
+    """sha256 over the annotation bytes' digest, the image names per split, the val carving and the
+    sha256 of a named val split file (when one is given)."""
     h = hashlib.sha256()
     h.update(b"rsbench-dataset-v1\0")
     h.update(source_digest.encode())
     h.update(json.dumps({k: splits[k] for k in SPLITS}, separators=(",", ":")).encode())
     if carving is not None:
         h.update(json.dumps({k: carving[k] for k in ("seed", "fraction")}, separators=(",", ":")).encode())
+    if val_split is not None:
+        h.update(b"val_split\0" + val_split.encode())
     return h.hexdigest()
 
 
@@ -191,6 +195,7 @@ def assemble(
     val_fraction: float = 0.2,
     verify_images: bool = True,
     strict: bool = True,
+    val_split_digest: str | None = None,
 ) -> DatasetSplits:
     """Check names, carve val when the source has none, apply the split rules, verify files, build DatasetSplits.
 
@@ -253,7 +258,7 @@ def assemble(
         test=_build_split("test", by_split["test"], paths),
         image_dir=image_dir,
         ann_file=ann_file,
-        fingerprint=fingerprint(source_digest, names, carving),
+        fingerprint=fingerprint(source_digest, names, carving, val_split_digest),
         notes=notes,
         errors=errors,
         warnings=warnings,

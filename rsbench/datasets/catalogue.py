@@ -37,6 +37,10 @@ _DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("rsitmd", "RSITMD: 4743 images, 32 classes, 256x256 TIFF, 4291 train / 452 test; "
                     "val carved from train", ("dataset_RSITMD.json", "dataset_rsitmd.json"),
                     ("images", "RSITMD_images", "rsitmd_images"), ".tif", display_name="RSITMD"),
+        DatasetInfo("nwpu", "NWPU-Captions: 31500 images, 45 classes, 256x256 JPEG, 157500 captions; "
+                    "dataset_nwpu.json keyed by class", ("dataset_nwpu.json", "dataset_NWPU.json"),
+                    ("NWPU_images", "nwpu_images", "images"), ".jpg", ("nwpu-captions", "nwpu_captions"),
+                    "NWPU-Captions"),
         DatasetInfo("synthetic", "Synthetic shapes with templated captions (generated, cached; for tests and "
                     "smoke runs)", ("dataset.json",), ("images",), ".png"),
     )

@@ -21,9 +21,14 @@ from .assembly import assemble
 from .catalogue import DatasetInfo, get_dataset_info
 from .formats.karpathy import read_karpathy
 from .formats.precomp import is_precomp_dir, read_precomp
+from .formats.nwpu import looks_like_nwpu
+from .formats.val_split import apply_val_split, read_val_split
+from .formats.verify import has_verify
 from .images import IMAGE_EXTENSIONS
+from .layouts import EXTRA_LAYOUTS, REFINED_LAYOUTS, classify_ann_file, find_extra, locate_images, looked_for, \
+    read_extra
 
-LAYOUTS = ("auto", "karpathy", "precomp")
+LAYOUTS = ("auto", "karpathy", "precomp", *EXTRA_LAYOUTS, *REFINED_LAYOUTS)
 SYNTHETIC_DEFAULTS = {"n_images": 300, "image_size": 64, "seed": 0}
 
 
@@ -38,7 +43,7 @@ class DataSource:
     Plain values, frozen and picklable (a submitit job receives it). `data_root`: a folder with the
     annotation (default names, or `<name>_precomp/`) and the image folder; or `ann_file` (JSON, or
     a precomp folder) and `image_dir` separately. `val_seed`/`val_fraction`: the val carving when
-    the source has no val split.
+    the source has no val split. `val_split`: a file naming the val images (replaces both).
     """
 
     name: str
@@ -48,9 +53,10 @@ class DataSource:
     layout: str = "auto"
     val_seed: int = 0
     val_fraction: float = 0.2
+    val_split: Path | None = None
 
     def __post_init__(self) -> None:
-        for key in ("data_root", "ann_file", "image_dir"):
+        for key in ("data_root", "ann_file", "image_dir", "val_split"):
             object.__setattr__(self, key, _opt_path(getattr(self, key)))
 
     @classmethod
@@ -72,7 +78,7 @@ class DataSource:
 
     def absolute(self) -> DataSource:
         """The same source with absolute, resolved paths (a job may start in another folder)."""
-        paths = {k: getattr(self, k).resolve() for k in ("data_root", "ann_file", "image_dir")
+        paths = {k: getattr(self, k).resolve() for k in ("data_root", "ann_file", "image_dir", "val_split")
                  if getattr(self, k) is not None}
         return replace(self, **paths)
 
@@ -134,8 +140,9 @@ def _find_precomp_dir(info: DatasetInfo, root: Path) -> Path | None:
 
 
 def _resolve(info: DatasetInfo, data_root: Path | None, ann_file: Path | None, image_dir: Path | None,
-             layout: str) -> tuple[str, Path, Path]:
-    """-> (layout, annotation file or precomp folder, image folder)."""
+             layout: str) -> tuple[str, Path, Path | None, list[Path]]:
+    """-> (layout, annotation file or folder, image folder (None: found after reading, for the
+    extra layouts), folders to look for images in)."""
     if layout not in LAYOUTS:
         raise unknown("layout", layout, LAYOUTS)
     if data_root is not None and not data_root.is_dir():
@@ -148,7 +155,13 @@ def _resolve(info: DatasetInfo, data_root: Path | None, ann_file: Path | None, i
         raise UserError(f"dataset '{info.name}': give --data-root (folder holding {info.ann_files[0]} and "
                         f"{info.image_dirs[0]}/) or --ann-file and --image-dir")
 
-    if ann_file is not None:
+    extra = classify_ann_file(ann_file) if ann_file is not None else None
+    if ann_file is not None and extra is not None:
+        if layout not in ("auto", extra):
+            raise UserError(f"{ann_file}: is a {extra} annotation but --layout {layout} was given")
+        kind, ann = extra, ann_file
+        roots = [data_root] if data_root is not None else [ann.parent if ann.is_file() else ann, ann.parent]
+    elif ann_file is not None:
         ann_is_precomp = ann_file.is_dir() or ann_file.name in ("train_caps.txt", "test_caps.txt",
                                                                  "train_filename.txt", "test_filename.txt")
         if ann_is_precomp:
@@ -158,14 +171,15 @@ def _resolve(info: DatasetInfo, data_root: Path | None, ann_file: Path | None, i
             kind, ann = "precomp", folder
         else:
             kind, ann = "karpathy", ann_file
-        if layout != "auto" and layout != kind:
+        if layout not in ("auto", kind) and (kind, layout) not in (("karpathy", "nwpu"), ("precomp", "precomp_verify")):
             raise UserError(f"{ann_file}: is a {kind} annotation but --layout {layout} was given")
         roots = [data_root] if data_root is not None else [ann.parent] if kind == "karpathy" else \
             [ann, ann.parent]
     else:
         assert data_root is not None
-        js = _find_ann_file(info, data_root) if layout in ("auto", "karpathy") else None
-        pc = _find_precomp_dir(info, data_root) if layout in ("auto", "precomp") else None
+        js = _find_ann_file(info, data_root) if layout in ("auto", "karpathy", "nwpu") else None
+        pc = _find_precomp_dir(info, data_root) if layout in ("auto", "precomp", "precomp_verify") else None
+        found = find_extra(info, data_root, layout) if js is None and pc is None else None
         if layout == "auto" and js is not None and pc is not None:
             raise UserError(f"{data_root}: holds both {js.name} and the precomp folder {pc.name}; "
                             "pass --layout karpathy or --layout precomp")
@@ -173,14 +187,19 @@ def _resolve(info: DatasetInfo, data_root: Path | None, ann_file: Path | None, i
             kind, ann = "precomp", pc
         elif js is not None:
             kind, ann = "karpathy", js
+        elif found is not None:
+            kind, ann = found
         else:
-            what = {"karpathy": f"{' or '.join(info.ann_files)}",
+            what = {"karpathy": f"{' or '.join(info.ann_files)}", "nwpu": f"{' or '.join(info.ann_files)}",
                     "precomp": f"{info.name}_precomp/ or train_caps.txt",
-                    "auto": f"{' or '.join(info.ann_files)}, {info.name}_precomp/ or train_caps.txt"}[layout]
+                    "precomp_verify": f"{info.name}_precomp/ or train_caps.txt",
+                    "auto": f"{' or '.join(info.ann_files)}, {info.name}_precomp/ or train_caps.txt, "
+                            f"{looked_for(info, 'auto')}"}.get(layout, looked_for(info, layout))
             raise UserError(f"{data_root}: no annotation found (looked for {what}); pass --ann-file")
         roots = [data_root] if ann != data_root else [data_root, data_root.parent]
-    img = image_dir if image_dir is not None else _find_image_dir(info, roots)
-    return kind, ann.resolve(), img.resolve()
+    if image_dir is not None or kind in EXTRA_LAYOUTS:
+        return kind, ann.resolve(), image_dir.resolve() if image_dir is not None else None, roots
+    return kind, ann.resolve(), _find_image_dir(info, roots).resolve(), roots
 
 
 def default_data_root(name: str, data_root: str | Path | None = None,
@@ -216,17 +235,36 @@ def load_dataset(
     src = DataSource.of(source, **where)
     info = get_dataset_info(src.name)
     root = default_data_root(src.name, src.data_root, src.ann_file)
-    kind, ann_path, img_dir = _resolve(info, root, src.ann_file, src.image_dir, src.layout)
+    kind, ann_path, img_dir, roots = _resolve(info, root, src.ann_file, src.image_dir, src.layout)
+    kind = _refine(kind, ann_path, src.layout)
     if kind == "precomp":
         records, digest, notes = read_precomp(ann_path)
-    else:
+    elif kind == "karpathy":
         records, digest, notes = read_karpathy(ann_path)
+    else:
+        records, digest, notes = read_extra(kind, ann_path, info)
+    if img_dir is None:
+        img_dir = Path(notes["image_root"]) if "image_root" in notes else locate_images(info, roots, records)
+    val_digest = None
+    if src.val_split is not None:
+        names, val_digest = read_val_split(src.val_split)
+        n_val = apply_val_split(records, names, src.val_split)
+        notes = {**notes, "val_split": {"file": str(src.val_split), "sha256": val_digest, "n_val": n_val}}
     ds = assemble(info.name, records, image_dir=img_dir, ann_file=ann_path, source_digest=digest, notes=notes,
                   val_seed=src.val_seed, val_fraction=src.val_fraction, verify_images=verify_images,
-                  strict=strict)
+                  strict=strict, val_split_digest=val_digest)
     for w in ds.warnings:
         (warn or _stderr_warning)(w.line)
     return ds
+
+
+def _refine(kind: str, ann: Path, layout: str) -> str:
+    """NWPU's JSON is found where a Karpathy JSON would be; *_verify files sit in a precomp folder."""
+    if kind == "karpathy" and looks_like_nwpu(ann):
+        return "nwpu"
+    if kind == "precomp" and layout in ("auto", "precomp_verify") and has_verify(ann):
+        return "precomp_verify"
+    return kind
 
 
 def _stderr_warning(line: str) -> None:

@@ -73,6 +73,8 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
     attach_train_data(tr, data.train, cache)
 
     def validate() -> dict[str, Any]:  # what selection sees: the val split, never test
+        if data.val.n_images == 0:  # a test-only copy evaluated with --epochs 0: nothing to select on
+            return {}
         metrics, _, _ = dist.on_main(evaluate, method, data.val, cfg, device, precision, progress, image_cache=cache)
         return metrics
 

@@ -190,6 +190,9 @@ def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
     data = load_data(dataset_source(grid.source, d, len(grid.datasets) > 1))
     echo(f"{d}: train {data.train.n_images} / val {data.val.n_images} / test {data.test.n_images} "
          f"images on {dev}")
+    if data.train.n_images == 0 and any(grid.cfgs[(m, d, s)].train.epochs > 0 for m in grid.methods for s in grid.seeds):
+        raise UserError(f"{d}: {data.ann_file} has no train split (it holds test data only); "
+                        "evaluate it with --epochs 0, or give a copy with training data")
     if not grid.overwrite:  # before any training: a cell to resume or skip must have been made on this data
         for m in grid.methods:
             for s in grid.seeds:
