@@ -9,7 +9,7 @@ import torch
 from helpers import run_cli
 
 from rsbench.errors import UserError
-from rsbench.methods.base import Batch, MethodContext
+from rsbench.methods.base import MethodContext
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -109,7 +109,7 @@ def _train_and_check(method, tower, tmp_path, monkeypatch, capsys, extra):
     monkeypatch.setenv("RSBENCH_CACHE", str(tmp_path / "cache"))
     syn = tmp_path / "syn"
     generate_synthetic(syn, n_images=300, image_size=32, seed=0)
-    code, out, err = run_cli(["run", "--methods", method, "--dataset", "synthetic", "--data-root", str(syn),
+    code, _out, err = run_cli(["run", "--methods", method, "--dataset", "synthetic", "--data-root", str(syn),
                               "--epochs", "8", "--batch-size", "32", "--out", str(tmp_path / "out"),
                               "--set", "train.image_size=32", "--set", "train.num_workers=0",
                               "--set", "train.lr=3e-3", "--set", f"model_config={tower['config']}",

@@ -37,10 +37,10 @@ def _save_tokenizer(folder: Path) -> None:
 
 
 def _tiny_clip(folder: Path, act: str = "quick_gelu") -> torch.nn.Module:
-    text = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=16, hidden_act=act, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                  patch_size=16, hidden_act=act)
+    text = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "max_position_embeddings": 16, "hidden_act": act, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32,
+                  "patch_size": 16, "hidden_act": act}
     torch.manual_seed(0)
     model = transformers.CLIPModel(transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
     model.save_pretrained(str(folder))
@@ -51,10 +51,10 @@ def _tiny_clip(folder: Path, act: str = "quick_gelu") -> torch.nn.Module:
 
 
 def _tiny_siglip(folder: Path) -> torch.nn.Module:
-    text = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=16)
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                  patch_size=16)
+    text = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                "max_position_embeddings": 16}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32,
+                  "patch_size": 16}
     torch.manual_seed(0)
     model = transformers.SiglipModel(transformers.SiglipConfig(text_config=text, vision_config=vision))
     model.save_pretrained(str(folder))

@@ -164,7 +164,7 @@ def test_missing_file_names_what_to_download(tmp_path):
 
 def test_bench_run_missing_weights_is_one_line(tmp_path, capsys):
     """Checked at resolution: exit 2, one line, before any data is loaded (no dataset exists here)."""
-    code, out, err = run_cli(["run", "--methods", "zoo:georsclip-vit-b-32-ret2", "--dataset", "synthetic",
+    code, _out, err = run_cli(["run", "--methods", "zoo:georsclip-vit-b-32-ret2", "--dataset", "synthetic",
                               "--data-root", str(tmp_path / "nodata"), "--out", str(tmp_path / "out"),
                               "--set", f"weights_dir={tmp_path}"], capsys)
     assert code == 2

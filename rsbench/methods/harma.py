@@ -20,10 +20,18 @@ from torch import nn
 from ..contracts import require_above, require_at_least
 from ..errors import UserError
 from .base import Batch, LossOutput, MethodContext, same_image_mask
-from .components.adapters import (HarmaAdapter, HarmaBlockGate, SharedMiniAdapter, attach, count_trainable, freeze,
-                                  tower_blocks)
+from .components.adapters import (
+    HarmaAdapter,
+    HarmaBlockGate,
+    SharedMiniAdapter,
+    attach,
+    count_trainable,
+    freeze,
+    tower_blocks,
+)
 from .components.clip_tower import build_tower
 from .components.contrastive import LogitScale, decay_param_groups, info_nce
+from .components.zoo_catalogue import find_weights, get_entry
 from .hf_clip import TowerMethod
 from .registry import register_method
 
@@ -44,6 +52,11 @@ class AdapterTowerConfig:
     force_image_size: int = 0
     prompt: str = ""
 
+    def check_tower(self) -> None:
+        """A zoo tower's file must exist at resolution, before any data is loaded."""
+        if self.zoo:
+            find_weights(get_entry(self.zoo), self.weights_dir)
+
 
 @dataclass
 class HarmaConfig(AdapterTowerConfig):
@@ -58,6 +71,7 @@ class HarmaConfig(AdapterTowerConfig):
     max_logit_scale: float = 100.0
 
     def validate(self) -> None:
+        self.check_tower()
         require_at_least(self, "model.", {"bottleneck": 2, "heads": 1})
         require_above(self, "model.", ("init_temperature", "max_logit_scale"))
         if self.share not in SHARE_MODES:
@@ -80,7 +94,7 @@ def weighted_triplet(img: torch.Tensor, txt: torch.Tensor, image_ids: torch.Tens
     pos = same_image_mask(image_ids) if image_ids is not None else torch.eye(n, dtype=torch.bool, device=s.device)
     cost_t = (margin + s - d[:, None]).clamp(min=0).masked_fill(pos, 0)
     cost_i = (margin + s - d[None, :]).clamp(min=0).masked_fill(pos, 0)
-    weigh = lambda c: (1 - torch.exp(-c)) ** gamma * c  # noqa: E731
+    weigh = lambda c: (1 - torch.exp(-c)) ** gamma * c
     return (weigh(cost_t).sum() + weigh(cost_i).sum()) / 2
 
 

@@ -38,6 +38,7 @@ class PeRsitrConfig(AdapterTowerConfig):
     max_logit_scale: float = 100.0
 
     def validate(self) -> None:
+        self.check_tower()
         require_at_least(self, "model.", {"bottleneck": 1, "shared_dim": 1})
         for key in ("dropout", "aug_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
