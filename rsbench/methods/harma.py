@@ -124,6 +124,8 @@ class HarmaMethod(TowerMethod):
     """A frozen ClipTower with HarMA adapters attached through forward hooks."""
 
     config_cls = HarmaConfig
+    needs_weights_file = False  # the small preset builds a random rsbench-tiny tower
+    frozen_backbone = True
 
     def __init__(self, config: HarmaConfig, context: MethodContext):
         super().__init__(config, context)

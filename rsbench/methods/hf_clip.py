@@ -8,7 +8,7 @@ models with the pairwise sigmoid loss and their own logit_scale and logit_bias (
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,8 @@ class TowerMethod(RetrievalMethod):
     """A RetrievalMethod around a ClipTower (self.tower), fine-tuned with the tower's own loss."""
 
     is_cnn = False
+    needs_weights_file: ClassVar[bool] = True  # cannot be built without a local folder/file (perf harness skips)
+    frozen_backbone: ClassVar[bool] = False  # True: image_backbone() is frozen (adapter methods)
 
     def image_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return self.tower.mean_std()

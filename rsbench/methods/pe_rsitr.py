@@ -65,6 +65,8 @@ class PeRsitrMethod(TowerMethod):
     """A frozen ClipTower with the MRS-Adapter attached through forward hooks."""
 
     config_cls = PeRsitrConfig
+    needs_weights_file = False
+    frozen_backbone = True
 
     def __init__(self, config: PeRsitrConfig, context: MethodContext):
         super().__init__(config, context)
