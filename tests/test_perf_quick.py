@@ -89,6 +89,8 @@ def test_every_method_names_its_image_backbone_and_training_text_outputs(tmp_pat
     caps = ["a red airport with planes", "a blue harbor with ships", "green farmland", "a dense forest"]
     ctx = MethodContext(train_captions=caps, train_cap2img=np.arange(4), cache_dir=tmp_path)
     for spec in list_methods():
+        if getattr(spec.cls, "needs_weights_file", False):  # zoo:*, hf_clip: built from files only (their tests)
+            continue
         cfg = resolve_config(spec.name, "synthetic", preset="small")
         torch.manual_seed(0)
         method = create_method(spec.name, cfg.model, ctx).train()
@@ -98,6 +100,6 @@ def test_every_method_names_its_image_backbone_and_training_text_outputs(tmp_pat
         batch = Batch(torch.randn(4, 3, size, size), method.tokenizer()(caps), torch.arange(4), torch.arange(4))
         method.encode_images(batch.images).float().sum().backward()
         grads = [p.grad for p in backbone.parameters() if p.requires_grad]
-        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), spec.name
+        assert getattr(spec.cls, "frozen_backbone", False) or grads and any(g is not None and g.abs().sum() > 0 for g in grads), spec.name
         outs = method.training_text_outputs(batch)
         assert outs and all(o.shape[0] == 4 for o in outs), spec.name

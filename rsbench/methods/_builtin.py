@@ -5,7 +5,8 @@ A module whose optional dependency is missing is skipped silently here and repor
 
 import importlib
 
-for _mod in ("vsepp", "amfmn", "msa", "clip", "openclip", "scan", "galr", "swan"):
+for _mod in ("vsepp", "amfmn", "msa", "clip", "openclip", "scan", "galr", "swan", "hf_clip", "zoo",
+             "harma", "pe_rsitr"):
     try:
         importlib.import_module(f"{__package__}.{_mod}")
     except ModuleNotFoundError as e:  # a method file not written yet, or a missing optional package

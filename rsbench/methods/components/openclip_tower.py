@@ -175,8 +175,33 @@ def build_openclip_model(cfg: Any) -> tuple[nn.Module, str]:
     finally:
         logging.disable(prev_disable)
     if cfg.checkpoint:
+        check_activation(model, name, Path(cfg.checkpoint).expanduser())
         load_openclip_weights(model, Path(cfg.checkpoint).expanduser(), strict=cfg.strict)
     return model, name
+
+
+def uses_quick_gelu(model: nn.Module) -> bool:
+    """True when the towers use QuickGELU (what OpenAI-initialised CLIP weights were trained with)."""
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in model.modules())
+
+
+def check_activation(model: nn.Module, name: str, path: Path) -> None:
+    """Refuse a known zoo checkpoint in an architecture with the wrong activation (silently worse scores).
+
+    open_clip >= 2.29 builds plain 'ViT-B-32' with GELU, but RemoteCLIP/GeoRSCLIP ViT-B-32 were trained
+    with QuickGELU: loading one into the other gives no error, only lower numbers.
+    """
+    from .zoo_catalogue import entry_for_file
+
+    entry = entry_for_file(path)
+    if entry is None or entry.loader != "openclip":
+        return
+    if (entry.activation == "quick_gelu") != uses_quick_gelu(model):
+        raise UserError(f"{path}: {entry.family} weights were trained with {entry.activation}, but open_clip "
+                        f"model '{name}' uses {'quick_gelu' if uses_quick_gelu(model) else 'gelu'}; set "
+                        f"model={entry.arch} or use --methods {entry.method_name}")
 
 
 # ---- tokenizer ---------------------------------------------------------------------------------------
