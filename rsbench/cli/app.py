@@ -16,7 +16,7 @@ from ..errors import UserError
 
 def build_app() -> typer.Typer:
     """The Typer app with every command (the `data` group as a sub-app)."""
-    from . import compare, data, listing, perf, report, report_html, run, status
+    from . import compare, data, listing, models, perf, report, report_html, run, status
 
     app = typer.Typer(
         name="bench",
@@ -28,6 +28,7 @@ def build_app() -> typer.Typer:
     app.command("run")(run.run)
     app.command("methods")(listing.methods_cmd)
     app.command("datasets")(listing.datasets_cmd)
+    app.command("models")(models.models)
     app.command("score")(report.score)
     app.command("leaderboard")(report.leaderboard)
     app.command("compare")(compare.compare)

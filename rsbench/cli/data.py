@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from .audit import audit
 from .options import AnnFileOpt, DataRootOpt, DatasetArg, ImageDirOpt, LayoutOpt, ValSeedOpt
 
 
@@ -25,6 +26,7 @@ def build_data_app() -> typer.Typer:
     data_app.command("check")(check_cmd)
     data_app.command("synth")(synth_cmd)
     data_app.command("cache")(cache_cmd)
+    data_app.command("audit")(audit)
     return data_app
 
 
