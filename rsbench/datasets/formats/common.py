@@ -5,6 +5,7 @@ Each raises DataError with one line naming the file (and the entry or byte offse
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,16 @@ def require(obj: dict[str, Any], key: str, typ: type | tuple[type, ...], path: P
         names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
         raise DataError(f"{path}: {where}: '{key}' must be a {names}, got {type(val).__name__}")
     return val
+
+
+def parse_json(text: str, path: Path, top: type | None = None, shape: str = "") -> Any:
+    """json.loads with one-line DataErrors: bad JSON, nesting too deep, or a top level not of type `top`."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON for a dataset (nested too deeply)") from None
+    if top is not None and not isinstance(obj, top):
+        raise DataError(f"{path}: top level must be {shape}, got {type(obj).__name__}")
+    return obj

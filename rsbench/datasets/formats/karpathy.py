@@ -8,14 +8,13 @@ Captions per image are read from the data, never assumed to be 5.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from ...errors import DataError
 from ...text import normalize_caption
 from ..assembly import ImageRecord, class_from_name
-from .common import decode_utf8, read_bytes, require
+from .common import decode_utf8, parse_json, read_bytes, require
 
 
 def read_karpathy(path: Path) -> tuple[list[ImageRecord], str, dict[str, Any]]:
@@ -25,16 +24,7 @@ def read_karpathy(path: Path) -> tuple[list[ImageRecord], str, dict[str, Any]]:
     recorded in notes['split_remap'].
     """
     data = read_bytes(path)
-    text = decode_utf8(data, path)
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
-    except RecursionError:
-        raise DataError(f"{path}: not valid JSON for a dataset (nested too deeply)") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: top level must be an object with an 'images' list, "
-                        f"got {type(obj).__name__}")
+    obj = parse_json(decode_utf8(data, path), path, dict, "an object with an 'images' list")
     images = require(obj, "images", list, path, "top level")
     records: list[ImageRecord] = []
     remap: dict[str, int] = {}

@@ -11,14 +11,14 @@ order, as many as are present); images lie under `NWPU_images/<class>/`, so a re
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from ...errors import DataError
-from ..assembly import ImageRecord, normalize_caption
-from .common import decode_utf8, read_bytes, require
+from ...text import normalize_caption
+from ..assembly import ImageRecord
+from .common import decode_utf8, parse_json, read_bytes, require
 
 _RAW_KEY = re.compile(r"^raw(?:_(\d+))?$")
 
@@ -43,12 +43,7 @@ def _captions(entry: dict[str, Any]) -> list[str]:
 def read_nwpu(path: Path) -> tuple[list[ImageRecord], str, dict[str, Any]]:
     """Parse dataset_nwpu.json; returns (records, sha256 of the file bytes, notes)."""
     data = read_bytes(path)
-    try:
-        obj = json.loads(decode_utf8(data, path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: top level must be an object keyed by class name, got {type(obj).__name__}")
+    obj = parse_json(decode_utf8(data, path), path, dict, "an object keyed by class name")
     records: list[ImageRecord] = []
     for cls, entries in obj.items():
         if not isinstance(entries, list):

@@ -10,13 +10,13 @@ image root). Their val split is used as is (RSITMD 3435/856, RSICD val 1966), so
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from ...errors import DataError
-from ..assembly import ImageRecord, class_from_name, normalize_caption
-from .common import decode_utf8, read_bytes, require
+from ...text import normalize_caption
+from ..assembly import ImageRecord, class_from_name
+from .common import decode_utf8, parse_json, read_bytes, require
 
 SPLITS = ("train", "val", "test")
 
@@ -36,12 +36,7 @@ def pir_files(root: Path, names: tuple[str, ...]) -> dict[str, Path]:
 
 def _load(path: Path) -> tuple[list[Any], bytes]:
     data = read_bytes(path)
-    try:
-        obj = json.loads(decode_utf8(data, path))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
-    if not isinstance(obj, list):
-        raise DataError(f"{path}: top level must be a list of entries, got {type(obj).__name__}")
+    obj = parse_json(decode_utf8(data, path), path, list, "a list of entries")
     return obj, data
 
 

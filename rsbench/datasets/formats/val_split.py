@@ -8,12 +8,11 @@ train/val image is train; test is never touched. The file's sha256 goes into the
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from ...errors import DataError
 from ..assembly import ImageRecord
-from .common import decode_utf8, read_bytes
+from .common import decode_utf8, parse_json, read_bytes
 
 
 def read_val_split(path: Path) -> tuple[list[str], str]:
@@ -22,10 +21,7 @@ def read_val_split(path: Path) -> tuple[list[str], str]:
     text = decode_utf8(data, path)
     stripped = text.lstrip("\ufeff").lstrip()
     if stripped.startswith("["):
-        try:
-            obj = json.loads(stripped)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})") from None
+        obj = parse_json(stripped, path, list, "a list of names or entries")
         names = []
         for i, e in enumerate(obj):
             name = e.get("image") if isinstance(e, dict) else e
