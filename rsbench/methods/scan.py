@@ -108,6 +108,25 @@ def xattn_block(v: torch.Tensor, e: torch.Tensor, wmask: torch.Tensor, direction
     return pool(rel, torch.ones_like(rel, dtype=torch.bool), pooling, lam2)
 
 
+def chunk_pairs(budget_bytes: int, n_img: int, n_txt: int, regions: int, words: int) -> tuple[int, int]:
+    """(images, captions) per scoring chunk so that ~6 float32 (ni, nt, R, L) temporaries fit the budget."""
+    pairs = max(1, budget_bytes // (6 * 4 * max(1, regions * words)))
+    nt = max(1, min(n_txt, pairs))
+    return max(1, min(n_img, pairs // nt)), nt
+
+
+def blockwise_scores(v: torch.Tensor, e: torch.Tensor, wmask: torch.Tensor, direction: str, pooling: str,
+                     lam1: float, lam2: float, chunk: tuple[int, int]) -> torch.Tensor:
+    """(Ni, Nt) scores of every pair, xattn_block over chunks of (ni, nt) = `chunk` pairs (bounded memory)."""
+    out = v.new_empty(len(v), len(e))
+    ni, nt = chunk
+    for i0 in range(0, len(v), ni):
+        for j0 in range(0, len(e), nt):
+            i, j = slice(i0, i0 + ni), slice(j0, j0 + nt)
+            out[i, j] = xattn_block(v[i], e[j], wmask[j], direction, pooling, lam1, lam2)
+    return out
+
+
 class RegionEncoder(nn.Module):
     """CNN feature map -> regions (N, h*w, D): each cell of the map projected to D, L2-normalised.
     With precomputed regions (cfg.region_features) there is no CNN: (N, R, region_dim) -> (N, R, D)."""
@@ -212,21 +231,13 @@ class SCAN(RetrievalMethod):
         with torch.autocast(image_feats.device.type, enabled=False):
             v = image_feats.float()
             e, wmask = text_feats[..., :-1].float(), text_feats[..., -1] > 0.5
-            out = v.new_empty(len(v), len(e))
-            ni, nt = self._chunks(v.shape[0], e.shape[0], v.shape[1], e.shape[1], v.device)
-            for i0 in range(0, len(v), ni):
-                for j0 in range(0, len(e), nt):
-                    i, j = slice(i0, i0 + ni), slice(j0, j0 + nt)
-                    out[i, j] = xattn_block(v[i], e[j], wmask[j], self.config.direction, self.config.pooling,
-                                            self.lam1, self.lam2)
-            return out
+            chunk = self._chunks(v.shape[0], e.shape[0], v.shape[1], e.shape[1], v.device)
+            return blockwise_scores(v, e, wmask, self.config.direction, self.config.pooling, self.lam1, self.lam2,
+                                    chunk)
 
     def _chunks(self, n_img: int, n_txt: int, regions: int, words: int, device: torch.device) -> tuple[int, int]:
-        """Pairs per chunk so that ~6 float32 (ni, nt, R, L) temporaries fit the budget."""
         budget = self.chunk_bytes or (32 if device.type == "cpu" else 512) * 2**20
-        pairs = max(1, budget // (6 * 4 * max(1, regions * words)))
-        nt = max(1, min(n_txt, pairs))
-        return max(1, min(n_img, pairs // nt)), nt
+        return chunk_pairs(budget, n_img, n_txt, regions, words)
 
     def training_loss(self, batch: Batch) -> LossOutput:
         if torch.is_grad_enabled():  # the chunked score writes into a buffer: build the graph in one block
