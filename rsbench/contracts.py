@@ -84,6 +84,20 @@ class DatasetSplits:
 
 # ---- methods' side ---------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class FeatureInput:
+    """A method's declaration that it reads precomputed per-image features instead of pixels.
+
+    One `<image stem>.npy` of shape (R, dim) per image in `folder` (e.g. SCAN's detector regions);
+    the engine checks the files (datasets.features) and hands the loaders the arrays as the images.
+    `option` names the setting in messages (e.g. "scan region_features").
+    """
+
+    folder: Path
+    dim: int
+    option: str
+
+
 # A picklable callable (it runs in DataLoader workers): list of captions -> dict of tensors.
 Tokenizer = Callable[[list[str]], "dict[str, torch.Tensor]"]
 

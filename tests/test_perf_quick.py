@@ -65,14 +65,15 @@ def test_quick_harness_prints_every_item(tmp_path: Path, capsys: pytest.CaptureF
         if item != "6":
             assert r[5] == "-" or "MiB" in r[5], r
         assert r[8] in ("PASS", "FAIL", "-"), r
-        if item.startswith(("1", "2", "3", "4", "6")):  # items with an identical-values check
+        if item.startswith(("1", "2", "3", "4", "6", "7")):  # items with an identical-values check
             assert check.endswith("True"), r
             assert "False" not in check, r
-        if item in ("1", "2", "3", "4"):
+        if item in ("1", "2", "3", "4", "7", "7+"):
             assert NUMBER.search(r[3]) and r[4].endswith("x"), r  # reference time and ratio
     assert any(r[0] == "2" and "ours" in r[5] and "ref" in r[5] for r in rows)  # peak memory, both sides
     assert any(r[0] == "6" and "peak RSS" in r[5] for r in rows)
     assert sum(r[0] == "5" for r in rows) == len(perf.METHODS)
+    assert [r[0] for r in rows if r[0].startswith("7")] == ["7", "7+"]  # SCAN scoring, t2i and i2t
     assert all(r[4].endswith("%") for r in rows if r[0] == "5")
 
 

@@ -128,3 +128,98 @@ def assert_far_above_chance(m: dict) -> None:
     """The tiny set has 6 test images, so R@5/R@10 saturate (chance mR ~61): judge R@1 against 1/6."""
     chance_r1 = 100.0 / m["n_images"]
     assert (m["i2t_r1"] + m["t2i_r1"]) / 2 > 2 * chance_r1 and m["mR"] > m["chance_mR"] + 10, m
+
+
+# ---- precomputed region features (region_features=DIR, as the original SCAN's detector features) ----------
+
+
+def write_features(folder: Path, images: list[Path], regions: int = 5, dim: int = 12, seed: int = 0) -> Path:
+    """Random (regions, dim) float32 features per image, saved as <image stem>.npy."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for image in images:
+        np.save(folder / f"{Path(image).stem}.npy", rng.standard_normal((regions, dim)).astype(np.float32))
+    return folder
+
+
+def test_precomputed_regions_train_a_step_and_score(tmp_path) -> None:
+    feats = write_features(tmp_path / "feats", [Path("a.jpg")])
+    model = make(tmp_path, region_features=str(feats), region_dim=12)
+    assert model.region_encoder.cnn is None and model.image_input().dim == 12  # no CNN is built
+    assert model.image_input().folder == feats
+    with pytest.raises(NotImplementedError, match="region_features"):
+        model.image_backbone()
+    regions = torch.randn(4, 5, 12).repeat_interleave(2, 0)  # the loader's "images": (B, R, region_dim)
+    batch = Batch(images=regions, text=model.tokenizer()(CAPS), image_ids=torch.arange(8) // 2,
+                  caption_ids=torch.arange(8))
+    v = model.encode_images(regions)
+    assert v.shape == (8, 5, 16) and torch.allclose(v.norm(dim=-1), torch.ones(8, 5))
+    out = model.training_loss(batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and model.region_encoder.fc.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        s = model.score(model.encode_images(regions[::2]), model.encode_texts(model.tokenizer()(CAPS)))
+    assert s.shape == (4, 8) and torch.isfinite(s).all()
+    with pytest.raises(UserError, match="region_features"):
+        make(tmp_path, region_features=str(tmp_path / "nowhere"))
+    # without region_features nothing changes: pixels in, no feature input declared
+    assert make(tmp_path).image_input() is None
+
+
+def _synthetic_images(root: Path) -> list[Path]:
+    from rsbench.datasets import load_dataset
+
+    data = load_dataset("synthetic", data_root=root)
+    return [p for s in (data.train, data.val, data.test) for p in s.image_paths]
+
+
+@pytest.mark.usefixtures("isolated_cache")
+def test_precomputed_regions_through_the_runner(tiny_synthetic, tmp_path) -> None:
+    """The engine hands SCAN the feature arrays (train and eval loaders, no pixel normaliser, no image
+    cache even when asked for) and the cell completes with test metrics."""
+    feats = write_features(tmp_path / "feats", _synthetic_images(tiny_synthetic), regions=4, dim=12)
+    metrics = run_small("scan", tiny_synthetic, tmp_path, epochs=1, region_features=str(feats), region_dim="12",
+                        **{"train.image_cache": "true"})
+    assert metrics["n_images"] == 6 and 0 <= metrics["mR"] <= 100
+
+
+@pytest.mark.parametrize("damage", ["missing", "shape", "not_npy"])
+@pytest.mark.usefixtures("isolated_cache")
+def test_bad_feature_file_is_a_one_line_error(tiny_synthetic, tmp_path, capsys, damage) -> None:
+    from helpers import run_cli
+
+    images = _synthetic_images(tiny_synthetic)
+    feats = write_features(tmp_path / "feats", images, regions=4, dim=12)
+    bad = feats / f"{images[-1].stem}.npy"  # a test image
+    if damage == "missing":
+        bad.unlink()
+    elif damage == "shape":
+        np.save(bad, np.zeros((3, 12), dtype=np.float32))
+    else:
+        bad.write_bytes(b"not an array")
+    code, _out, err = run_cli(["run", "--methods", "scan", "--dataset", "synthetic", "--data-root",
+                               str(tiny_synthetic), "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "o"),
+                               "--set", "backbone=test_resnet", "--set", f"region_features={feats}",
+                               "--set", "region_dim=12"], capsys)
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error")]
+    assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in err, err
+    assert {"missing": "missing", "shape": "(3, 12)", "not_npy": "not a readable"}[damage] in lines[0]
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+@pytest.mark.parametrize("pooling", ["lse", "avg"])
+def test_perf_reference_is_the_paper_and_blockwise_scores_match_it(direction, pooling) -> None:
+    """bench perf item 7's reference (the authors' shard + loop-over-captions procedure) gives the per-pair
+    numbers, and so does the method's blockwise kernel with small chunks (the bounded-memory path)."""
+    from rsbench.benchmarks.perf import scan_inputs
+    from rsbench.benchmarks.references import scan_score_sharded
+    from rsbench.methods.scan import blockwise_scores
+
+    x = scan_inputs(5, 7, 4, 6, 8)
+    lam1, lam2 = {"t2i": (9.0, 6.0), "i2t": (4.0, 5.0)}[direction]
+    want = torch.tensor([[pair_reference(x["v"][i], x["e"][j], int(x["lengths"][j]), direction, pooling, lam1, lam2)
+                          for j in range(7)] for i in range(5)])
+    got_ref = scan_score_sharded(x["v"], x["e"], x["lengths"], direction, pooling, lam1, lam2, shard=3)
+    got = blockwise_scores(x["v"], x["e"], x["wmask"], direction, pooling, lam1, lam2, (2, 3))
+    assert (got_ref - want).abs().max() < 1e-5 and (got - want).abs().max() < 1e-5

@@ -17,6 +17,9 @@ Items (targets from the performance issue):
     costs more than the small preset's image backbone, so against the image backbone alone no
     implementation of MSA can stay under 25%.
  6. blockwise ranks of 50,000 x 250,000 random 256-d embeddings within 2 GiB peak memory.
+ 7. SCAN test-set scoring (t2i and i2t, LSE; RSITMD test size, 7x7 grid regions) with the method's
+    blockwise, pair-vectorised kernel vs the SCAN authors' evaluation procedure (128 x 128 shards, a
+    loop over each shard's captions; references.scan_score_sharded): max |diff| < 1e-4, faster.
 
 Method. Both sides run in this process on the same inputs, interleaved (ours, ref, ours, ref...)
 so that load changes hit both; one warm-up call each, then the median of up to `repeats` calls
@@ -59,7 +62,7 @@ import torch
 from . import references as ref
 
 DEFAULT_OUT = Path("benchmarks/RESULTS.md")
-ITEMS = (1, 2, 3, 4, 5, 6)
+ITEMS = (1, 2, 3, 4, 5, 6, 7)
 METHODS = ("vsepp", "amfmn", "msa", "clip")
 MSCMAT_CHANNELS = (64, 128, 256, 512)  # ResNet-18 stages, the MSA small preset's backbone
 MSCMAT_DIM, MSCMAT_HEADS, MSCMAT_TOKENS = 384, 12, 30  # small preset: MiniLM width; max_len 31 - [CLS]
@@ -79,13 +82,14 @@ class Sizes:
     loading_formats: tuple[str, ...] = ("png", "jpeg", "tiff")
     train_batch: int = 0  # 0: the preset's batch size
     scale: tuple[int, int, int] = (50_000, 250_000, 256)
+    scan: tuple[int, int, int, int, int] = (452, 2260, 49, 20, 256)  # images, captions, regions, words, D
     repeats: int = 5
     budget_s: float = 20.0  # time one side may spend in timed repeats
 
 
 FULL = Sizes()
 QUICK = Sizes(metrics=(200, 1000), amfmn=(100, 500, 64), amfmn_memory_variants=("soft",),
-              mscmat_batches=(4, 8), loading_images=12, train_batch=4, scale=(2_000, 10_000, 256),
+              mscmat_batches=(4, 8), loading_images=12, train_batch=4, scale=(2_000, 10_000, 256), scan=(40, 200, 16, 12, 32),
               repeats=3, budget_s=0.5)
 
 
@@ -768,10 +772,58 @@ def item_scale(ws: Workspace) -> list[Row]:
                 result=verdict(within, ok), ok=ok)]
 
 
+# ---- item 7: SCAN scoring -------------------------------------------------------------------------
+
+
+def scan_inputs(ni: int, nt: int, regions: int, words: int, dim: int) -> dict[str, torch.Tensor]:
+    """Seeded unit regions and words; caption lengths 3..words, padded words zero (as SCAN encodes them)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(7)
+    v = F.normalize(torch.randn(ni, regions, dim, generator=g), dim=-1)
+    lengths = torch.randint(3, words + 1, (nt,), generator=g)
+    wmask = torch.arange(words)[None] < lengths[:, None]
+    e = F.normalize(torch.randn(nt, words, dim, generator=g), dim=-1) * wmask[..., None]
+    return {"v": v, "e": e, "wmask": wmask, "lengths": lengths}
+
+
+def item_scan(ws: Workspace) -> list[Row]:
+    from ..methods.scan import _LAMBDA_LSE, _LAMBDA_SOFTMAX, blockwise_scores, chunk_pairs
+
+    ni, nt, regions, words, dim = ws.sizes.scan
+    x = scan_inputs(ni, nt, regions, words, dim)
+    chunk = chunk_pairs(32 * MIB, ni, nt, regions, words)  # the method's CPU default (score_chunk_mb=0)
+    rows = []
+    for direction in ("t2i", "i2t"):
+        lam = (_LAMBDA_SOFTMAX[direction], _LAMBDA_LSE[direction])
+
+        @torch.no_grad()
+        def ours(direction: str = direction, lam: tuple[float, float] = lam) -> torch.Tensor:
+            return blockwise_scores(x["v"], x["e"], x["wmask"], direction, "lse", *lam, chunk)
+
+        @torch.no_grad()
+        def reference(direction: str = direction, lam: tuple[float, float] = lam) -> torch.Tensor:
+            return ref.scan_score_sharded(x["v"], x["e"], x["lengths"], direction, "lse", *lam, shard=128)
+
+        t_o, t_r, a, b = side_by_side(ours, reference, ws.sizes.repeats, ws.sizes.budget_s)
+        diff = float((a - b).abs().max())
+        close, ratio = diff < 1e-4, t_r.median / t_o.median
+        first = direction == "t2i"
+        rows.append(Row(
+            "7" if first else "7+", f"SCAN score {direction} LSE, {ni} x {nt}, R={regions}, L<={words}, D={dim}",
+            str(t_o), str(t_r), f"{ratio:.1f}x", check=f"max abs diff {diff:.1e} < 1e-4: {close}",
+            target="faster, < 1e-4", result=verdict(ratio > 1, close), ok=close))
+    ws.notes.append(f"Item 7: ours scores chunks of {chunk[0]} x {chunk[1]} pairs (the 32 MiB CPU budget); the "
+                    "reference mirrors kuanghuei/SCAN evaluation.py shard_xattn_t2i/_i2t with model.py "
+                    "xattn_score_t2i/_i2t (128 x 128 shards, a loop over captions).")
+    return rows
+
+
 # ---- driver ----------------------------------------------------------------------------------------
 
 RUNNERS: dict[int, Callable[[Workspace], list[Row]]] = {
     1: item_metrics, 2: item_amfmn, 3: item_mscmat, 4: item_loading, 5: item_train_step, 6: item_scale,
+    7: item_scan,
 }
 CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"amfmn": child_amfmn, "scale": child_scale}
 
@@ -829,7 +881,7 @@ def render_report(rows: list[Row], ws: Workspace, machine: dict[str, str], argv:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rsbench.benchmarks.perf", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="shrink every size (about a minute)")
-    p.add_argument("--only", help="comma list of item numbers (1-6)")
+    p.add_argument("--only", help="comma list of item numbers (1-7)")
     p.add_argument("--out", type=Path, help=f"report file (default {DEFAULT_OUT} for a full run of all items; "
                    "--quick / --only write no file unless --out is given)")
     p.add_argument("--threads", type=int, default=0,

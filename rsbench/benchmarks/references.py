@@ -11,6 +11,11 @@ both that our vectorised code gives the same numbers and how much faster it is.
   (128, 128, D) attended text T'_ij and its cosine with F_v_i, which is the direct definition.
 - `mscmat_branch_loop` / `mscmat_loop`: MSCMAT matching matrices by calling the
   nn.MultiheadAttention itself once per image on that image's query repeated B times (item 3).
+- `scan_score_sharded`: SCAN test-set scores as the authors' evaluation computes them (item 7):
+  kuanghuei/SCAN evaluation.py, shard_xattn_t2i / shard_xattn_i2t (128 x 128 shards of images x
+  captions), and inside a shard model.py's xattn_score_t2i / xattn_score_i2t: a Python loop over the
+  shard's captions, each caption's real words against all the shard's images at once, with the
+  attended vectors built and their cosine taken directly.
 - `decode_loader`: the image source that decodes the file every time (item 4).
 - `backbone_step`: forward + backward of an image backbone alone (item 5's baseline).
 """
@@ -93,6 +98,38 @@ def amfmn_score_sharded(attention: nn.Module, v: torch.Tensor, t: torch.Tensor, 
             num = (v[i, None, :] * tp).sum(-1)
             den = (v_norm[i, None] * tp.norm(dim=-1)).clamp(min=_EPS)
             out[i, j] = num / den
+    return out
+
+
+# ---- item 7: SCAN scoring -------------------------------------------------------------------------
+
+
+def _scan_caption(v: torch.Tensor, words: torch.Tensor, direction: str, pooling: str, lam1: float,
+                  lam2: float) -> torch.Tensor:
+    """One caption's real words (L, D) against images v (n, R, D) -> (n,), the direct form of the paper."""
+    w = words[None].expand(len(v), -1, -1)  # the caption repeated for every image of the shard
+    query, context = (w, v) if direction == "t2i" else (v, w)
+    s = torch.bmm(context, query.transpose(1, 2))  # (n, context items, queries)
+    s = torch.nn.functional.leaky_relu(s, 0.1)
+    s = s / (s.pow(2).sum(2, keepdim=True).sqrt() + _EPS)  # clipped l2norm over the queries
+    attn = torch.softmax(lam1 * s.transpose(1, 2), dim=2)  # (n, queries, context items)
+    attended = torch.bmm(attn, context)  # (n, queries, D)
+    num = (attended * query).sum(2)
+    rel = num / (attended.norm(dim=2) * query.norm(dim=2)).clamp(min=_EPS)  # cosine per query
+    if pooling == "lse":
+        return torch.log(torch.exp(lam2 * rel).sum(1)) / lam2
+    return rel.mean(1)
+
+
+def scan_score_sharded(v: torch.Tensor, e: torch.Tensor, lengths: torch.Tensor, direction: str, pooling: str,
+                       lam1: float, lam2: float, shard: int = 128) -> torch.Tensor:
+    """(Ni, Nt) SCAN scores: 128 x 128 shards, a loop over each shard's captions (the authors' evaluation)."""
+    out = torch.empty(len(v), len(e))
+    for i0 in range(0, len(v), shard):
+        for j0 in range(0, len(e), shard):
+            for j in range(j0, min(j0 + shard, len(e))):
+                words = e[j, :int(lengths[j])]
+                out[i0:i0 + shard, j] = _scan_caption(v[i0:i0 + shard], words, direction, pooling, lam1, lam2)
     return out
 
 

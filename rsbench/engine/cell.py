@@ -69,7 +69,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         write_json(cell / CONFIG_FILE, config_record(cfg))
         write_json(cell / DATA_FILE, data_record(data))
     tr = start_training(cfg, method, device, precision, cell, resume, log)
-    cache = build_image_cache(data, cfg)  # passed to every loader; the shared Split objects stay untouched
+    cache = None if check_image_input(method, data, log) else build_image_cache(data, cfg)  # to every loader
     attach_train_data(tr, data.train, cache)
 
     def validate() -> dict[str, Any]:  # what selection sees: the val split, never test
@@ -126,6 +126,20 @@ def build_method(cfg: RunConfig, data: DatasetSplits, device: torch.device) -> R
     if use_channels_last(method, cfg.train, device):
         method = method.to(memory_format=torch.channels_last)
     return method
+
+
+def check_image_input(method: RetrievalMethod, data: DatasetSplits, log: Any) -> bool:
+    """True when the method reads precomputed features (checked here for every split: one-line DataError
+    naming a missing or odd file) instead of pixels; then no image cache is built."""
+    features = method.image_input()
+    if features is None:
+        return False
+    from ..datasets.features import check_feature_files
+
+    regions, dim = check_feature_files(features, (data.train, data.val, data.test))
+    log(f"  image input: {features.option} {features.folder} ({regions} x {dim} per image; "
+        "train.image_size, train.augment and train.image_cache do not apply)")
+    return True
 
 
 def _run_extra(tr: Trainer) -> dict[str, Any]:

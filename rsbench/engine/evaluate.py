@@ -40,7 +40,12 @@ def encode_split(method: RetrievalMethod, split: Split, cfg: RunConfig, device: 
     method.eval()
     normalize = ImageNormalizer(*method.image_mean_std(), channels_last=use_channels_last(method, cfg.train, device))
     t = cfg.train
-    ds = ImageDataset(split, build_transform(t.image_size, t.resize, t.augments, train=False), cache=image_cache)
+    transform, read = build_transform(t.image_size, t.resize, t.augments, train=False), None
+    if (features := method.image_input()) is not None:  # precomputed features instead of pixels
+        from ..datasets.features import feature_loading
+
+        transform, read, normalize = feature_loading(features)
+    ds = ImageDataset(split, transform, image_loader=read, cache=image_cache)
     workers = auto_workers(cfg.train.num_workers, device)
     loader = make_loader(ds, cfg.train.eval_batch_size, False, None, workers, device, 0)
     feats = []

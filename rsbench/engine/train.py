@@ -214,7 +214,13 @@ def attach_train_data(tr: Trainer, train: Split, cache: Any) -> None:
     tr.normalize = ImageNormalizer(*tr.method.image_mean_std(),
                                    channels_last=use_channels_last(tr.method, t, tr.device))
     transform = build_transform(t.image_size, t.resize, t.augments, train=True)
-    tr.pairs = PairDataset(train, transform, sampling=t.sampling, seed=tr.cfg.seed, cache=cache)
+    loader = None
+    if (features := tr.method.image_input()) is not None:  # precomputed features instead of pixels
+        from ..datasets.features import feature_loading
+
+        transform, loader, tr.normalize = feature_loading(features)
+    tr.pairs = PairDataset(train, transform, sampling=t.sampling, seed=tr.cfg.seed, image_loader=loader,
+                           cache=cache)
     tr.collate = make_collate(tr.method.tokenizer())
     tr.workers = auto_workers(t.num_workers, tr.device)
 

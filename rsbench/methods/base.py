@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..contracts import Batch, Gather, LossOutput, Tokenizer, no_gather
+from ..contracts import Batch, FeatureInput, Gather, LossOutput, Tokenizer, no_gather
 
 # Batch, LossOutput, Tokenizer live in rsbench.contracts; re-exported here for the methods and their users.
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Batch", "LossOutput", "MethodContext", "RetrievalMethod",
@@ -58,6 +58,11 @@ class RetrievalMethod(nn.Module, ABC):
     # ---- data side -------------------------------------------------------------------------
     def image_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return IMAGENET_MEAN, IMAGENET_STD
+
+    def image_input(self) -> FeatureInput | None:
+        """None: the loaders give pixels. A FeatureInput: they give each image's precomputed features
+        (one `<image stem>.npy` per image, checked by the engine) and encode_images receives those."""
+        return None
 
     @abstractmethod
     def tokenizer(self) -> Tokenizer:

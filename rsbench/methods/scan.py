@@ -2,7 +2,10 @@
 
 Regions: the RS papers feed SCAN a CNN's feature map instead of detector regions; so do we by
 default (stage `feature_stage` of a timm backbone, each cell one region), projected to D and
-L2-normalised. Words: embeddings -> (bi-)GRU, per word the mean of both directions, L2-normalised.
+L2-normalised. `region_features=DIR` instead reads precomputed region features, as the original
+SCAN does (bottom-up-attention detector features, one `<image stem>.npy` of shape (R, region_dim)
+per image, e.g. 36 x 2048): no CNN, a linear layer to D (Xavier-uniform init, zero bias) and L2
+normalisation, the authors' precomputed-feature image encoder. Words: embeddings -> (bi-)GRU, per word the mean of both directions, L2-normalised.
 
 Cross attention, with s_rl = cosine of region r and word l:
 - t2i (words attend to regions): s' = l2norm over words of LeakyReLU_0.1(s) (the authors'
@@ -22,6 +25,7 @@ so no (pairs x words x D) tensor is built; each block's (ni, nt, R, L) temporari
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ..contracts import FeatureInput
 from ..errors import UserError
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
 from .components.backbones import create_backbone
@@ -52,6 +57,8 @@ class SCANConfig:
     pretrained: bool = True
     backbone_weights: str = ""
     feature_stage: int = 4  # which stage's map becomes the regions (4 = last, 7x7 at 224)
+    region_features: str = ""  # folder of precomputed regions, <image stem>.npy (R, region_dim); "" = CNN grid
+    region_dim: int = 2048  # feature size of those files (bottom-up attention: 2048)
     embed_dim: int = 1024
     word_dim: int = 300
     bi_gru: bool = True
@@ -101,16 +108,44 @@ def xattn_block(v: torch.Tensor, e: torch.Tensor, wmask: torch.Tensor, direction
     return pool(rel, torch.ones_like(rel, dtype=torch.bool), pooling, lam2)
 
 
+def chunk_pairs(budget_bytes: int, n_img: int, n_txt: int, regions: int, words: int) -> tuple[int, int]:
+    """(images, captions) per scoring chunk so that ~6 float32 (ni, nt, R, L) temporaries fit the budget."""
+    pairs = max(1, budget_bytes // (6 * 4 * max(1, regions * words)))
+    nt = max(1, min(n_txt, pairs))
+    return max(1, min(n_img, pairs // nt)), nt
+
+
+def blockwise_scores(v: torch.Tensor, e: torch.Tensor, wmask: torch.Tensor, direction: str, pooling: str,
+                     lam1: float, lam2: float, chunk: tuple[int, int]) -> torch.Tensor:
+    """(Ni, Nt) scores of every pair, xattn_block over chunks of (ni, nt) = `chunk` pairs (bounded memory)."""
+    out = v.new_empty(len(v), len(e))
+    ni, nt = chunk
+    for i0 in range(0, len(v), ni):
+        for j0 in range(0, len(e), nt):
+            i, j = slice(i0, i0 + ni), slice(j0, j0 + nt)
+            out[i, j] = xattn_block(v[i], e[j], wmask[j], direction, pooling, lam1, lam2)
+    return out
+
+
 class RegionEncoder(nn.Module):
-    """CNN feature map -> regions (N, h*w, D): each cell of the map projected to D, L2-normalised."""
+    """CNN feature map -> regions (N, h*w, D): each cell of the map projected to D, L2-normalised.
+    With precomputed regions (cfg.region_features) there is no CNN: (N, R, region_dim) -> (N, R, D)."""
 
     def __init__(self, cfg: SCANConfig):
         super().__init__()
+        self.cnn: nn.Module | None = None
+        if cfg.region_features:
+            self.fc = nn.Linear(cfg.region_dim, cfg.embed_dim)
+            nn.init.xavier_uniform_(self.fc.weight)  # the authors' init of the precomputed-feature encoder
+            nn.init.zeros_(self.fc.bias)
+            return
         self.cnn = create_backbone(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights or None,
                                    features_only=True, out_indices=(cfg.feature_stage,))
         self.fc = nn.Linear(self.cnn.feature_info.channels()[-1], cfg.embed_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cnn is None:
+            return F.normalize(self.fc(images), dim=-1)
         fmap = self.cnn(images)[-1]
         return F.normalize(self.fc(fmap.flatten(2).transpose(1, 2)), dim=-1)
 
@@ -166,7 +201,16 @@ class SCAN(RetrievalMethod):
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
 
     def image_backbone(self) -> nn.Module:
+        if self.region_encoder.cnn is None:
+            raise NotImplementedError("scan with region_features has no image backbone (precomputed regions)")
         return self.region_encoder.cnn
+
+    def image_input(self) -> FeatureInput | None:
+        """Precomputed regions when region_features is set (the engine checks and loads the files)."""
+        c = self.config
+        if not c.region_features:
+            return None
+        return FeatureInput(Path(c.region_features), c.region_dim, "scan region_features")
 
     def tokenizer(self) -> Tokenizer:
         return WordTokenizer(self.vocab, self.config.max_words)
@@ -187,21 +231,13 @@ class SCAN(RetrievalMethod):
         with torch.autocast(image_feats.device.type, enabled=False):
             v = image_feats.float()
             e, wmask = text_feats[..., :-1].float(), text_feats[..., -1] > 0.5
-            out = v.new_empty(len(v), len(e))
-            ni, nt = self._chunks(v.shape[0], e.shape[0], v.shape[1], e.shape[1], v.device)
-            for i0 in range(0, len(v), ni):
-                for j0 in range(0, len(e), nt):
-                    i, j = slice(i0, i0 + ni), slice(j0, j0 + nt)
-                    out[i, j] = xattn_block(v[i], e[j], wmask[j], self.config.direction, self.config.pooling,
-                                            self.lam1, self.lam2)
-            return out
+            chunk = self._chunks(v.shape[0], e.shape[0], v.shape[1], e.shape[1], v.device)
+            return blockwise_scores(v, e, wmask, self.config.direction, self.config.pooling, self.lam1, self.lam2,
+                                    chunk)
 
     def _chunks(self, n_img: int, n_txt: int, regions: int, words: int, device: torch.device) -> tuple[int, int]:
-        """Pairs per chunk so that ~6 float32 (ni, nt, R, L) temporaries fit the budget."""
         budget = self.chunk_bytes or (32 if device.type == "cpu" else 512) * 2**20
-        pairs = max(1, budget // (6 * 4 * max(1, regions * words)))
-        nt = max(1, min(n_txt, pairs))
-        return max(1, min(n_img, pairs // nt)), nt
+        return chunk_pairs(budget, n_img, n_txt, regions, words)
 
     def training_loss(self, batch: Batch) -> LossOutput:
         if torch.is_grad_enabled():  # the chunked score writes into a buffer: build the graph in one block
@@ -232,5 +268,10 @@ def _check_config(cfg: SCANConfig) -> None:
         raise UserError("scan: lambda_softmax and lambda_lse must be >= 0 (0 = the authors' value)")
     if not 1 <= cfg.feature_stage <= 4:
         raise UserError(f"scan: feature_stage must be 1..4, got {cfg.feature_stage}")
+    if cfg.region_features and not Path(cfg.region_features).is_dir():
+        raise UserError(f"scan: region_features '{cfg.region_features}' is not a folder (one <image stem>.npy "
+                        "per image)")
+    if cfg.region_dim < 1:
+        raise UserError(f"scan: region_dim must be >= 1, got {cfg.region_dim}")
     if cfg.score_chunk_mb < 0:
         raise UserError("scan: score_chunk_mb must be >= 0 (0 = by device)")
