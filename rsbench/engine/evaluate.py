@@ -145,7 +145,7 @@ def evaluate(method: RetrievalMethod, split: Split, cfg: RunConfig, device: torc
         if not str(e).startswith("NaN scores"):
             raise
         raise UserError(f"the model gives NaN scores on the {split.name} split ({e}); non-finite weights or "
-                        "an fp16 overflow (try --set train.amp=bf16 or off)") from None
+                        "an fp16 overflow (try --precision bf16 or fp32)") from None
     except torch.OutOfMemoryError:
         bs = cfg.train.eval_batch_size
         raise UserError(f"out of memory on {device} while evaluating the {split.name} split with eval batch "
