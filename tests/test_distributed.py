@@ -61,7 +61,7 @@ def test_torchrun_two_cpu_ranks_equal_single_process_eval(tmp_path: Path, tiny_s
     method = create_method("vsepp", cfg.model, ctx)
     meta = load_best(cell / "checkpoint", method, "vsepp")
     method.load_extra_state_json(meta.get("text_state", {}))
-    _, i2t, t2i = evaluate(method, data.test, cfg, dev, pick_precision(cfg.train.amp, dev))
+    _, i2t, t2i = evaluate(method, data.test, cfg, dev, pick_precision(cfg.train.precision, dev))
     with np.load(cell / "ranks.npz") as z:
         np.testing.assert_array_equal(z["i2t_rank"], i2t)
         np.testing.assert_array_equal(z["t2i_rank"], t2i)

@@ -131,3 +131,13 @@ def test_timm_weights_record_their_tag(monkeypatch):
     assert tv.rsbench_weights["source"] == "timm" and tv.rsbench_weights["tag"] == "resnet18.tv_in1k"
     assert tv.rsbench_weights["loaded"] == len(tv.state_dict()) and tv.rsbench_weights["missing"] == 0
     assert default.rsbench_weights["tag"] == "resnet50.a1_in1k"  # timm's default recipe, not torchvision's
+
+
+@pytest.mark.parametrize("name", ["amfmn", "msa"])
+def test_paper_presets_do_not_clip_gradients_but_the_option_stays(name):
+    """Neither author clips (#20): grad_clip is 0 in `paper`, the small preset keeps the default 2.0."""
+    from rsbench.config.resolve import resolve_config
+
+    assert resolve_config(name, "rsitmd", preset="paper").train.grad_clip == 0
+    assert resolve_config(name, "rsitmd", preset="paper", overrides={"train.grad_clip": "2"}).train.grad_clip == 2
+    assert resolve_config(name, "synthetic", preset="small").train.grad_clip == 2.0

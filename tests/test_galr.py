@@ -207,7 +207,7 @@ def test_mr_cell_ranks_each_direction_from_its_own_mr_matrix(tiny_synthetic, tmp
     cpu = torch.device("cpu")
     method = build_method(cfg, data, cpu)
     method.load_extra_state_json(load_best(cell / "checkpoint", method, "galr_mr").get("text_state", {}))
-    prec = pick_precision(cfg.train.amp, cpu)
+    prec = pick_precision(cfg.train.precision, cpu)
     img, txt = encode_split(method, data.test, cfg, cpu, prec)
     by_image, by_caption = multivariate_rerank(method.score(img, txt).numpy(), cfg.model.mr_k, cfg.model.mr_wp1,
                                                cfg.model.mr_wp2)

@@ -190,7 +190,7 @@ def test_rank_split_gives_the_top_k_of_the_full_test_matrix(syn):
     data = load_dataset("synthetic", data_root=syn)
     torch.manual_seed(0)
     method = build_method(cfg, data, cpu)
-    prec = pick_precision(cfg.train.amp, cpu)
+    prec = pick_precision(cfg.train.precision, cpu)
     i2t, t2i, top = rank_split(method, data.test, cfg, cpu, prec, topk=True)
     full = method.score(*encode_split(method, data.test, cfg, cpu, prec)).numpy()
     ref = topk_from_scores(full)

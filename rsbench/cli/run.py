@@ -32,6 +32,8 @@ def run(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted cell from its last epoch.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Re-run cells that are already complete.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model parts.")] = False,
+    precision: Annotated[str | None, typer.Option(help="train.precision: default (mixed on GPU, fp32 on CPU), auto "
+                                                       "(also bf16 on a CPU with native bf16), fp32, bf16 or fp16.")] = None,
     progress: Annotated[bool | None, typer.Option(help="Progress bars (default: on a terminal).")] = None,
     launcher: Annotated[str, typer.Option(help="local (here, one cell after another) or slurm (one "
                                                  "submitit job per cell; docs/cluster.md).")] = "local",
@@ -54,7 +56,7 @@ def run(
     source = DataSource(names[0], data_root, ann_file, image_dir)  # each dataset's: source.for_dataset(name)
     grid = Grid(methods=split_list(methods, "methods"), datasets=names, seeds=parse_seeds(seeds), cfgs={}, out=out,
                 source=source, resume=resume, overwrite=overwrite)
-    cli_train = {"epochs": epochs, "batch_size": batch_size, "compile": compile or None}
+    cli_train = {"epochs": epochs, "batch_size": batch_size, "compile": compile or None, "precision": precision}
     plan_grid(grid, preset, config, set_, cli_train)
     if launcher != "local":  # one submitit job per cell (rsbench.engine.launch); nothing is trained here
         from ..engine.launch import submit_from_cli

@@ -33,9 +33,9 @@ class TrainConfig:
     augment: str = "crop,flip"  # comma list of crop, flip, rotate ('' or 'none': off)
     sampling: str = "caption"  # caption: every caption once per epoch; image: one random caption per image
     num_workers: int = -1  # -1: sized to the machine
-    amp: str = "auto"  # auto (bf16/fp16 on GPU, off on CPU) | bf16 | fp16 | off
+    precision: str = "default"  # default (auto on GPU, fp32 on CPU) | auto (+ bf16 on a native-bf16 CPU) | fp32 | bf16 | fp16
     compile: bool = False
-    channels_last: bool = True  # on GPU, for CNN backbones
+    channels_last: bool = True  # for CNN backbones
     image_cache: bool = False  # decode+resize images once into a memory-mapped uint8 array
     val_every: int = 1
     patience: int = 0  # stop after this many validations without improvement (0: off)
@@ -50,7 +50,7 @@ class TrainConfig:
                                           "val_every": 1, "num_workers": -1})
         require_above(self, "train.", ("lr",))
         choices = {"optimizer": ("adam", "adamw", "sgd"), "sampling": ("caption", "image"),
-                   "amp": ("auto", "bf16", "fp16", "off"), "select_metric": tuple(METRIC_DIRECTION)}
+                   "precision": PRECISIONS, "select_metric": tuple(METRIC_DIRECTION)}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"train.{key} '{getattr(self, key)}'{suggest(getattr(self, key), allowed)} "
@@ -64,6 +64,7 @@ class TrainConfig:
 
 
 AUGMENTS = ("crop", "flip", "rotate")
+PRECISIONS = ("default", "auto", "fp32", "bf16", "fp16")
 
 
 def parse_augment(augment: str) -> frozenset[str]:

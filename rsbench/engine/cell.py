@@ -63,7 +63,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
     t0 = time.time()
     prepare_cell(cfg, data, cell, resume, log)
     seed_everything(cfg.seed)
-    precision = pick_precision(cfg.train.amp, device)
+    precision = pick_precision(cfg.train.precision, device)
     method = build_method(cfg, data, device)
     if dist.is_main():
         write_json(cell / CONFIG_FILE, config_record(cfg))

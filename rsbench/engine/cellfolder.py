@@ -49,7 +49,7 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     from ..config.overlay import flatten
 
     missing = object()
-    a = flatten(old)
+    a = _renamed_keys(flatten(old))
     b = flatten(json.loads(json.dumps(new, default=str)))
     out = []
     for k in sorted((set(a) | set(b)) - IGNORED_ON_RESUME):
@@ -58,6 +58,17 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             out.append(f"{k}: {'(absent)' if va is missing else repr(va)} in the cell, "
                        f"{'(absent)' if vb is missing else repr(vb)} now")
     return out
+
+
+_OLD_AMP = {"auto": "default", "off": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+def _renamed_keys(flat: dict[str, Any]) -> dict[str, Any]:
+    """Cells written before #20 hold train.amp; its values meant what train.precision's do now."""
+    if "train.amp" in flat and "train.precision" not in flat:
+        amp = flat.pop("train.amp")
+        flat["train.precision"] = _OLD_AMP.get(amp, amp)
+    return flat
 
 
 def check_cell_config(cell: Path, cfg: RunConfig) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,14 +40,40 @@ class Precision:
         return torch.autocast(device_type=device.type, dtype=self.dtype)
 
 
-def pick_precision(amp: str, device: torch.device) -> Precision:
-    """auto: bf16 where the GPU supports it, else fp16 with a scaler; off on CPU."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    """AVX512-BF16 or AMX-BF16: where CPU bf16 autocast pays (without them bf16 is emulated and slower)."""
+    return bool(NATIVE_BF16_FLAGS & (_cpu_flags() if flags is None else flags))
+
+
+def _cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[-1].split())
+    return frozenset()
+
+
+def pick_precision(precision: str, device: torch.device, native_bf16: bool | None = None) -> Precision:
+    """train.precision -> autocast dtype. default: as auto on GPU, fp32 on CPU (the published CPU numbers);
+    auto: bf16 on a GPU that has it (else fp16 + GradScaler) and on a CPU with native bf16, else fp32;
+    fp32 forces full precision; bf16 / fp16 force that dtype (fp16 only on CUDA)."""
+    if precision == "fp32" or (precision == "default" and device.type != "cuda"):
         return Precision(None, False)
-    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
-        return Precision(torch.bfloat16, False)
     if device.type != "cuda":
-        raise UserError("train.amp=fp16 needs a CUDA device")
+        if precision == "fp16":
+            raise UserError("train.precision=fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+        if precision == "auto" and not (cpu_has_native_bf16() if native_bf16 is None else native_bf16):
+            return Precision(None, False)
+        return Precision(torch.bfloat16, False)
+    if precision == "bf16" or (precision != "fp16" and torch.cuda.is_bf16_supported()):
+        return Precision(torch.bfloat16, False)
     return Precision(torch.float16, True)
 
 
@@ -61,8 +88,8 @@ def auto_workers(requested: int, device: torch.device) -> int:
 
 
 def use_channels_last(method: Any, train_cfg: Any, device: torch.device) -> bool:
-    """channels_last for the model and its input batches: on GPU, for CNNs, unless switched off."""
-    return device.type == "cuda" and bool(train_cfg.channels_last) and method.is_cnn
+    """channels_last for the model and its input batches: for CNNs (on GPU and CPU), unless switched off."""
+    return bool(train_cfg.channels_last) and method.is_cnn
 
 
 def make_loader(dataset: Any, batch_size: int, shuffle: bool, collate: Any, workers: int, device: torch.device,

@@ -244,7 +244,7 @@ class TextAttention(nn.Module):
             "hidden_dim": 512, "gamma": 0.2, "margin_mode": "dynamic",
             "train.image_size": 256, "train.resize": 278, "train.augment": "crop,flip,rotate",
             "train.epochs": 150, "train.batch_size": 128, "train.optimizer": "adam", "train.lr": 1e-4,
-            "train.lr_step": 20, "train.lr_gamma": 0.7,
+            "train.lr_step": 20, "train.lr_gamma": 0.7, "train.grad_clip": 0.0,
         },
     },
 )

@@ -220,7 +220,7 @@ class FixedLengthTokenizer(HFTokenizer):
             "mscmat.shared_norm": True, "mscmat.mask_padding": False,
             "text_pretrained": True, "embed_dim": 768, "num_heads": 12, "backbone_lr_mult": 1.0,
             "text_lr_mult": 1.0, "train.image_size": 224, "train.optimizer": "adamw", "train.lr": 1e-5,
-            "train.weight_decay": 0.1, "train.batch_size": 32, "train.epochs": 60,
+            "train.weight_decay": 0.1, "train.batch_size": 32, "train.epochs": 60, "train.grad_clip": 0.0,
         },
     },
 )
