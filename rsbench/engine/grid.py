@@ -25,6 +25,7 @@ from .cellfolder import check_cell_config, check_cell_data, clear_cell
 if TYPE_CHECKING:
     import torch
 
+    from ..config.gridkeys import GridOptions
     from ..config.schema import RunConfig
     from ..contracts import DatasetSplits
     from ..datasets import DataSource
@@ -63,6 +64,7 @@ class Grid:
     source: DataSource | None = None
     resume: bool = True
     overwrite: bool = False
+    exclude: dict[str, Any] | None = None  # eval.exclude: the audit.json object (leaked images left out too)
 
 
 class GridInterrupted(KeyboardInterrupt):
@@ -91,6 +93,7 @@ def plan_grid(grid: Grid, preset: str, config_file: Path | None, set_options: li
               cli_train: dict[str, Any]) -> Grid:
     """Resolve every cell's config (a typo fails fast), then refuse cells made with another config."""
     from ..config.resolve import resolve_config
+    from ..config.gridkeys import split_grid_keys
     from ..config.overlay import load_config_file, parse_set_options
     from ..datasets import get_dataset_info
     from ..methods.registry import get_method_spec
@@ -101,14 +104,45 @@ def plan_grid(grid: Grid, preset: str, config_file: Path | None, set_options: li
         get_dataset_info(d)
     if grid.source and (grid.source.ann_file or grid.source.image_dir) and len(grid.datasets) > 1:
         raise UserError("--ann-file/--image-dir name one dataset's files; run one dataset at a time")
-    file_keys = load_config_file(config_file) if config_file else {}
-    overrides = parse_set_options(set_options)
+    file_keys, overrides, opts = split_grid_keys(load_config_file(config_file) if config_file else {},
+                                                 parse_set_options(set_options))
+    apply_grid_options(grid, opts)
     grid.cfgs = {(m, d, s): resolve_config(m, d, s, preset, file_keys, cli_train, overrides)
                  for d in grid.datasets for m in grid.methods for s in grid.seeds}
     check_out(grid.out)
     for (m, d, s), cfg in grid.cfgs.items():  # a resumed or finished cell must have been run with this config
         preflight(grid_cell(grid.out, d, m, s), cfg, grid.resume, grid.overwrite)
     return grid
+
+
+def apply_grid_options(grid: Grid, opts: GridOptions) -> None:
+    """data.val_split goes into the grid's DataSource (one dataset only: it names that set's images);
+    eval.exclude's audit.json is read now, so a bad file fails before any data is loaded."""
+    from dataclasses import replace
+
+    from ..datasets import DataSource
+
+    if opts.val_split is not None:
+        if len(grid.datasets) > 1:
+            raise UserError(f"data.val_split={opts.val_split} names one dataset's val images; "
+                            "run one dataset at a time")
+        grid.source = replace(grid.source or DataSource(grid.datasets[0]), val_split=opts.val_split)
+    if opts.exclude is not None:
+        grid.exclude = read_audit(opts.exclude)
+
+
+def read_audit(path: Path) -> dict[str, Any]:
+    """The audit.json of `bench data audit` (eval.exclude), checked enough to be used."""
+    from ..io import read_json_object
+
+    audit = read_json_object(path)
+    pairs = (audit or {}).get("image_duplicates")
+    ok = isinstance(pairs, list) and all(isinstance(p, dict) and isinstance(p.get("a"), dict)
+                                         and isinstance(p.get("b"), dict) for p in pairs)
+    if audit is None or not ok:
+        raise UserError(f"eval.exclude={path}: not an audit.json of `bench data audit` "
+                        "(needs an 'image_duplicates' list of {a, b} pairs)")
+    return audit
 
 
 def grid_cell(out: Path, dataset: str, method: str, seed: int) -> Path:
