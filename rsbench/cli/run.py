@@ -58,6 +58,11 @@ def run(
     plan_grid(grid, preset, config, set_, cli_train)
     if launcher != "local":  # one submitit job per cell (rsbench.engine.launch); nothing is trained here
         from ..engine.launch import submit_from_cli
+        from ..errors import UserError
+
+        if grid.exclude is not None:
+            raise UserError(f"eval.exclude runs with --launcher local only (not {launcher}); "
+                            "run the grid locally, or without eval.exclude")
 
         return submit_from_cli(launcher, grid.cfgs, out, source, device, resume, overwrite, partition, gpus_per_job,
                                time_limit, slurm_folder)
@@ -92,4 +97,15 @@ def format_summary(rows: list[CellOutcome]) -> str:
         lines.append(f"{r.method:<10} {r.dataset:<10} {r.seed:>4} {met['mR']:8.2f} "
                      f"{met.get('chance_mR', float('nan')):7.2f} {val_s} {ep if ep is not None else '-':>5} "
                      f"{r.wall:6.0f}s" + ("  (skipped: complete)" if r.status == "skipped" else ""))
+        if r.excluded:
+            lines.append(excluded_note(r.excluded))
     return "\n".join(lines) + "\n"
+
+
+def excluded_note(rec: dict) -> str:
+    """The summary's line under a cell evaluated with eval.exclude (metrics_excluded.json)."""
+    n = rec.get("n_excluded", 0)
+    if not isinstance(rec.get("mR"), (int, float)):
+        return f"{'':<10} excluding {n} leaked test images: {rec.get('note', 'no metrics')}"
+    return (f"{'':<10} excluding {n} leaked test images: mR {rec['mR']:.2f} on {rec.get('n_images')} images "
+            "(metrics_excluded.json)")

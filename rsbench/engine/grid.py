@@ -46,6 +46,7 @@ class CellOutcome:
     status: str  # done | skipped | busy (run by another process) | failed
     metrics: dict[str, Any] = field(default_factory=dict)
     wall: float = 0.0
+    excluded: dict[str, Any] | None = None  # eval.exclude: metrics_excluded.json
 
 
 @dataclass
@@ -219,6 +220,7 @@ def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | Non
 def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
                 current: dict[str, Any]) -> list[CellOutcome]:
     """Load one dataset, refuse cells made on other data, then run its cells one after another."""
+    from ..evaluation.exclusion import leaked_images
     from ..results.layout import cell_dir
 
     data = load_data(dataset_source(grid.source, d, len(grid.datasets) > 1))
@@ -232,11 +234,12 @@ def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
             for s in grid.seeds:
                 check_cell_data(cell_dir(grid.out, data.name, m, s), data)
     rows = []
+    leaked = None if grid.exclude is None else leaked_images(grid.exclude, data.name)
     for m in grid.methods:
         for s in grid.seeds:
             current.update(cell=cell_dir(grid.out, data.name, m, s), cfg=grid.cfgs[(m, d, s)])
             rows.append(run_one_cell(current["cfg"], data, current["cell"], dev, grid.resume, grid.overwrite,
-                                     progress))
+                                     progress, exclude=leaked))
     current.clear()
     return rows
 
@@ -265,7 +268,7 @@ def _interrupted(e: KeyboardInterrupt, current: dict[str, Any]) -> GridInterrupt
 
 
 def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device, resume: bool,
-                 overwrite: bool, show: bool) -> CellOutcome:
+                 overwrite: bool, show: bool, exclude: set[str] | None = None) -> CellOutcome:
     """One cell under its lock: skip it (finished, or run by another process), or train/resume it.
 
     A failure of this cell alone (diverged, out of memory, refused checkpoint or config) is printed
@@ -285,7 +288,7 @@ def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.dev
         row.status = "busy"
         return row
     try:
-        _run_locked(row, cfg, data, cell, dev, resume, overwrite, show)
+        _run_locked(row, cfg, data, cell, dev, resume, overwrite, show, exclude)
     except (DataError, WriteError) as e:
         raise type(e)(one_line(e)) from None
     except UserError as e:
@@ -305,7 +308,7 @@ def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.dev
 
 
 def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device,
-                resume: bool, overwrite: bool, show: bool) -> None:
+                resume: bool, overwrite: bool, show: bool, exclude: set[str] | None = None) -> None:
     """Skip a complete cell (after checking it was made with this config and data), else run it."""
     from ..results.cell import cell_damage, clear_failure, is_complete, load_cell
 
@@ -314,6 +317,7 @@ def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Pat
         check_cell_data(cell, data)
         echo(f"skip {cell} (complete; --overwrite to redo)")
         row.status, row.metrics = "skipped", load_cell(cell).metrics
+        row.excluded = _stored_excluded(cell, exclude)
         return
     if dist.is_main():
         if overwrite:
@@ -324,8 +328,23 @@ def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Pat
         echo(f"repair {cell}: {damage}")
     echo(f"run {cfg.method} on {data.name}, seed {cfg.seed} -> {cell}")
     t0 = time.time()
-    res = cell_mod.run_cell(cfg, data, cell, dev, resume=resume, progress=show, log=echo)
+    more = {"exclude": exclude} if exclude is not None else {}
+    res = cell_mod.run_cell(cfg, data, cell, dev, resume=resume, progress=show, log=echo, **more)
     row.status, row.metrics, row.wall = "done", res.metrics, time.time() - t0
+    row.excluded = getattr(res, "excluded", None)
+
+
+def _stored_excluded(cell: Path, exclude: set[str] | None) -> dict[str, Any] | None:
+    """A skipped cell's metrics_excluded.json when eval.exclude is given (a note when it has none)."""
+    from ..io import read_json_object
+    from ..results.layout import METRICS_EXCLUDED_FILE
+
+    if exclude is None:
+        return None
+    rec = read_json_object(cell / METRICS_EXCLUDED_FILE)
+    if rec is None:
+        echo(f"note: {cell} was completed without eval.exclude; --overwrite to compute its excluded metrics")
+    return rec
 
 
 def record_failure(cell: Path, error: BaseException | str) -> None:
