@@ -40,6 +40,8 @@ def run(
     time_limit: Annotated[str, typer.Option("--time", help="Job time limit: minutes or H:MM:SS "
                                                             "(--launcher slurm).")] = "4:00:00",
     slurm_folder: Annotated[Path | None, typer.Option(help="submitit logs/pickles (default <out>/.submitit).")] = None,
+    weights_dir: Annotated[Path | None, typer.Option(help="Folder of the zoo:* checkpoints (see `bench models`); "
+                                                          "sets weights_dir of every zoo method.")] = None,
 ) -> None:
     """Train each (method, dataset, seed), select on val, evaluate on test, write results/.
 
@@ -55,7 +57,7 @@ def run(
     grid = Grid(methods=split_list(methods, "methods"), datasets=names, seeds=parse_seeds(seeds), cfgs={}, out=out,
                 source=source, resume=resume, overwrite=overwrite)
     cli_train = {"epochs": epochs, "batch_size": batch_size, "compile": compile or None}
-    plan_grid(grid, preset, config, set_, cli_train)
+    plan_grid(grid, preset, config, zoo_weights(grid.methods, weights_dir) + list(set_ or []), cli_train)
     if launcher != "local":  # one submitit job per cell (rsbench.engine.launch); nothing is trained here
         from ..engine.launch import submit_from_cli
         from ..errors import UserError
@@ -78,6 +80,19 @@ def run(
     typer.echo(line, err=not written)
     if any(r.status == "failed" for r in rows) or not written:
         sys.exit(2)
+
+
+def zoo_weights(methods: list[str], weights_dir: Path | None) -> list[str]:
+    """--weights-dir DIR as `<zoo method>.weights_dir=DIR` for every zoo:* method (an explicit --set wins)."""
+    from ..errors import UserError
+
+    if weights_dir is None:
+        return []
+    zoo = [m for m in methods if m.startswith("zoo:")]
+    if not zoo:
+        raise UserError(f"--weights-dir {weights_dir}: only zoo:* methods read it (see `bench models`); "
+                        "other methods take their weights file with --set")
+    return [f"{m}.weights_dir={weights_dir}" for m in zoo]
 
 
 def format_summary(rows: list[CellOutcome]) -> str:
