@@ -23,7 +23,8 @@ def run(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
     epochs: Annotated[int | None, typer.Option(help="Training epochs (0 = evaluate without training).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
-    preset: Annotated[str, typer.Option(help="auto (small on synthetic, paper otherwise), small or paper.")] = "auto",
+    preset: Annotated[str, typer.Option(help="auto (small on synthetic, paper otherwise), small, paper, or one a "
+                                              "method declares (e.g. ret2 of hf_clip and zoo:*).")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file of options (dotted keys or tables).")] = None,
