@@ -88,7 +88,7 @@ def test_method_declared_preset_ret2():
     """`--preset ret2`: taken from a method that declares it; a one-line error for one that does not."""
     cfg = resolve_config("hf_clip", "synthetic", preset="ret2")
     assert cfg.preset == "ret2" and cfg.train.lr == 5e-6 and cfg.train.weight_decay == 0.5
-    assert cfg.train.batch_size == 600 and cfg.train.optimizer == "adamw"
+    assert cfg.train.batch_size == 600 and cfg.train.optimizer == "adamw" and cfg.train.warmup_steps == 100
     with pytest.raises(UserError, match=r"method 'vsepp' has no preset 'ret2' \(declared by: .*hf_clip") as e:
         resolve_config("vsepp", "synthetic", preset="ret2")
     assert "\n" not in str(e.value) and "small, paper" in str(e.value)
