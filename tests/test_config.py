@@ -3,9 +3,9 @@
 import pytest
 
 from rsbench.config.overlay import fill, load_config_file, parse_set_options, parse_value, set_key, to_dict
+from rsbench.config.resolve import resolve_config
 from rsbench.config.schema import RunConfig, TrainConfig, parse_augment
 from rsbench.errors import UserError
-from rsbench.config.resolve import resolve_config
 
 
 def test_parse_value_types():
@@ -82,3 +82,15 @@ def test_run_config_round_trips_through_a_dict():
     t = fill(TrainConfig(), {"epochs": 2, "no_such_key": 1})  # unknown keys are ignored
     assert t.epochs == 2 and not hasattr(t, "no_such_key")
 
+
+
+def test_method_declared_preset_ret2():
+    """`--preset ret2`: taken from a method that declares it; a one-line error for one that does not."""
+    cfg = resolve_config("hf_clip", "synthetic", preset="ret2")
+    assert cfg.preset == "ret2" and cfg.train.lr == 5e-6 and cfg.train.weight_decay == 0.5
+    assert cfg.train.batch_size == 600 and cfg.train.optimizer == "adamw" and cfg.train.warmup_steps == 100
+    with pytest.raises(UserError, match=r"method 'vsepp' has no preset 'ret2' \(declared by: .*hf_clip") as e:
+        resolve_config("vsepp", "synthetic", preset="ret2")
+    assert "\n" not in str(e.value) and "small, paper" in str(e.value)
+    with pytest.raises(UserError, match="unknown preset 'ret3'.*did you mean 'ret2'"):
+        resolve_config("hf_clip", "synthetic", preset="ret3")

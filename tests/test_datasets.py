@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -17,8 +15,8 @@ from helpers import shared_data
 from PIL import Image, ImageFile
 
 from rsbench.datasets import get_dataset_info, list_datasets, load_dataset, load_image
-from rsbench.datasets.images import decode_image
 from rsbench.datasets.assembly import carve_val, class_from_name
+from rsbench.datasets.images import decode_image
 from rsbench.errors import DataError, UserError
 
 

@@ -15,8 +15,8 @@ import torch
 from helpers import run_cli
 
 from rsbench.config.overlay import load_config_file
-from rsbench.errors import DataError, UserError
 from rsbench.config.resolve import resolve_config
+from rsbench.errors import DataError, UserError
 
 pytestmark = pytest.mark.usefixtures("isolated_cache")
 
@@ -107,8 +107,8 @@ def test_run_refuses_bad_value_before_loading_data(tmp_path, capsys, monkeypatch
 
 def test_lower_is_better_metric_selects_the_minimum(tiny_synthetic, tmp_path, monkeypatch):
     """Selection on i2t_meanr keeps the epoch with the LOWEST mean rank (fake val values 5, 2, 9)."""
-    from rsbench.engine import cell as runner
     from rsbench.datasets import load_dataset
+    from rsbench.engine import cell as runner
 
     fake = iter([5.0, 2.0, 9.0])
     real = runner.evaluate
@@ -391,8 +391,8 @@ def test_training_loss_makes_no_host_sync(tmp_path, monkeypatch):
 
 def test_runner_reads_logs_once_per_epoch(tiny_synthetic, tmp_path, monkeypatch):
     """The step loop reads nothing back; the epoch's mean loss and logs are read once, at its end."""
-    from rsbench.engine import cell as runner
     from rsbench.datasets import load_dataset
+    from rsbench.engine import cell as runner
 
     data = load_dataset("synthetic", data_root=tiny_synthetic)
     counter = _SyncCounter(monkeypatch)

@@ -277,8 +277,8 @@ def test_submitit_folder_is_per_user_and_private(tmp_path):
 
 @pytest.mark.parametrize("mode", [0o777, 0o770, 0o755])
 def test_submitit_folder_with_loose_permissions_is_refused(tmp_path, mode):
-    from rsbench.errors import UserError
     from rsbench.engine.launch import submitit_folder
+    from rsbench.errors import UserError
 
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -292,8 +292,8 @@ def test_submitit_folder_with_loose_permissions_is_refused(tmp_path, mode):
 def test_submitit_folder_of_another_user_is_refused(tmp_path, monkeypatch):
     import os
 
-    from rsbench.errors import UserError
     from rsbench.engine.launch import submitit_folder
+    from rsbench.errors import UserError
 
     owner = os.getuid()
     folder = submitit_folder(tmp_path / "res", None)

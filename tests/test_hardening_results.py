@@ -181,8 +181,8 @@ def test_check_not_collapsed_uses_chance_of_the_val_split() -> None:
     """Val mR at or below chance after training is a failed cell (for a val split big enough to tell)."""
     from types import SimpleNamespace
 
-    from rsbench.evaluation.metrics import chance_metrics
     from rsbench.engine.evaluate import TrainingCollapsed, check_not_collapsed
+    from rsbench.evaluation.metrics import chance_metrics
 
     cap2img = np.repeat(np.arange(40), 5)
     split = SimpleNamespace(n_images=40, cap2img=cap2img)

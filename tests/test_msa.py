@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from helpers import fit_one_batch
 
-from rsbench.config.resolve import resolve_config
 from rsbench.config.overlay import set_key
+from rsbench.config.resolve import resolve_config
 from rsbench.errors import UserError
 from rsbench.methods import Batch, MethodContext, create_method
 from rsbench.methods.components.mscmat import MSCMAT, MSCMATBranch, csmmc_loss, mscma_loss

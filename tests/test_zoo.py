@@ -181,3 +181,27 @@ def test_bench_models_lists_the_zoo(capsys):
     for e in zoo_entries():
         assert e.method_name in out and e.files[0] in out
     assert "published: rsitmd mR 51.81" in out
+
+
+def test_bench_run_weights_dir_loads_a_zoo_checkpoint(tmp_path, tiny_archs, use_tiny, tiny_synthetic, capsys,
+                                                      monkeypatch):
+    """`bench run --methods zoo:... --weights-dir DIR`: the file is found in DIR, evaluated, recorded in run.json."""
+    monkeypatch.setenv("RSBENCH_CACHE", str(tmp_path / "cache"))
+    entry = _tiny_entry("remoteclip-vit-b-32", tiny_archs[True])
+    use_tiny(entry)
+    torch.manual_seed(0)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save(open_clip.create_model(entry.arch).state_dict(), weights / entry.files[0])
+    base = ["run", "--methods", "zoo:remoteclip-vit-b-32", "--dataset", "synthetic", "--data-root",
+            str(tiny_synthetic), "--set", "train.image_size=32"]
+    code, out, err = run_cli([*base, "--out", str(tmp_path / "out"), "--weights-dir", str(weights)], capsys)
+    assert code == 0, err
+    run = json.loads((tmp_path / "out/synthetic/zoo:remoteclip-vit-b-32/seed0/run.json").read_text())
+    tower = run["weights"]["tower"]
+    assert tower["file"] == str(weights / entry.files[0]) and tower["activation"] == entry.activation
+    code, _, err = run_cli([*base, "--out", str(tmp_path / "o2"), "--weights-dir", str(tmp_path)], capsys)
+    assert code == 2 and "RemoteCLIP-ViT-B-32.pt not found" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["run", "--methods", "vsepp", "--dataset", "synthetic", "--weights-dir", str(weights),
+                            "--out", str(tmp_path / "o3")], capsys)
+    assert code == 2 and "--weights-dir" in err and "zoo:" in err

@@ -23,7 +23,8 @@ def run(
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
     epochs: Annotated[int | None, typer.Option(help="Training epochs (0 = evaluate without training).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
-    preset: Annotated[str, typer.Option(help="auto (small on synthetic, paper otherwise), small or paper.")] = "auto",
+    preset: Annotated[str, typer.Option(help="auto (small on synthetic, paper otherwise), small, paper, or one a "
+                                              "method declares (e.g. ret2 of hf_clip and zoo:*).")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file of options (dotted keys or tables).")] = None,
@@ -42,6 +43,8 @@ def run(
     time_limit: Annotated[str, typer.Option("--time", help="Job time limit: minutes or H:MM:SS "
                                                             "(--launcher slurm).")] = "4:00:00",
     slurm_folder: Annotated[Path | None, typer.Option(help="submitit logs/pickles (default <out>/.submitit).")] = None,
+    weights_dir: Annotated[Path | None, typer.Option(help="Folder of the zoo:* checkpoints (see `bench models`); "
+                                                          "sets weights_dir of every zoo method.")] = None,
 ) -> None:
     """Train each (method, dataset, seed), select on val, evaluate on test, write results/.
 
@@ -57,9 +60,14 @@ def run(
     grid = Grid(methods=split_list(methods, "methods"), datasets=names, seeds=parse_seeds(seeds), cfgs={}, out=out,
                 source=source, resume=resume, overwrite=overwrite)
     cli_train = {"epochs": epochs, "batch_size": batch_size, "compile": compile or None, "precision": precision}
-    plan_grid(grid, preset, config, set_, cli_train)
+    plan_grid(grid, preset, config, zoo_weights(grid.methods, weights_dir) + list(set_ or []), cli_train)
     if launcher != "local":  # one submitit job per cell (rsbench.engine.launch); nothing is trained here
         from ..engine.launch import submit_from_cli
+        from ..errors import UserError
+
+        if grid.exclude is not None:
+            raise UserError(f"eval.exclude runs with --launcher local only (not {launcher}); "
+                            "run the grid locally, or without eval.exclude")
 
         return submit_from_cli(launcher, grid.cfgs, out, source, device, resume, overwrite, partition, gpus_per_job,
                                time_limit, slurm_folder)
@@ -75,6 +83,19 @@ def run(
     typer.echo(line, err=not written)
     if any(r.status == "failed" for r in rows) or not written:
         sys.exit(2)
+
+
+def zoo_weights(methods: list[str], weights_dir: Path | None) -> list[str]:
+    """--weights-dir DIR as `<zoo method>.weights_dir=DIR` for every zoo:* method (an explicit --set wins)."""
+    from ..errors import UserError
+
+    if weights_dir is None:
+        return []
+    zoo = [m for m in methods if m.startswith("zoo:")]
+    if not zoo:
+        raise UserError(f"--weights-dir {weights_dir}: only zoo:* methods read it (see `bench models`); "
+                        "other methods take their weights file with --set")
+    return [f"{m}.weights_dir={weights_dir}" for m in zoo]
 
 
 def format_summary(rows: list[CellOutcome]) -> str:
@@ -94,4 +115,15 @@ def format_summary(rows: list[CellOutcome]) -> str:
         lines.append(f"{r.method:<10} {r.dataset:<10} {r.seed:>4} {met['mR']:8.2f} "
                      f"{met.get('chance_mR', float('nan')):7.2f} {val_s} {ep if ep is not None else '-':>5} "
                      f"{r.wall:6.0f}s" + ("  (skipped: complete)" if r.status == "skipped" else ""))
+        if r.excluded:
+            lines.append(excluded_note(r.excluded))
     return "\n".join(lines) + "\n"
+
+
+def excluded_note(rec: dict) -> str:
+    """The summary's line under a cell evaluated with eval.exclude (metrics_excluded.json)."""
+    n = rec.get("n_excluded", 0)
+    if not isinstance(rec.get("mR"), (int, float)):
+        return f"{'':<10} excluding {n} leaked test images: {rec.get('note', 'no metrics')}"
+    return (f"{'':<10} excluding {n} leaked test images: mR {rec['mR']:.2f} on {rec.get('n_images')} images "
+            "(metrics_excluded.json)")

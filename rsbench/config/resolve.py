@@ -11,21 +11,32 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .overlay import all_keys, has_key, set_key
-from .schema import RunConfig, TrainConfig, check_fields
 from ..errors import UserError, suggest
 from ..methods.registry import get_method_spec, list_methods
+from .overlay import all_keys, has_key, set_key
+from .schema import RunConfig, TrainConfig, check_fields
 
 PRESETS = ("small", "paper")
 
 
-def resolve_preset(preset: str, dataset: str) -> str:
-    """'auto' means the CPU-sized preset on the synthetic set and the paper settings on real data."""
+def resolve_preset(preset: str, dataset: str, method: str | None = None) -> str:
+    """'auto' means the CPU-sized preset on the synthetic set and the paper settings on real data.
+    Besides small/paper, a method may declare its own presets (e.g. ret2): valid for that method only."""
     if preset == "auto":
         return "small" if dataset == "synthetic" else "paper"
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset '{preset}'{suggest(preset, PRESETS)}; choose from: auto, {', '.join(PRESETS)}")
-    return preset
+    if preset in PRESETS:
+        return preset
+    declared = {m.name: m.presets for m in list_methods()}
+    if method is not None and preset in declared.get(method, {}):
+        return preset
+    owners = sorted(name for name, presets in declared.items() if preset in presets)
+    if owners:
+        shown = ", ".join(owners[:4]) + (f" and {len(owners) - 4} more" if len(owners) > 4 else "")
+        own = [p for p in declared.get(method or "", {}) if p not in PRESETS]
+        raise UserError(f"method '{method}' has no preset '{preset}' (declared by: {shown}); its presets: "
+                        f"auto, {', '.join([*PRESETS, *own])}")
+    names = sorted({*PRESETS, *(p for presets in declared.values() for p in presets)})
+    raise UserError(f"unknown preset '{preset}'{suggest(preset, names)}; choose from: auto, {', '.join(names)}")
 
 
 def _apply(cfg: RunConfig, key: str, value: Any, where: str) -> None:
@@ -61,7 +72,7 @@ def resolve_config(
     overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
     spec = get_method_spec(method)
-    preset = resolve_preset(preset, dataset)
+    preset = resolve_preset(preset, dataset, method)
     cfg = RunConfig(method=method, dataset=dataset, seed=seed, preset=preset, train=TrainConfig(),
                     model=spec.config_cls())
     for k, v in spec.presets.get(preset, {}).items():

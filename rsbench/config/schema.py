@@ -12,7 +12,7 @@ from typing import Any
 
 from ..contracts import require_above, require_at_least
 from ..errors import UserError, suggest
-from .overlay import field_map, fill, is_optional, strip_optional, to_dict
+from .overlay import field_map, fill, is_optional, strip_optional
 
 
 @dataclass
@@ -27,6 +27,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_step: int = 0  # multiply the lr by lr_gamma every lr_step epochs (0: constant)
     lr_gamma: float = 0.1
+    warmup_steps: int = 0  # lr rises linearly over this many optimiser steps, then the schedule (0: off)
     grad_clip: float = 2.0  # max grad norm (0: off)
     image_size: int = 224
     resize: int = 0  # resize before the random crop (0: about image_size * 1.09)

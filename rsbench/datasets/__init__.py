@@ -4,9 +4,9 @@ Light imports only here (numpy, PIL); torch-side helpers live in rsbench.dataset
 """
 
 from ..contracts import DatasetSplits, Split
+from .catalogue import DatasetInfo, display_name, get_dataset_info, list_datasets
 from .check import CheckReport, check_dataset
 from .images import decode_image, load_image
-from .catalogue import DatasetInfo, display_name, get_dataset_info, list_datasets
 from .source import DataSource, load_dataset
 
 __all__ = [

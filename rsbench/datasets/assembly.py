@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, UserError
 from ..contracts import DatasetSplits, Problem, Split
+from ..errors import DataError, UserError
 
 SPLITS = ("train", "val", "test")
 

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..contracts import DatasetSplits, Split
 from ..errors import UserError
 from ..io import atomic_path, cache_root, read_json_object, write_json
-from ..contracts import DatasetSplits, Split
 from .images import load_image, resize_square
 
 CACHE_VERSION = 1

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
 from ..contracts import DatasetSplits, Problem, Split
+from ..errors import DataError
 from .images import DecodedImage, decode_image
 from .source import DataSource, load_dataset
 

@@ -20,13 +20,20 @@ from ..errors import UserError, unknown
 from .assembly import assemble
 from .catalogue import DatasetInfo, get_dataset_info
 from .formats.karpathy import read_karpathy
-from .formats.precomp import is_precomp_dir, read_precomp
 from .formats.nwpu import looks_like_nwpu
+from .formats.precomp import is_precomp_dir, read_precomp
 from .formats.val_split import apply_val_split, read_val_split
 from .formats.verify import has_verify
 from .images import IMAGE_EXTENSIONS
-from .layouts import EXTRA_LAYOUTS, REFINED_LAYOUTS, classify_ann_file, find_extra, locate_images, looked_for, \
-    read_extra
+from .layouts import (
+    EXTRA_LAYOUTS,
+    REFINED_LAYOUTS,
+    classify_ann_file,
+    find_extra,
+    locate_images,
+    looked_for,
+    read_extra,
+)
 
 LAYOUTS = ("auto", "karpathy", "precomp", *EXTRA_LAYOUTS, *REFINED_LAYOUTS)
 SYNTHETIC_DEFAULTS = {"n_images": 300, "image_size": 64, "seed": 0}

@@ -20,7 +20,7 @@ from ..contracts import DatasetSplits
 from ..io import cache_root, remove_stale_temp_files, write_json  # one cache root for datasets and methods
 from ..methods.base import MethodContext, RetrievalMethod
 from ..methods.registry import create_method
-from ..results.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_FILE, RUN_FILE
+from ..results.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_FILE, METRICS_EXCLUDED_FILE, RUN_FILE
 from . import distributed as dist
 from .cellfolder import (
     check_cell_config,
@@ -49,14 +49,16 @@ class CellResult:
     metrics: dict[str, Any]
     skipped: bool = False
     wall_s: float = 0.0
+    excluded: dict[str, Any] | None = None  # eval.exclude: metrics without the leaked test images
 
 
 def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.device, *, resume: bool = True,
-             progress: bool = False, log: Any = print) -> CellResult:
+             progress: bool = False, log: Any = print, exclude: set[str] | None = None) -> CellResult:
     """Train, select on val, evaluate on test; write the cell folder (see docs/DESIGN.md).
 
     resume=True continues from checkpoint/last.pt if present (refusing a cell whose config.json
-    differs); resume=False empties the cell first. The caller holds the cell's lock.
+    differs); resume=False empties the cell first. The caller holds the cell's lock. `exclude`
+    (eval.exclude): test image names whose metrics are also computed without them (metrics_excluded.json).
     """
     from ..results.cell import run_record, write_eval_outputs
 
@@ -87,6 +89,8 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
                           topk=True)
     _, i2t, t2i = result
     top = getattr(result, "topk", None)  # None only when a caller wrapped evaluate into the plain triple
+    excluded = dist.on_main(_write_excluded, cell, exclude, method, data.test, (i2t, t2i), cfg, device, precision,
+                            progress, cache)
     wall = time.time() - t0
     dist.on_main(write_json, cell / RUN_FILE, run_record(data, wall, device=device, precision=precision.name,
                                                          extra=_run_extra(tr)))
@@ -95,7 +99,22 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         "selected_epoch": best_meta.get("epoch"), "selection": f"val {cfg.train.select_metric}",
         "val": best_meta.get("val"),
     }, fingerprint=data.fingerprint, topk=top)
-    return CellResult(cell, metrics, False, wall)
+    return CellResult(cell, metrics, False, wall, excluded)
+
+
+def _write_excluded(cell: Path, exclude: set[str] | None, method: RetrievalMethod, test: Any, ranks: Any,
+                    cfg: RunConfig, device: torch.device, precision: Any, progress: bool,
+                    cache: Any) -> dict[str, Any] | None:
+    """metrics_excluded.json beside the standard metrics (eval.exclude), written before metrics.json;
+    without eval.exclude an earlier run's file is removed, so it never describes another run."""
+    from .evaluate import evaluate_excluded
+
+    if exclude is None:
+        (cell / METRICS_EXCLUDED_FILE).unlink(missing_ok=True)
+        return None
+    rec = evaluate_excluded(method, test, exclude, ranks, cfg, device, precision, progress, image_cache=cache)
+    write_json(cell / METRICS_EXCLUDED_FILE, rec)
+    return rec
 
 
 def prepare_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, resume: bool, log: Any) -> None:

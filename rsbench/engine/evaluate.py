@@ -195,3 +195,40 @@ def check_not_collapsed(val: dict[str, Any] | None, val_split: Split, lr: float)
     if mr <= chance:
         raise TrainingCollapsed(f"training collapsed: the selected checkpoint's val mR {mr:.2f} is at or below "
                                 f"chance ({chance:.2f}); try a lower train.lr (now {lr:g}) or more epochs")
+
+
+def subset_split(split: Split, keep: np.ndarray) -> Split:
+    """The split without the images where `keep` is False and without their captions (renumbered)."""
+    from dataclasses import replace
+
+    c2i = np.asarray(split.cap2img, dtype=np.int64)
+    caps = np.flatnonzero(keep[c2i])
+    idx = np.flatnonzero(keep)
+    classes = [split.image_classes[i] for i in idx] if split.image_classes else []
+    return replace(split, image_paths=[split.image_paths[i] for i in idx],
+                   image_names=[split.image_names[i] for i in idx], captions=[split.captions[c] for c in caps],
+                   cap2img=(np.cumsum(keep) - 1)[c2i[caps]].astype(np.int64), image_classes=classes)
+
+
+def evaluate_excluded(method: RetrievalMethod, split: Split, leaked: set[str], ranks: tuple[np.ndarray, np.ndarray],
+                      cfg: RunConfig, device: torch.device, precision: Precision, progress: bool = False,
+                      image_cache: Any = None) -> dict[str, Any]:
+    """eval.exclude: the split's metrics without the leaked images and their captions (written beside the
+    standard ones). Scores are per pair, so ranking the smaller split gives the sub-matrix's ranks; a
+    transductive re-ranker (galr rerank=mr) re-ranks within the smaller set. `ranks`: the full split's,
+    reused when no image of this split leaked."""
+    from ..evaluation.exclusion import keep_mask
+    from ..evaluation.metrics import chance_metrics, metrics_from_ranks
+
+    keep = keep_mask(split.image_names, leaked)
+    dropped = [n for n, k in zip(split.image_names, keep.tolist()) if not k]
+    info = {"excluded_images": dropped, "n_excluded": len(dropped)}
+    if not keep.any():
+        return {**info, "n_images": 0, "n_captions": 0, "note": f"every {split.name} image is excluded"}
+    sub = subset_split(split, keep) if dropped else split
+    i2t, t2i = ranks
+    if dropped:
+        i2t, t2i, _ = rank_split(method, sub, cfg, device, precision, progress, image_cache)
+    out = metrics_from_ranks(i2t, t2i)
+    out["chance_mR"] = float(chance_metrics(sub.cap2img)["chance_mR"])
+    return {**out, **info, "split": split.name, "n_images": sub.n_images, "n_captions": sub.n_captions}

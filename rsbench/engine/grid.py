@@ -25,6 +25,7 @@ from .cellfolder import check_cell_config, check_cell_data, clear_cell
 if TYPE_CHECKING:
     import torch
 
+    from ..config.gridkeys import GridOptions
     from ..config.schema import RunConfig
     from ..contracts import DatasetSplits
     from ..datasets import DataSource
@@ -45,6 +46,7 @@ class CellOutcome:
     status: str  # done | skipped | busy (run by another process) | failed
     metrics: dict[str, Any] = field(default_factory=dict)
     wall: float = 0.0
+    excluded: dict[str, Any] | None = None  # eval.exclude: metrics_excluded.json
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Grid:
     source: DataSource | None = None
     resume: bool = True
     overwrite: bool = False
+    exclude: dict[str, Any] | None = None  # eval.exclude: the audit.json object (leaked images left out too)
 
 
 class GridInterrupted(KeyboardInterrupt):
@@ -90,8 +93,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def plan_grid(grid: Grid, preset: str, config_file: Path | None, set_options: list[str] | None,
               cli_train: dict[str, Any]) -> Grid:
     """Resolve every cell's config (a typo fails fast), then refuse cells made with another config."""
-    from ..config.resolve import resolve_config
+    from ..config.gridkeys import split_grid_keys
     from ..config.overlay import load_config_file, parse_set_options
+    from ..config.resolve import resolve_config
     from ..datasets import get_dataset_info
     from ..methods.registry import get_method_spec
 
@@ -101,14 +105,45 @@ def plan_grid(grid: Grid, preset: str, config_file: Path | None, set_options: li
         get_dataset_info(d)
     if grid.source and (grid.source.ann_file or grid.source.image_dir) and len(grid.datasets) > 1:
         raise UserError("--ann-file/--image-dir name one dataset's files; run one dataset at a time")
-    file_keys = load_config_file(config_file) if config_file else {}
-    overrides = parse_set_options(set_options)
+    file_keys, overrides, opts = split_grid_keys(load_config_file(config_file) if config_file else {},
+                                                 parse_set_options(set_options))
+    apply_grid_options(grid, opts)
     grid.cfgs = {(m, d, s): resolve_config(m, d, s, preset, file_keys, cli_train, overrides)
                  for d in grid.datasets for m in grid.methods for s in grid.seeds}
     check_out(grid.out)
     for (m, d, s), cfg in grid.cfgs.items():  # a resumed or finished cell must have been run with this config
         preflight(grid_cell(grid.out, d, m, s), cfg, grid.resume, grid.overwrite)
     return grid
+
+
+def apply_grid_options(grid: Grid, opts: GridOptions) -> None:
+    """data.val_split goes into the grid's DataSource (one dataset only: it names that set's images);
+    eval.exclude's audit.json is read now, so a bad file fails before any data is loaded."""
+    from dataclasses import replace
+
+    from ..datasets import DataSource
+
+    if opts.val_split is not None:
+        if len(grid.datasets) > 1:
+            raise UserError(f"data.val_split={opts.val_split} names one dataset's val images; "
+                            "run one dataset at a time")
+        grid.source = replace(grid.source or DataSource(grid.datasets[0]), val_split=opts.val_split)
+    if opts.exclude is not None:
+        grid.exclude = read_audit(opts.exclude)
+
+
+def read_audit(path: Path) -> dict[str, Any]:
+    """The audit.json of `bench data audit` (eval.exclude), checked enough to be used."""
+    from ..io import read_json_object
+
+    audit = read_json_object(path)
+    pairs = (audit or {}).get("image_duplicates")
+    ok = isinstance(pairs, list) and all(isinstance(p, dict) and isinstance(p.get("a"), dict)
+                                         and isinstance(p.get("b"), dict) for p in pairs)
+    if audit is None or not ok:
+        raise UserError(f"eval.exclude={path}: not an audit.json of `bench data audit` "
+                        "(needs an 'image_duplicates' list of {a, b} pairs)")
+    return audit
 
 
 def grid_cell(out: Path, dataset: str, method: str, seed: int) -> Path:
@@ -185,6 +220,7 @@ def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | Non
 def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
                 current: dict[str, Any]) -> list[CellOutcome]:
     """Load one dataset, refuse cells made on other data, then run its cells one after another."""
+    from ..evaluation.exclusion import leaked_images
     from ..results.layout import cell_dir
 
     data = load_data(dataset_source(grid.source, d, len(grid.datasets) > 1))
@@ -198,11 +234,12 @@ def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
             for s in grid.seeds:
                 check_cell_data(cell_dir(grid.out, data.name, m, s), data)
     rows = []
+    leaked = None if grid.exclude is None else leaked_images(grid.exclude, data.name)
     for m in grid.methods:
         for s in grid.seeds:
             current.update(cell=cell_dir(grid.out, data.name, m, s), cfg=grid.cfgs[(m, d, s)])
             rows.append(run_one_cell(current["cfg"], data, current["cell"], dev, grid.resume, grid.overwrite,
-                                     progress))
+                                     progress, exclude=leaked))
     current.clear()
     return rows
 
@@ -231,7 +268,7 @@ def _interrupted(e: KeyboardInterrupt, current: dict[str, Any]) -> GridInterrupt
 
 
 def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device, resume: bool,
-                 overwrite: bool, show: bool) -> CellOutcome:
+                 overwrite: bool, show: bool, exclude: set[str] | None = None) -> CellOutcome:
     """One cell under its lock: skip it (finished, or run by another process), or train/resume it.
 
     A failure of this cell alone (diverged, out of memory, refused checkpoint or config) is printed
@@ -251,7 +288,7 @@ def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.dev
         row.status = "busy"
         return row
     try:
-        _run_locked(row, cfg, data, cell, dev, resume, overwrite, show)
+        _run_locked(row, cfg, data, cell, dev, resume, overwrite, show, exclude)
     except (DataError, WriteError) as e:
         raise type(e)(one_line(e)) from None
     except UserError as e:
@@ -271,7 +308,7 @@ def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.dev
 
 
 def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device,
-                resume: bool, overwrite: bool, show: bool) -> None:
+                resume: bool, overwrite: bool, show: bool, exclude: set[str] | None = None) -> None:
     """Skip a complete cell (after checking it was made with this config and data), else run it."""
     from ..results.cell import cell_damage, clear_failure, is_complete, load_cell
 
@@ -280,6 +317,7 @@ def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Pat
         check_cell_data(cell, data)
         echo(f"skip {cell} (complete; --overwrite to redo)")
         row.status, row.metrics = "skipped", load_cell(cell).metrics
+        row.excluded = _stored_excluded(cell, exclude)
         return
     if dist.is_main():
         if overwrite:
@@ -290,8 +328,23 @@ def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Pat
         echo(f"repair {cell}: {damage}")
     echo(f"run {cfg.method} on {data.name}, seed {cfg.seed} -> {cell}")
     t0 = time.time()
-    res = cell_mod.run_cell(cfg, data, cell, dev, resume=resume, progress=show, log=echo)
+    more = {"exclude": exclude} if exclude is not None else {}
+    res = cell_mod.run_cell(cfg, data, cell, dev, resume=resume, progress=show, log=echo, **more)
     row.status, row.metrics, row.wall = "done", res.metrics, time.time() - t0
+    row.excluded = getattr(res, "excluded", None)
+
+
+def _stored_excluded(cell: Path, exclude: set[str] | None) -> dict[str, Any] | None:
+    """A skipped cell's metrics_excluded.json when eval.exclude is given (a note when it has none)."""
+    from ..io import read_json_object
+    from ..results.layout import METRICS_EXCLUDED_FILE
+
+    if exclude is None:
+        return None
+    rec = read_json_object(cell / METRICS_EXCLUDED_FILE)
+    if rec is None:
+        echo(f"note: {cell} was completed without eval.exclude; --overwrite to compute its excluded metrics")
+    return rec
 
 
 def record_failure(cell: Path, error: BaseException | str) -> None:

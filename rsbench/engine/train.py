@@ -10,12 +10,13 @@ whatever `validate` scores (run_cell passes the val split: test is never seen he
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,6 +103,7 @@ class TrainState:
     bad_evals: int = 0
     early_stopped: bool = False
     resumed_from: int | None = None
+    opt_steps: int = 0  # optimiser steps taken (train.warmup_steps counts them)
 
 
 @dataclass
@@ -162,7 +164,8 @@ def resume_state(tr: Trainer, log: Callable[[str], Any]) -> TrainState:
     st = TrainState(epoch=int(state["epoch"]), best_val=float(state["best_val"]),
                     best_epoch=state["best_epoch"], best_val_metrics=state.get("best_val_metrics"),
                     rows=list(state["log"]), bad_evals=int(state.get("bad_evals", 0)),
-                    early_stopped=bool(state.get("early_stopped")), resumed_from=int(state["epoch"]))
+                    early_stopped=bool(state.get("early_stopped")), resumed_from=int(state["epoch"]),
+                    opt_steps=int(state.get("opt_steps", 0)))
     on_disk = best_epoch_on_disk(tr.ckpt_dir)
     if st.best_epoch is not None and on_disk != st.best_epoch:
         if st.best_epoch == st.epoch and st.best_val_metrics is not None:
@@ -254,13 +257,37 @@ def _optimiser_step(tr: Trainer, batch: Batch, epoch: int, step: int) -> Any:
         if t.grad_clip > 0:
             tr.scaler.unscale_(tr.opt)
             torch.nn.utils.clip_grad_norm_(tr.method.parameters(), t.grad_clip)
-        tr.scaler.step(tr.opt)
+        with warmed_up_lr(tr.opt, warmup_factor(t.warmup_steps, tr.state.opt_steps)):
+            tr.scaler.step(tr.opt)
         tr.scaler.update()
+        tr.state.opt_steps += 1
     except torch.OutOfMemoryError:
         raise UserError(f"out of memory on {device} at epoch {epoch + 1}, step {step + 1} with batch "
                         f"size {t.batch_size}; try --set train.batch_size={max(2, t.batch_size // 2)} "
                         "(or a smaller train.image_size)") from None
     return out
+
+
+def warmup_factor(warmup_steps: int, done: int) -> float:
+    """The lr factor of optimiser step `done` (0-based) under a linear warm-up of `warmup_steps` steps."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, (done + 1) / warmup_steps)
+
+
+@contextlib.contextmanager
+def warmed_up_lr(opt: torch.optim.Optimizer, factor: float) -> Iterator[None]:
+    """Scale every group's scheduled lr by `factor` for one step, then restore it (the epoch scheduler
+    keeps owning the lr, so warm-up and schedule compose and resume needs only the step count)."""
+    if factor >= 1.0:
+        yield
+        return
+    scheduled = [g["lr"] for g in opt.param_groups]
+    for g, lr in zip(opt.param_groups, scheduled):
+        g["lr"] = lr * factor
+    try:
+        yield
+    finally:
+        for g, lr in zip(opt.param_groups, scheduled):
+            g["lr"] = lr
 
 
 def train_one_epoch(tr: Trainer, epoch: int, progress: bool) -> tuple[float, dict[str, float]]:
@@ -313,7 +340,7 @@ def save_epoch(tr: Trainer, epoch: int, improved: bool, stop: bool) -> None:
         "model": method.state_dict(), "optimizer": tr.opt.state_dict(), "scheduler": tr.sched.state_dict(),
         "scaler": tr.scaler.state_dict(), "epoch": epoch, "best_val": st.best_val,
         "best_epoch": st.best_epoch, "best_val_metrics": st.best_val_metrics, "log": st.rows,
-        "bad_evals": st.bad_evals, "early_stopped": stop,
+        "bad_evals": st.bad_evals, "early_stopped": stop, "opt_steps": st.opt_steps,
     }, name)
     # after last.pt: the log never shows an epoch a resume would not start after (rank 0 writes)
     dist.on_main(write_text, tr.cell / TRAIN_LOG, log_csv(st.rows))

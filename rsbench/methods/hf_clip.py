@@ -30,6 +30,7 @@ RET2_FINETUNE: dict[str, Any] = {
     "train.lr": 5e-6,
     "train.weight_decay": 0.5,
     "train.grad_clip": 50.0,
+    "train.warmup_steps": 100,
     "train.image_size": 224,
 }
 

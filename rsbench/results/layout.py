@@ -21,6 +21,7 @@ FAILED_FILE = "failed.json"  # the one-line error of a failed cell (results.cell
 TRAIN_LOG = "train_log.csv"
 CHECKPOINT_DIR = "checkpoint"
 RESUME_FILE = "last.pt"  # inside CHECKPOINT_DIR
+METRICS_EXCLUDED_FILE = "metrics_excluded.json"  # eval.exclude: test metrics without the leaked images
 
 # ---- at the root of a results folder --------------------------------------------------------------
 JOBS_FILE = ".jobs.json"  # cluster jobs submitted per cell (results.scan.record_jobs)
