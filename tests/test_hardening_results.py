@@ -310,3 +310,27 @@ def test_one_line_is_the_one_first_line_helper(exc: BaseException, expect: str) 
 
     assert one_line(exc) == expect
     assert one_line(exc, 10) == expect[:10]
+
+
+def test_ctrl_c_inside_a_checkpoint_write_is_an_interrupt_not_a_failed_cell(tmp_path, monkeypatch) -> None:
+    """SIGINT during torch.save surfaces as the zip writer's RuntimeError; the cell must not be marked failed."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from rsbench.engine import grid
+
+    def interrupted_save(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+
+    monkeypatch.setattr(grid, "_run_locked", interrupted_save)
+    cell = tmp_path / "synthetic" / "vsepp" / "seed0"
+    cell.mkdir(parents=True)
+    cfg = SimpleNamespace(method="vsepp", seed=0)
+    data = SimpleNamespace(name="synthetic")
+    with pytest.raises(KeyboardInterrupt):
+        grid.run_one_cell(cfg, data, cell, torch.device("cpu"), True, False, False)
+    assert not (cell / "failed.json").exists()

@@ -288,7 +288,13 @@ def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.dev
         row.status = "busy"
         return row
     try:
-        _run_locked(row, cfg, data, cell, dev, resume, overwrite, show, exclude)
+        try:
+            _run_locked(row, cfg, data, cell, dev, resume, overwrite, show, exclude)
+        except Exception as e:  # Ctrl-C inside C++ code (torch.save) surfaces as its RuntimeError
+            interrupt = _interrupt_behind(e)
+            if interrupt is not None:
+                raise interrupt from None
+            raise
     except (DataError, WriteError) as e:
         raise type(e)(one_line(e)) from None
     except UserError as e:
@@ -305,6 +311,22 @@ def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.dev
     finally:
         lock.release()
     return row
+
+
+def _interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM that an error was raised while handling, if any.
+
+    A signal that arrives while torch.save writes a checkpoint interrupts the zip writer, which then
+    raises a RuntimeError of its own: the cell was interrupted, not broken.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device,
