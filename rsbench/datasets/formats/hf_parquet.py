@@ -20,7 +20,8 @@ from typing import Any
 
 from ...errors import DataError
 from ...io import atomic_dir, cache_root, write_bytes
-from ..assembly import ImageRecord, class_from_name, normalize_caption
+from ...text import normalize_caption
+from ..assembly import ImageRecord, class_from_name
 
 SPLIT_NAMES = {"train": "train", "valid": "val", "validation": "val", "val": "val", "test": "test"}
 _SHARD = re.compile(r"^(?P<split>[A-Za-z]+)-\d+-of-\d+\.parquet$|^(?P<plain>[A-Za-z]+)\.parquet$")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DataError
-from ..assembly import ImageRecord, normalize_caption
+from ...text import normalize_caption
+from ..assembly import ImageRecord
 from .common import decode_utf8, read_bytes, require
 
 _RAW_KEY = re.compile(r"^raw(?:_(\d+))?$")

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import DataError
-from ..assembly import ImageRecord, class_from_name, normalize_caption
+from ...text import normalize_caption
+from ..assembly import ImageRecord, class_from_name
 from .common import read_bytes
 from .precomp import _lines, _names, read_precomp
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import UserError, first_line
+from ...errors import UserError, one_line
 from ...io import sha256_file
 from .openclip_tower import OpenClipTokenizer, build_openclip_model, uses_quick_gelu
 from .prompts import PromptTokenizer
@@ -134,7 +134,7 @@ class HfTower(ClipTower):
             self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
             self._tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, KeyError) as e:
-            raise UserError(f"{path}: cannot load the transformers model ({first_line(e, 160)})") from None
+            raise UserError(f"{path}: cannot load the transformers model ({one_line(e, 160)})") from None
         self.source, self.entry = path, entry
         self._pp = _read_preprocessor(path)
 
@@ -174,7 +174,7 @@ def _read_preprocessor(folder: Path) -> dict[str, Any]:
     try:
         data = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{f}: cannot read ({first_line(e)})") from None
+        raise UserError(f"{f}: cannot read ({one_line(e)})") from None
     return data if isinstance(data, dict) else {}
 
 
