@@ -226,3 +226,71 @@ def test_bench_plot_draws_training_curves_and_help_lists_report_and_gallery(tmp_
         assert f"rsitmd_training.{ext}" in result.output
     help_text = CliRunner().invoke(build_app(), ["--help"]).output
     assert "report" in help_text and "gallery" in help_text
+
+
+def _runs_of(root: Path, dataset: str):
+    from rsbench.results.compare import group_runs
+    from rsbench.results.plots import method_styles
+    from rsbench.results.scan import complete_cells
+
+    cells = complete_cells(root)
+    runs = group_runs(cells, dataset, "test")[(dataset, "test")]
+    return runs, method_styles(list(runs))
+
+
+@pytest.mark.parametrize("logx", [True, False])
+def test_recall_axis_stops_at_gallery_and_draws_chance(tmp_path, logx):
+    """#21: with 15 test images (75 captions) the K axis stops at the gallery of each direction (75
+    captions for image->text, 15 images for text->image), the closed-form chance curve is drawn in
+    grey, and y runs past 100 so a curve at 100 % does not sit on the frame."""
+    from matplotlib.colors import to_hex
+
+    from rsbench.evaluation.metrics import chance_curve
+    from rsbench.results.plots import recall_figure
+
+    root = make_results(tmp_path / "r", dataset="rsitmd", n=15, seeds=(0, 1))
+    runs, styles = _runs_of(root, "rsitmd")
+    fig = recall_figure(runs, styles, "rsitmd", "test", logx=logx)
+    axes = fig.axes[:2]
+    c2i = next(iter(runs.values())).cap2img
+    for ax, gallery, q in zip(axes, (75, 15), (0, 1)):
+        lo, hi = ax.get_xlim()
+        assert gallery <= hi <= gallery * 1.15, (q, hi)
+        assert ax.get_ylim()[1] > 100
+        for line in ax.get_lines():
+            assert np.max(line.get_xdata()) <= gallery
+        grey = [ln for ln in ax.get_lines() if ln.get_label() == "chance"]
+        assert len(grey) == 1
+        r, g, b = (int(to_hex(grey[0].get_color())[i:i + 2], 16) for i in (1, 3, 5))
+        assert r == g == b  # grey
+        k = np.asarray(grey[0].get_xdata())
+        np.testing.assert_array_equal(k, np.arange(1, gallery + 1))
+        np.testing.assert_allclose(grey[0].get_ydata(), chance_curve(c2i, k)[q])
+
+
+def test_mr_chart_chance_legend_overlaps_nothing_with_one_method(tmp_path):
+    """#21: with one method the chance legend box overlapped the bar's value label; it must overlap
+    neither the labels nor the bars."""
+    from rsbench.results.plots import mr_figure
+
+    root = tmp_path / "r"
+    rng = np.random.default_rng(1)
+    i2t, t2i, cap2img = _ranks(rng, rng.random(20) < 0.5, 0.99, 0.99)
+    i2t[:], t2i[:] = 1, 1  # mR 100.0: the widest value label, at the top next to the legend
+    write_eval_outputs(root / "rsicd" / "solo" / "seed0", i2t, t2i, cap2img)
+    runs, styles = _runs_of(root, "rsicd")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = mr_figure(runs, styles, "rsicd", "test")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legends = [lg for ax in fig.axes for lg in ([ax.get_legend()] if ax.get_legend() else [])] + fig.legends
+    assert len(legends) == 1
+    box = legends[0].get_window_extent(renderer)
+    ax = fig.axes[0]
+    others = [t.get_window_extent(renderer) for t in ax.texts] + [p.get_window_extent(renderer) for p in ax.patches]
+    others.append(ax.title.get_window_extent(renderer))
+    assert ax.texts and ax.patches
+    for o in others:
+        assert not box.padded(2).overlaps(o), (box, o)  # not even touching
