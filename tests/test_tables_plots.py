@@ -294,3 +294,82 @@ def test_mr_chart_chance_legend_overlaps_nothing_with_one_method(tmp_path):
     assert ax.texts and ax.patches
     for o in others:
         assert not box.padded(2).overlaps(o), (box, o)  # not even touching
+
+
+# ---------------------------------------------------------------------------------------------
+# #21: display names
+
+
+def test_methods_declare_display_names_amfmn_by_variant():
+    import dataclasses
+
+    from rsbench.methods.registry import get_method_spec, list_methods
+
+    assert get_method_spec("vsepp").display_name() == "VSE++"
+    assert get_method_spec("clip").display_name() == "CLIP"
+    assert get_method_spec("msa").display_name() == "MSA"
+    amfmn = get_method_spec("amfmn")
+    assert amfmn.display_name() == "AMFMN (soft)"
+    assert amfmn.display_name(dataclasses.replace(amfmn.config_cls(), variant="fusion")) == "AMFMN (fusion)"
+    shown = [m.display_name() for m in list_methods()]
+    assert len(set(shown)) == len(shown)  # no two methods print alike
+    assert all(m.display is not None for m in list_methods())  # each declares one
+
+
+def test_cell_config_records_display_name_and_set_overrides_it(tmp_path):
+    """config.json carries the printed name (the method's, or `--set display_name=...`); it does not
+    change results, so resuming with another name is not a config mismatch."""
+    from rsbench.config.resolve import resolve_config
+    from rsbench.engine.cellfolder import check_cell_config, config_record
+    from rsbench.io import write_json
+
+    cfg = resolve_config("amfmn", "synthetic", overrides={"variant": "fusion"})
+    assert config_record(cfg)["display_name"] == "AMFMN (fusion)"
+    mine = resolve_config("amfmn", "synthetic", overrides={"display_name": "AMFMN-ours"})
+    assert config_record(mine)["display_name"] == "AMFMN-ours"
+    write_json(tmp_path / "config.json", config_record(resolve_config("amfmn", "synthetic")))
+    check_cell_config(tmp_path, mine)  # no ConfigMismatch
+
+
+def _cell_with_name(root: Path, method: str, shown: str | None, seed: int = 0, p: float = 0.8) -> None:
+    from rsbench.io import write_json
+
+    rng = np.random.default_rng(seed + len(method))
+    i2t, t2i, cap2img = _ranks(rng, rng.random(30) < 0.5, p, 0.3)
+    cell = root / "rsicd" / method / f"seed{seed}"
+    write_eval_outputs(cell, i2t, t2i, cap2img)
+    if shown is not None:
+        write_json(cell / "config.json", {"method": method, "display_name": shown})
+
+
+def test_tables_and_figures_print_display_names_label_overrides(tmp_path, capsys):
+    from helpers import run_cli
+    from typer.testing import CliRunner
+
+    from rsbench.cli.app import build_app
+    from rsbench.results.plots import method_styles, mr_figure, recall_figure
+    from rsbench.results.compare import group_runs
+    from rsbench.results.names import method_names
+    from rsbench.results.scan import complete_cells
+
+    root = tmp_path / "r"
+    _cell_with_name(root, "vsepp", "VSE++", p=0.9)
+    _cell_with_name(root, "amfmn", "AMFMN (soft)", p=0.6)
+    _cell_with_name(root, "scored", None, p=0.4)  # `bench score` cell: no config.json, the folder name
+    texts = leaderboard_tables(root)
+    assert "| VSE++ |" in texts["md"] and "| AMFMN (soft) |" in texts["md"] and "| scored |" in texts["md"]
+    assert "| vsepp |" not in texts["md"] and "& VSE++ &" in texts["tex"]
+    cells = complete_cells(root)
+    runs = group_runs(cells, "rsicd", "test")[("rsicd", "test")]
+    names = method_names(cells, {"scored": "Scored model"})
+    styles = method_styles(list(runs))
+    legend = [t.get_text() for t in recall_figure(runs, styles, "rsicd", "test", names=names).legends[0].get_texts()]
+    assert set(legend) == {"VSE++", "AMFMN (soft)", "Scored model", "chance"}
+    ticks = [t.get_text() for t in mr_figure(runs, styles, "rsicd", "test", names).axes[0].get_xticklabels()]
+    assert ticks == ["VSE++", "AMFMN (soft)", "Scored model"]
+    res = CliRunner().invoke(build_app(), ["leaderboard", str(root), "--label", "vsepp=VSE++ (ours)"])
+    assert res.exit_code == 0, res.output
+    assert "| VSE++ (ours) |" in (root / "leaderboard.md").read_text()
+    code, _, err = run_cli(["leaderboard", str(root), "--label", "vsepp"], capsys)
+    assert code == 2 and err.strip() == "error: --label 'vsepp': expected METHOD=NAME, e.g. --label vsepp=VSE++"
+    assert CliRunner().invoke(build_app(), ["plot", str(root), "--label", "amfmn=A"]).exit_code == 0

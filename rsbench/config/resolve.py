@@ -36,7 +36,9 @@ def _apply(cfg: RunConfig, key: str, value: Any, where: str) -> None:
             return
         key = rest
         head, _, rest = key.partition(".")
-    if head == "train" and rest:
+    if key == "display_name":  # not a model key: the printed name of the method (tables, figures)
+        cfg.display_name = str(value).strip()
+    elif head == "train" and rest:
         set_key(cfg.train, rest, value, where)
     elif head == "model" and rest:
         set_key(cfg.model, rest, value, where)

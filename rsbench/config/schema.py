@@ -129,6 +129,7 @@ class RunConfig:
     preset: str = "small"
     train: TrainConfig = field(default_factory=TrainConfig)
     model: Any = None  # the method's own config dataclass
+    display_name: str = ""  # `--set display_name=...`: the name tables and figures print ("" = the method's own)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
@@ -138,4 +139,4 @@ class RunConfig:
         spec = get_method_spec(d["method"])
         return cls(method=d["method"], dataset=d["dataset"], seed=int(d["seed"]), preset=d["preset"],
                    train=fill(TrainConfig(), d.get("train") or {}),
-                   model=fill(spec.config_cls(), d.get("model") or {}))
+                   model=fill(spec.config_cls(), d.get("model") or {}), display_name=str(d.get("display_name") or ""))

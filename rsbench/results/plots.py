@@ -128,8 +128,11 @@ def _recall_axes(ax, kmax: int, logx: bool) -> None:
     ax.set_yticks([0, 20, 40, 60, 80, 100])
 
 
-def recall_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split: str, logx: bool = True):
-    """Two-panel R@K figure (a matplotlib Figure, Agg canvas), K up to min(100, gallery size)."""
+def recall_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split: str, logx: bool = True,
+                  names: dict[str, str] | None = None):
+    """Two-panel R@K figure (a matplotlib Figure, Agg canvas), K up to min(100, gallery size);
+    `names`: printed name per method key (default: the key)."""
+    names = names or {}
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
@@ -147,7 +150,7 @@ def recall_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split
                 mean = c.mean(axis=0)
                 marks = [i for i, kk in enumerate(k) if kk in _MARK_AT]
                 ax.plot(
-                    k, mean, color=st["color"], linestyle=st["linestyle"], lw=1.5, label=m,
+                    k, mean, color=st["color"], linestyle=st["linestyle"], lw=1.5, label=names.get(m, m),
                     marker=st["marker"], markevery=marks, ms=4.5, mec="white", mew=0.6,
                 )  # fmt: skip
                 if c.shape[0] > 1:
@@ -165,8 +168,10 @@ def recall_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split
     return fig
 
 
-def mr_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split: str):
-    """Bar chart of mR per method (sorted by mR), std over seeds as error bars."""
+def mr_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split: str,
+              names: dict[str, str] | None = None):
+    """Bar chart of mR per method (sorted by mR), std over seeds as error bars; `names` as recall_figure's."""
+    names = names or {}
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
@@ -203,7 +208,7 @@ def mr_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split: st
             level = float(np.mean(chance))
             ax.axhline(level, color="#444444", ls="--", lw=0.9, label=f"chance ({level:.2f})", zorder=3)
             fig.legend(loc="outside lower center", frameon=False)  # below the axes: never on a bar label
-        ax.set_xticks(x, [t[0] for t in rows], rotation=25 if len(rows) > 4 else 0,
+        ax.set_xticks(x, [names.get(t[0], t[0]) for t in rows], rotation=25 if len(rows) > 4 else 0,
                       ha="right" if len(rows) > 4 else "center")  # fmt: skip
         ax.set_ylabel("mR (%)")
         ax.set_ylim(0, top * 1.12 + 1e-9)
@@ -243,22 +248,26 @@ def plot_results(
     split: str = "test",
     skip_damaged: bool = False,
     cells: list | None = None,
+    labels: dict[str, str] | None = None,
 ) -> list[Path]:
     """Write the recall and mR figures of each dataset (cells of `split`); returns the paths.
 
     Files go to out_dir (default <results_dir>/figures): <dataset>_recall.{png,pdf} and
     <dataset>_mR.{png,pdf} (the split is added to the name when it is not "test").
     `cells`: the folder's complete cells when the caller has scanned it already (default: scanned here).
+    `labels`: {method key: printed name} overriding the names the cells record (results.names).
     """
+    from .names import method_names
     from .scan import complete_cells
 
     cells = complete_cells(results_dir, skip_damaged) if cells is None else cells
     groups = group_runs(cells, dataset, split, where=str(results_dir))
     styles = method_styles([c.method for c in cells])  # every method of the folder: stable colours
+    names = method_names(cells, labels)
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"
     written: list[Path] = []
     for (ds, sp), runs in sorted(groups.items()):
         stem = ds if sp == "test" else f"{ds}_{sp}"
-        written += save_figure(recall_figure(runs, styles, ds, sp, logx=logx), out / f"{stem}_recall")
-        written += save_figure(mr_figure(runs, styles, ds, sp), out / f"{stem}_mR")
+        written += save_figure(recall_figure(runs, styles, ds, sp, logx, names), out / f"{stem}_recall")
+        written += save_figure(mr_figure(runs, styles, ds, sp, names), out / f"{stem}_mR")
     return written

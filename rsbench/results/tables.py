@@ -38,6 +38,7 @@ class TableOptions:
     dataset: str | None = None
     resamples: int = 10_000
     seed: int = 0
+    labels: tuple[tuple[str, str], ...] = ()  # (method key, printed name) overrides (`--label KEY=NAME`)
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha)
@@ -54,6 +55,7 @@ class Row:
     marks: dict[str, list[str]] = field(default_factory=dict)  # metric -> letters beaten
     reported: bool = False
     source: str = ""
+    key: str = ""  # our rows: the method's folder name (name is what is printed)
 
 
 @dataclass
@@ -86,22 +88,24 @@ def _selection(runs: MethodRuns) -> str:
     return "val" if any(e is not None for e in epochs) else "none"
 
 
-def _our_rows(lb, runs: dict[str, MethodRuns]) -> list[Row]:
-    """Rows of one dataset from rsbench.results.leaderboard (mean/std over seeds), sorted by mR."""
+def _our_rows(lb, runs: dict[str, MethodRuns], names: dict[str, str]) -> list[Row]:
+    """Rows of one dataset from rsbench.results.leaderboard (mean/std over seeds), sorted by mR;
+    `names`: printed name per method key (rsbench.results.names.method_names)."""
     rows = []
     for rec in lb.to_dict("records"):
         if rec["method"] not in runs:
             continue
         rows.append(
             Row(
-                name=rec["method"],
+                name=names.get(rec["method"], rec["method"]),
+                key=rec["method"],
                 mean={m: float(rec[m]) for m in TABLE_METRICS},
                 std={m: float(rec[f"{m}_std"]) for m in TABLE_METRICS},
                 n_seeds=int(rec["n_seeds"]),
                 selection=_selection(runs[rec["method"]]),
             )
         )
-    rows.sort(key=lambda row: (-round(row.mean["mR"], 2), row.name))
+    rows.sort(key=lambda row: (-round(row.mean["mR"], 2), row.key))
     for i, row in enumerate(rows):
         row.letter = _letters(i)
     return rows
@@ -128,10 +132,13 @@ def build_tables(cells: Sequence[Any], lb: Any, opts: TableOptions = TableOption
                  where: str = "results") -> list[Table]:
     """Rows, means/stds (from `lb`, results.leaderboard.leaderboard(cells)) and significance marks for
     each dataset of `cells` (those of `split`)."""
+    from .names import method_names
+
     groups = group_runs(cells, opts.dataset, split, where=where)
+    names = method_names(cells, dict(opts.labels))
     tables = []
     for (ds, split_), runs in sorted(groups.items()):
-        rows = _our_rows(lb[lb["dataset"] == ds], runs)
+        rows = _our_rows(lb[lb["dataset"] == ds], runs, names)
         if len(rows) > 1:
             _mark_significant(rows, compare_runs(ds, split_, runs, TESTED_METRICS, opts.alpha, opts.resamples,
                                                  opts.seed))
@@ -146,7 +153,7 @@ def build_tables(cells: Sequence[Any], lb: Any, opts: TableOptions = TableOption
 
 def _mark_significant(rows: list[Row], sig: Any) -> None:
     """Give each row, per metric, the letters of the rows it beats significantly (sorted a, b, ..., aa)."""
-    by_name = {r.name: r for r in rows}
+    by_name = {r.key: r for r in rows}
     for rec in sig[sig["significant"]].itertuples(index=False):
         win, lose = (rec.method_a, rec.method_b) if rec.diff > 0 else (rec.method_b, rec.method_a)
         by_name[win].marks.setdefault(rec.metric, []).append(by_name[lose].letter)
