@@ -183,7 +183,9 @@ def test_write_leaderboard(tmp_path: Path) -> None:
     assert csv["mR"].iloc[0] == pytest.approx(df["mR"].iloc[0])
     md = (tmp_path / "tables" / "leaderboard.md").read_text()
     assert md.startswith("### RSICD (test)") and "| (a) | vsepp |" in md  # the paper table, not the CLI print
-    assert (tmp_path / "tables" / "leaderboard.tex").read_text().startswith("% requires \\usepackage{booktabs}")
+    tex = (tmp_path / "tables" / "leaderboard.tex").read_text().splitlines()
+    assert tex[0] == f"% made by: bench leaderboard {tmp_path / 'r'} --out {tmp_path / 'tables'}"
+    assert tex[1] == "% requires \\usepackage{booktabs,graphicx,array}"
     write_leaderboard(tmp_path / "r")
     assert (tmp_path / "r" / "leaderboard.csv").is_file()
     (tmp_path / "empty").mkdir()

@@ -373,3 +373,41 @@ def test_tables_and_figures_print_display_names_label_overrides(tmp_path, capsys
     code, _, err = run_cli(["leaderboard", str(root), "--label", "vsepp"], capsys)
     assert code == 2 and err.strip() == "error: --label 'vsepp': expected METHOD=NAME, e.g. --label vsepp=VSE++"
     assert CliRunner().invoke(build_app(), ["plot", str(root), "--label", "amfmn=A"]).exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# #21: LaTeX that goes into a paper as it is
+
+
+def test_tex_one_seed_quotes_command_and_shrink(tmp_path):
+    root = tmp_path / "r"
+    _cell_with_name(root, "vsepp", "VSE++", p=0.9)
+    _cell_with_name(root, "amfmn", "AMFMN (soft)", p=0.6)
+    from rsbench.results.leaderboard import leaderboard_files
+    from rsbench.results.tables import TableOptions
+
+    _, files = leaderboard_files(root, options=TableOptions(with_published=True, labels=(("vsepp", "VSE++ (x)"),)))
+    tex = next(t for p, t in files.items() if p.suffix == ".tex")
+    assert tex.splitlines()[0] == f"% made by: bench leaderboard {root} --with-published --label 'vsepp=VSE++ (x)'"
+    assert r"\pm" not in tex and "one seed per method" in tex  # no ± claim from one seed
+    assert "`reported'" in tex and "'reported'" not in tex
+    assert r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%" in tex
+    assert tex.index(r"\caption") < tex.index(r"\vspace") < tex.index(r"\toprule")
+    assert balanced_braces(tex)
+
+
+@pytest.mark.skipif(__import__("shutil").which("pdflatex") is None, reason="pdflatex not installed")
+def test_tex_compiles_in_one_column_article_without_overfull_boxes(tmp_path, results):
+    import subprocess
+
+    from rsbench.io import write_text
+
+    texts = leaderboard_tables(results, with_published=True, resamples=199)
+    doc = ("\\documentclass{article}\n\\usepackage{booktabs,graphicx,array}\n\\begin{document}\n"
+           + texts["tex"] + "\n\\end{document}\n")
+    write_text(tmp_path / "doc.tex", doc)
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=False)
+    log = (tmp_path / "doc.log").read_text(errors="replace")
+    assert run.returncode == 0, log[-2000:]
+    assert "Overfull \\hbox" not in log and (tmp_path / "doc.pdf").stat().st_size > 1000

@@ -90,6 +90,18 @@ def leaderboard_markdown(df: pd.DataFrame) -> str:
 
 # ---- the files -------------------------------------------------------------------------------------
 
+def leaderboard_command(root: str | Path, out_dir: str | Path | None, options: TableOptions) -> str:
+    """The `bench leaderboard` command that writes these files again (a comment atop the .tex)."""
+    import shlex
+
+    args = ["bench", "leaderboard", str(root)] + (["--out", str(out_dir)] if out_dir is not None else [])
+    args += ["--with-published"] if options.with_published else []
+    args += ["--alpha", f"{options.alpha:g}"] if options.alpha != TableOptions.alpha else []
+    for key, name in options.labels:
+        args += ["--label", f"{key}={name}"]
+    return shlex.join(args)
+
+
 def leaderboard_files(root: str | Path, out_dir: str | Path | None = None, skip_damaged: bool = False,
                       cells: list[Cell] | None = None, options: TableOptions | None = None,
                       ) -> tuple[pd.DataFrame, dict[Path, str]]:
@@ -100,7 +112,8 @@ def leaderboard_files(root: str | Path, out_dir: str | Path | None = None, skip_
     if df.empty:
         raise UserError(f"{root}: no complete result cells of the test split "
                         f"(expected <dataset>/<method>/seed<k>/{METRICS_FILE})")
-    texts = render_tables(build_tables(cells, df, options or TableOptions(), where=str(root)))
+    options = options or TableOptions()
+    texts = render_tables(build_tables(cells, df, options, where=str(root)), leaderboard_command(root, out_dir, options))
     paths = leaderboard_paths(out_dir if out_dir is not None else root)
     return df, {paths["csv"]: df.to_csv(index=False), paths["md"]: texts["md"], paths["tex"]: texts["tex"]}
 

@@ -15,6 +15,7 @@ carry a dagger explained in a footnote.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,10 +171,11 @@ def _best(rows: Sequence[Row]) -> dict[str, float]:
 
 def _caption_parts(t: Table) -> tuple[str, str, str]:
     seeds = sorted({r.n_seeds for r in t.rows})
-    seed_txt = "/".join(str(s) for s in seeds) + (" seed" if seeds == [1] else " seeds")
+    seed_txt = "/".join(str(s) for s in seeds) + " seeds"
+    spread = "one seed per method (no spread)" if seeds == [1] else f"mean@PM@std over {seed_txt}"
     main = (
         f"Image-text retrieval on {display_name(t.dataset)} ({t.split} split: {t.n_images} images, "
-        f"{t.n_captions} captions). Recall in %, mean@PM@std over {seed_txt}; mR is the mean of the six recalls; "
+        f"{t.n_captions} captions). Recall in %, {spread}; mR is the mean of the six recalls; "
         "bold marks the best of our runs per column."
     )
     sig = ""
@@ -231,22 +233,35 @@ def _value(r: Row, m: str, best: dict[str, float], markup: _Markup) -> str:
     return v
 
 
+# graphicx: scale the tabular down to the line width when it is wider (never up), so the table fits a
+# one-column article as well as a two-column table*.
+_SHRINK_TO_LINE = r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%"
+
+
+_WRAP = r">{{\raggedright\arraybackslash}}p{{{w}}}"  # array: a ragged-right paragraph column of width w
+
+
 def _tex_table(t: Table) -> str:
     with_sel = bool(t.published)
     lead = ["", "Method"] + (["Sel."] if with_sel else [])
     nl = len(lead)
     ncol = nl + len(TABLE_METRICS)
-    colspec = "l" * nl + "rrr" + "rrr" + "r"
+    # with the published rows (long names and selections) the text columns wrap, so that the shrink to
+    # the line width stays small enough to read
+    colspec = ("l" + (_WRAP.format(w="3.3cm") + _WRAP.format(w="2.1cm") if with_sel else "l")) + "rrr" + "rrr" + "r"
     main, sig, pub = _caption_parts(t)
     caption = " ".join(tex_escape(x) for x in (main, sig, pub) if x)
     caption = caption.replace("@ALPHA@", rf"$\alpha={t.alpha:g}$").replace("@PM@", r"$\pm$")
+    caption = re.sub(r"'([^'\s][^']*)'", r"`\1'", caption)  # 'quoted' -> LaTeX quotes
     lines = [
         r"\begin{table*}[t]",
         r"\centering",
         r"\small",
         rf"\caption{{{caption}}}",
         rf"\label{{tab:leaderboard-{_label(t.dataset)}-{_label(t.split)}}}",
+        r"\vspace{0.5\baselineskip}",  # the standard classes put no space between a top caption and the rule
         r"\setlength{\tabcolsep}{4pt}",
+        _SHRINK_TO_LINE,
         rf"\begin{{tabular}}{{{colspec}}}",
         r"\toprule",
         " & " * (nl - 1)
@@ -269,7 +284,7 @@ def _tex_table(t: Table) -> str:
             name = tex_escape(r.name) + (r"\textsuperscript{\dag}" if test_sel else "")
             cells = ["", name, tex_escape(r.selection)] + [f"{r.mean[m]:.2f}" for m in TABLE_METRICS]
             lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\bottomrule", r"\end{tabular}}"]  # closes _SHRINK_TO_LINE
     if dagger:
         lines += [r"\par\smallskip", r"{\footnotesize \textsuperscript{\dag}\,checkpoint selected on test.}"]
     lines.append(r"\end{table*}")
@@ -326,9 +341,11 @@ def _md_table(t: Table) -> str:
 # public API
 
 
-def render_tables(tables: Sequence[Table]) -> dict[str, str]:
+def render_tables(tables: Sequence[Table], command: str = "") -> dict[str, str]:
+    """{"md", "tex"} texts; `command`: the command that makes them, a `%` comment atop the .tex."""
     md = "\n\n".join(_md_table(t) for t in tables) + "\n"
+    made = f"% made by: {command}\n" if command else ""
     tex = (
-        "% requires \\usepackage{booktabs}\n" + "\n\n".join(_tex_table(t) for t in tables) + "\n"
+        made + "% requires \\usepackage{booktabs,graphicx,array}\n" + "\n\n".join(_tex_table(t) for t in tables) + "\n"
     )
     return {"md": md, "tex": tex}
