@@ -149,7 +149,7 @@ def test_leaderboard_columns_stats_and_order(tmp_path: Path) -> None:
     df = leaderboard(cells)
     assert list(df.columns) == LEADERBOARD_COLUMNS
     assert LEADERBOARD_COLUMNS[:6] == ["dataset", "method", "n_seeds", "mR", "mR_std", "i2t_r1"]
-    assert LEADERBOARD_COLUMNS[-2:] == ["t2i_meanr", "t2i_meanr_std"]
+    assert LEADERBOARD_COLUMNS[-4:] == ["t2i_meanr", "t2i_meanr_std", "split", "chance_mR"]
     assert list(df["dataset"]) == ["aaa", "rsicd", "rsicd"]
     assert list(df["method"]) == ["single", "strong", "weak"]
     assert list(df["n_seeds"]) == [1, 3, 3]

@@ -254,7 +254,7 @@ def test_recall_axis_stops_at_gallery_and_draws_chance(tmp_path, logx):
     axes = fig.axes[:2]
     c2i = next(iter(runs.values())).cap2img
     for ax, gallery, q in zip(axes, (75, 15), (0, 1)):
-        lo, hi = ax.get_xlim()
+        hi = ax.get_xlim()[1]
         assert gallery <= hi <= gallery * 1.15, (q, hi)
         assert ax.get_ylim()[1] > 100
         for line in ax.get_lines():
@@ -347,9 +347,9 @@ def test_tables_and_figures_print_display_names_label_overrides(tmp_path, capsys
     from typer.testing import CliRunner
 
     from rsbench.cli.app import build_app
-    from rsbench.results.plots import method_styles, mr_figure, recall_figure
     from rsbench.results.compare import group_runs
     from rsbench.results.names import method_names
+    from rsbench.results.plots import method_styles, mr_figure, recall_figure
     from rsbench.results.scan import complete_cells
 
     root = tmp_path / "r"
@@ -411,3 +411,31 @@ def test_tex_compiles_in_one_column_article_without_overfull_boxes(tmp_path, res
     log = (tmp_path / "doc.log").read_text(errors="replace")
     assert run.returncode == 0, log[-2000:]
     assert "Overfull \\hbox" not in log and (tmp_path / "doc.pdf").stat().st_size > 1000
+
+
+def test_with_published_on_unpublished_dataset_says_so_and_csv_has_split_and_chance(tmp_path, capsys):
+    """#21: `--with-published` on a dataset without published rows says so in one line; the leaderboard
+    CSV carries the split and the chance mR, the paper tables the chance level."""
+    import csv
+
+    from helpers import run_cli
+
+    from rsbench.evaluation.metrics import chance_metrics
+
+    root = tmp_path / "r"
+    rng = np.random.default_rng(2)
+    i2t, t2i, cap2img = _ranks(rng, rng.random(12) < 0.5, 0.8, 0.3)
+    write_eval_outputs(root / "synthetic" / "solo" / "seed0", i2t, t2i, cap2img)
+    code, _, err = run_cli(["leaderboard", str(root), "--with-published"], capsys)
+    assert code == 0
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "no published rows for synthetic" in notes[0] and "rsicd" in notes[0]
+    code, _, err = run_cli(["leaderboard", str(root)], capsys)
+    assert code == 0 and "note:" not in err  # without the option: nothing to say
+    with open(root / "leaderboard.csv", encoding="utf-8", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    chance = chance_metrics(cap2img)["chance_mR"]
+    assert row["split"] == "test" and float(row["chance_mR"]) == pytest.approx(chance)
+    md = (root / "leaderboard.md").read_text()
+    assert f"Chance level (a random ranking): mR {chance:.2f}." in md and "(test)" in md
+    assert f"mR {chance:.2f}." in (root / "leaderboard.tex").read_text()

@@ -57,5 +57,18 @@ def leaderboard(
     options = TableOptions(with_published=with_published, alpha=alpha, labels=labels)
     df = board.write_leaderboard(results_dir, out, skip_damaged, options, wait_s=board.LEADERBOARD_WAIT_S)
     typer.echo(board.leaderboard_markdown(df), nl=False)
+    if with_published:
+        _note_unpublished(sorted(set(df["dataset"])))
     paths = leaderboard_paths(out or results_dir)
     typer.echo(f"wrote {paths['csv']}, {paths['md'].name} and {paths['tex'].name}", err=True)
+
+
+def _note_unpublished(datasets: list[str]) -> None:
+    """--with-published: say in one line which datasets have no published rows (instead of nothing)."""
+    from ..results.published import published_results
+
+    missing = [d for d in datasets if not published_results(d)]
+    if missing:
+        have = sorted({r["dataset"].strip().lower() for r in published_results()})
+        typer.echo(f"note: --with-published: no published rows for {', '.join(missing)} "
+                   f"(the shipped published_results.csv has {', '.join(have)})", err=True)

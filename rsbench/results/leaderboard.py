@@ -26,7 +26,9 @@ from .tables import TableOptions, build_tables, render_tables
 
 LEADERBOARD_WAIT_S = 120.0  # how long a writer waits for another writer of the same files
 # leaderboard columns: each metric followed by its _std column
-LEADERBOARD_COLUMNS = ["dataset", "method", "n_seeds"] + [c for m in LEADERBOARD_METRICS for c in (m, f"{m}_std")]
+# then the split the rows were scored on and the chance mR of that split (a random scorer's, exact)
+LEADERBOARD_COLUMNS = (["dataset", "method", "n_seeds"] + [c for m in LEADERBOARD_METRICS for c in (m, f"{m}_std")]
+                       + ["split", "chance_mR"])
 MARKDOWN_HEADERS = {"dataset": "Dataset", "method": "Method", "n_seeds": "Seeds", **METRIC_HEADERS}
 
 
@@ -50,6 +52,8 @@ def leaderboard(cells: list[Cell], split: str = "test") -> pd.DataFrame:
             vals = np.array([_as_float(c.metrics.get(m)) for c in group], dtype=np.float64)
             row[m] = float(np.mean(vals))
             row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
+        chance = [_as_float(c.metrics.get("chance_mR")) for c in group]
+        row["split"], row["chance_mR"] = split, chance[0] if chance else math.nan
         rows.append(row)
     df = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
     if len(df):

@@ -69,6 +69,7 @@ class Table:
     published: list[Row]
     alpha: float
     resamples: int
+    chance_mr: float = math.nan  # a random scorer's mR on this split (exact; NaN when the cells have none)
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,10 +145,13 @@ def build_tables(cells: Sequence[Any], lb: Any, opts: TableOptions = TableOption
             _mark_significant(rows, compare_runs(ds, split_, runs, TESTED_METRICS, opts.alpha, opts.resamples,
                                                  opts.seed))
         any_cell = next(iter(runs.values()))
+        chance = [float(r.metrics[s]["chance_mR"]) for r in runs.values() for s in r.seeds
+                  if isinstance(r.metrics[s].get("chance_mR"), (int, float))]  # fmt: skip
         tables.append(Table(
             dataset=ds, split=split_, n_images=any_cell.n_images,
             n_captions=0 if any_cell.cap2img is None else len(any_cell.cap2img), rows=rows,
             published=_published_rows(ds) if opts.with_published else [], alpha=opts.alpha, resamples=opts.resamples,
+            chance_mr=chance[0] if chance else math.nan,
         ))
     return tables
 
@@ -177,6 +181,7 @@ def _caption_parts(t: Table) -> tuple[str, str, str]:
         f"Image-text retrieval on {display_name(t.dataset)} ({t.split} split: {t.n_images} images, "
         f"{t.n_captions} captions). Recall in %, {spread}; mR is the mean of the six recalls; "
         "bold marks the best of our runs per column."
+        + ("" if math.isnan(t.chance_mr) else f" Chance level (a random ranking): mR {t.chance_mr:.2f}.")
     )
     sig = ""
     if len(t.rows) > 1:
