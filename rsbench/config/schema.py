@@ -40,6 +40,7 @@ class TrainConfig:
     val_every: int = 1
     patience: int = 0  # stop after this many validations without improvement (0: off)
     select_metric: str = "mR"  # validation metric used to select the checkpoint (never test)
+    keep_last: bool = False  # keep checkpoint/last.pt (resume state) once the cell is complete
 
     def validate(self) -> None:
         """Ranges and choices the runner relies on, checked at resolution so a bad value fails before
