@@ -33,8 +33,9 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="Re-run cells that are already complete.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model parts.")] = False,
     progress: Annotated[bool | None, typer.Option(help="Progress bars (default: on a terminal).")] = None,
-    launcher: Annotated[str, typer.Option(help="local (here, one cell after another) or slurm (one "
-                                                 "submitit job per cell; docs/cluster.md).")] = "local",
+    launcher: Annotated[str, typer.Option(help="local (here, one cell after another), slurm (one "
+                                                 "submitit job per cell; docs/cluster.md) or submitit-local "
+                                                 "(the same jobs on this machine).")] = "local",
     partition: Annotated[str | None, typer.Option(help="SLURM partition (--launcher slurm).")] = None,
     gpus_per_job: Annotated[int, typer.Option(help="GPUs (DDP processes) per cell job (--launcher slurm).")] = 1,
     time_limit: Annotated[str, typer.Option("--time", help="Job time limit: minutes or H:MM:SS "

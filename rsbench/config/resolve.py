@@ -28,6 +28,18 @@ def resolve_preset(preset: str, dataset: str) -> str:
     return preset
 
 
+def _close_key(key: str, valid: list[str]) -> str:
+    """' (did you mean X?)' with the full key: 'lrr' is closest to the training key 'lr', so 'train.lr'."""
+    import difflib
+
+    bare = {k.removeprefix("train."): k for k in reversed(valid)}  # a model key wins over train.<same>
+    for pool in (valid, list(bare)):
+        close = difflib.get_close_matches(key, pool, n=1, cutoff=0.5)
+        if close:
+            return f" (did you mean '{bare.get(close[0], close[0])}'?)"
+    return ""
+
+
 def _apply(cfg: RunConfig, key: str, value: Any, where: str) -> None:
     method_names = {m.name for m in list_methods()}
     head, _, rest = key.partition(".")
@@ -39,7 +51,7 @@ def _apply(cfg: RunConfig, key: str, value: Any, where: str) -> None:
     if key == "display_name":  # not a model key: the printed name of the method (tables, figures)
         cfg.display_name = str(value).strip()
     elif head == "train" and rest:
-        set_key(cfg.train, rest, value, where)
+        set_key(cfg.train, rest, value, where, prefix="train.")
     elif head == "model" and rest:
         set_key(cfg.model, rest, value, where)
     elif has_key(cfg.model, key):
@@ -48,8 +60,9 @@ def _apply(cfg: RunConfig, key: str, value: Any, where: str) -> None:
         set_key(cfg.train, key, value, where)
     else:
         valid = all_keys(cfg.model) + ["train." + k for k in all_keys(cfg.train)]
+        hint = _close_key(key, valid)
         src = f" in {where}" if where else ""
-        raise UserError(f"unknown option '{key}' for method '{cfg.method}'{src}{suggest(key, valid)}; "
+        raise UserError(f"unknown option '{key}' for method '{cfg.method}'{src}{hint}; "
                         f"see `bench methods --verbose` for the valid keys")
 
 
