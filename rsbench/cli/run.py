@@ -41,6 +41,9 @@ def run(
     time_limit: Annotated[str, typer.Option("--time", help="Job time limit: minutes or H:MM:SS "
                                                             "(--launcher slurm).")] = "4:00:00",
     slurm_folder: Annotated[Path | None, typer.Option(help="submitit logs/pickles (default <out>/.submitit).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: the usable cores minus "
+                                                             "DataLoader workers). CPU results depend on it; "
+                                                             "run.json records it.")] = None,
 ) -> None:
     """Train each (method, dataset, seed), select on val, evaluate on test, write results/.
 
@@ -54,7 +57,7 @@ def run(
     names = split_list(dataset, "dataset")
     source = DataSource(names[0], data_root, ann_file, image_dir)  # each dataset's: source.for_dataset(name)
     grid = Grid(methods=split_list(methods, "methods"), datasets=names, seeds=parse_seeds(seeds), cfgs={}, out=out,
-                source=source, resume=resume, overwrite=overwrite)
+                source=source, resume=resume, overwrite=overwrite, threads=threads)
     cli_train = {"epochs": epochs, "batch_size": batch_size, "compile": compile or None}
     plan_grid(grid, preset, config, set_, cli_train)
     if launcher != "local":  # one submitit job per cell (rsbench.engine.launch); nothing is trained here
