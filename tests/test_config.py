@@ -94,3 +94,37 @@ def test_method_declared_preset_ret2():
     assert "\n" not in str(e.value) and "small, paper" in str(e.value)
     with pytest.raises(UserError, match="unknown preset 'ret3'.*did you mean 'ret2'"):
         resolve_config("hf_clip", "synthetic", preset="ret3")
+
+
+# ---- #21: help and messages that agree with the code ----------------------------------------------
+
+@pytest.mark.parametrize(("key", "hint"), [("lrr", "train.lr"), ("batch_sise", "train.batch_size"),
+                                           ("train.lrr", "train.lr"), ("embed_dimm", "embed_dim")])
+def test_misspelled_key_suggests_the_full_key(key, hint):
+    """A training key is suggested as it must be written (train.lr), never the bare field name."""
+    with pytest.raises(UserError) as err:
+        resolve_config("vsepp", "synthetic", overrides={key: "1"})
+    assert f"unknown option '{key}'" in str(err.value) and f"(did you mean '{hint}'?)" in str(err.value)
+
+
+def test_launcher_help_and_error_list_submitit_local(tmp_path, capsys):
+    from helpers import run_cli
+
+    code, out, _ = run_cli(["run", "--help"], capsys)
+    assert code == 0 and "submitit-local" in out
+    code, _, err = run_cli(["run", "--methods", "vsepp", "--dataset", "synthetic", "--epochs", "0",
+                            "--out", str(tmp_path), "--launcher", "slrum"], capsys)
+    assert code == 2 and err.strip() == ("error: unknown --launcher 'slrum'; choose from: local, slurm, "
+                                         "submitit-local")
+
+
+def test_methods_verbose_lists_training_keys_with_defaults(capsys):
+    from helpers import run_cli
+
+    from rsbench.config.overlay import all_keys
+
+    code, out, _ = run_cli(["methods", "-v"], capsys)
+    assert code == 0
+    for k in all_keys(TrainConfig()):
+        assert f"    train.{k} = {getattr(TrainConfig(), k)!r}" in out.splitlines()
+    assert "    display_name = 'VSE++'" in out.splitlines()

@@ -197,3 +197,13 @@ def test_cache_command(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "images").glob("*_17.u8"))) == 1
     res = run_data(["cache", "rsicd", "--data-root", str(tmp_path / "d"), "--image-size", "16"])
     assert res.stdout.startswith("reused ")
+
+
+def test_numbered_rsicd_files_are_not_a_class_of_their_own(tmp_path):
+    """#21: RSICD names some images by number (00001.jpg, no class prefix): class_from_name gives ''
+    for them, and `data check` counted that as a 31st class."""
+    from rsbench.datasets.assembly import class_from_name
+    from rsbench.datasets.check import class_counts
+
+    names = ["airport_1.jpg", "airport_2.jpg", "beach_1.jpg", "00001.jpg", "00002.jpg"]
+    assert class_counts([class_from_name(n) for n in names]) == {"airport": 2, "beach": 1}

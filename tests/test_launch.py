@@ -135,3 +135,30 @@ def test_slurm_submission_script(syn, tmp_path, monkeypatch, capsys) -> None:
         assert f"#SBATCH {opt}" in script
     code, stdout, _ = bench(["status", str(out)], capsys)
     assert stdout.count("queued") == 3  # two rows and the count line
+
+
+def test_threads_option_sets_and_records_torch_threads(tmp_path, tiny_synthetic, capsys, monkeypatch):
+    """#21: `bench run --threads N` runs torch with N threads and run.json records them; without it,
+    the usable cores minus the DataLoader workers (CPU results depend on the thread count)."""
+    import json
+
+    import torch
+
+    from rsbench.engine.device import default_threads
+
+    monkeypatch.setenv("RSBENCH_CACHE", str(tmp_path / "cache"))
+    before = torch.get_num_threads()
+    try:
+        code, _, err = bench(["run", "--methods", "vsepp", "--dataset", "synthetic", "--data-root",
+                                str(tiny_synthetic), "--out", str(tmp_path / "r"), *TINY_ARGS, "--epochs", "0",
+                                "--threads", "1"], capsys)
+        assert code == 0, err
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    run = json.loads((tmp_path / "r" / "synthetic" / "vsepp" / "seed0" / "run.json").read_text())
+    assert run["hardware"]["torch_threads"] == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(6)), raising=False)
+    assert (default_threads(0), default_threads(2), default_threads(2, processes=2), default_threads(9)) == (6, 4, 1, 1)
+    code, _, _ = bench(["run", "--methods", "vsepp", "--dataset", "synthetic", "--threads", "0"], capsys)
+    assert code == 2

@@ -253,6 +253,32 @@ def test_chance_metrics_closed_form() -> None:
     assert m["chance_t2i_r5"] == pytest.approx(100.0)
 
 
+def test_chance_curve_equals_enumeration_of_every_ranking() -> None:
+    """#21: the chance curve the figures draw, for every K (beyond the gallery too), equals the mean
+    recall over ALL orderings of a tiny gallery (3 images with 1, 2, 3 captions: 6! caption orders,
+    3! image orders), which is what a random scorer averages to."""
+    import itertools
+
+    from rsbench.evaluation.metrics import chance_curve
+
+    c2i = grouped_cap2img([1, 2, 3])
+    ks = np.arange(1, 9)
+    i2t, t2i = chance_curve(c2i, ks)
+    ref_i2t = np.zeros(ks.size)
+    perms = list(itertools.permutations(range(c2i.size)))
+    for order in perms:  # order[r] = caption at rank r + 1
+        first = {i: 1 + min(r for r, j in enumerate(order) if c2i[j] == i) for i in range(3)}
+        ref_i2t += [100.0 * np.mean([first[i] <= k for i in range(3)]) for k in ks]
+    ref_t2i = np.zeros(ks.size)
+    img_perms = list(itertools.permutations(range(3)))
+    for order in img_perms:
+        ref_t2i += [100.0 * np.mean([order.index(i) + 1 <= k for i in c2i]) for k in ks]
+    np.testing.assert_allclose(i2t, ref_i2t / len(perms), atol=1e-9)
+    np.testing.assert_allclose(t2i, ref_t2i / len(img_perms), atol=1e-9)
+    m = chance_metrics(c2i)
+    assert [m[f"chance_i2t_r{k}"] for k in (1, 5)] == pytest.approx([i2t[0], i2t[4]])
+
+
 # ---- #14: the metric list exists in one place ------------------------------------------------------
 
 def test_metric_table_derives_every_list() -> None:

@@ -33,7 +33,8 @@ BENCH = str(Path(sys.executable).with_name("bench"))
 CELL = ("synthetic", "vsepp", "seed0")
 TINY = ["--methods", "vsepp", "--dataset", "synthetic", "--epochs", "2", "--device", "cpu",
         "--set", "train.sampling=image", "--set", "train.image_size=32", "--set", "train.batch_size=8", "--set", "backbone=test_resnet",
-        "--set", "embed_dim=32", "--set", "hidden_dim=32", "--set", "word_dim=16"]
+        "--set", "embed_dim=32", "--set", "hidden_dim=32", "--set", "word_dim=16",
+        "--set", "train.keep_last=true"]  # these tests resume from, and compare, the finished cells' last.pt
 
 pytestmark = pytest.mark.slow
 

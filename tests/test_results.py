@@ -149,7 +149,7 @@ def test_leaderboard_columns_stats_and_order(tmp_path: Path) -> None:
     df = leaderboard(cells)
     assert list(df.columns) == LEADERBOARD_COLUMNS
     assert LEADERBOARD_COLUMNS[:6] == ["dataset", "method", "n_seeds", "mR", "mR_std", "i2t_r1"]
-    assert LEADERBOARD_COLUMNS[-2:] == ["t2i_meanr", "t2i_meanr_std"]
+    assert LEADERBOARD_COLUMNS[-4:] == ["t2i_meanr", "t2i_meanr_std", "split", "chance_mR"]
     assert list(df["dataset"]) == ["aaa", "rsicd", "rsicd"]
     assert list(df["method"]) == ["single", "strong", "weak"]
     assert list(df["n_seeds"]) == [1, 3, 3]
@@ -183,7 +183,9 @@ def test_write_leaderboard(tmp_path: Path) -> None:
     assert csv["mR"].iloc[0] == pytest.approx(df["mR"].iloc[0])
     md = (tmp_path / "tables" / "leaderboard.md").read_text()
     assert md.startswith("### RSICD (test)") and "| (a) | vsepp |" in md  # the paper table, not the CLI print
-    assert (tmp_path / "tables" / "leaderboard.tex").read_text().startswith("% requires \\usepackage{booktabs}")
+    tex = (tmp_path / "tables" / "leaderboard.tex").read_text().splitlines()
+    assert tex[0] == f"% made by: bench leaderboard {tmp_path / 'r'} --out {tmp_path / 'tables'}"
+    assert tex[1] == "% requires \\usepackage{booktabs,graphicx,array}"
     write_leaderboard(tmp_path / "r")
     assert (tmp_path / "r" / "leaderboard.csv").is_file()
     (tmp_path / "empty").mkdir()
@@ -499,6 +501,7 @@ def test_scan_status_states(tmp_path: Path) -> None:
     (resumable / "checkpoint").mkdir(parents=True)
     (resumable / "checkpoint" / "last.pt").write_bytes(b"x")
     (resumable / "train_log.csv").write_text("epoch,loss\n1,0.5\n2,0.4\n")
+    (resumable / "config.json").write_text("{}")
     cell_dir(tmp_path, "d", "m", 3).mkdir(parents=True)
     record_jobs(tmp_path, [(cell_dir(tmp_path, "d", "m", 5), "job42")], "slurm", tmp_path / "logs")
     running = PathLock(lock_path(cell_dir(tmp_path, "d", "m", 4)))
@@ -511,7 +514,12 @@ def test_scan_status_states(tmp_path: Path) -> None:
     assert got == [(0, "done", ""), (1, "failed", ""), (2, "incomplete", ""), (3, "started", ""),
                    (4, "running", ""), (5, "queued", "job42")]
     assert rows[0].detail == f"test mR {load_cell(done).metrics['mR']:.2f}"
-    assert rows[1].detail == "boom" and rows[2].detail == "interrupted after epoch 2, will resume"
+    same = " (with the options it was started with; other options need --overwrite)"
+    assert rows[1].detail == "boom" and rows[2].detail == "interrupted after epoch 2, will resume" + same
+    assert rows[3].detail == "no epoch finished yet, will start over" + same
+    (resumable / "config.json").unlink()  # `bench run` refuses such a cell: status must not promise a resume
+    assert scan_status(tmp_path)[2].detail == ("interrupted after epoch 2, but its config is unknown (no "
+                                               "config.json): `bench run` refuses it without --overwrite")
 
 
 def _write_with_topk(cell: Path, top: object | None) -> None:

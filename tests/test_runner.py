@@ -64,7 +64,7 @@ def finished(syn, tmp_path_factory) -> Path:
     cell = tmp_path_factory.mktemp("finished") / "seed0"
     os.environ["RSBENCH_CACHE"] = str(cell.parent / "cache")
     try:
-        run(tiny(), syn, cell)
+        run(tiny(keep_last=True), syn, cell)  # tests copy its resume state
     finally:
         os.environ.pop("RSBENCH_CACHE", None)
     return cell
@@ -466,3 +466,19 @@ def test_image_cache_is_passed_to_the_loaders_not_attached_to_the_shared_splits(
     assert all(s.image_cache is None for s in (data.train, data.val, data.test))
     # one validation and one test evaluation read each of their images once; training reads more on top
     assert reads["n"] > data.val.n_images + data.test.n_images
+
+
+def test_complete_cell_drops_its_resume_state_unless_keep_last(syn, tmp_path):
+    """#21: last.pt (resume state, 100s of MB per real cell) is removed once metrics.json is written;
+    train.keep_last=true keeps it. The best checkpoint and every result file stay."""
+    from rsbench.results.cell import is_complete
+    from rsbench.results.scan import scan_results
+
+    dropped, kept = tmp_path / "r" / "synthetic" / "vsepp" / "seed0", tmp_path / "k" / "synthetic" / "vsepp" / "seed0"
+    run(tiny(1), syn, dropped)
+    run(tiny(1, keep_last=True), syn, kept)
+    assert not (dropped / "checkpoint" / "last.pt").exists() and (kept / "checkpoint" / "last.pt").is_file()
+    for cell in (dropped, kept):
+        assert is_complete(cell) and (cell / "checkpoint" / "best.safetensors").is_file()
+    assert same_result(dropped / "metrics.json", kept / "metrics.json")
+    assert [c.method for c in scan_results(tmp_path / "r")] == ["vsepp"]

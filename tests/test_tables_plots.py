@@ -226,3 +226,216 @@ def test_bench_plot_draws_training_curves_and_help_lists_report_and_gallery(tmp_
         assert f"rsitmd_training.{ext}" in result.output
     help_text = CliRunner().invoke(build_app(), ["--help"]).output
     assert "report" in help_text and "gallery" in help_text
+
+
+def _runs_of(root: Path, dataset: str):
+    from rsbench.results.compare import group_runs
+    from rsbench.results.plots import method_styles
+    from rsbench.results.scan import complete_cells
+
+    cells = complete_cells(root)
+    runs = group_runs(cells, dataset, "test")[(dataset, "test")]
+    return runs, method_styles(list(runs))
+
+
+@pytest.mark.parametrize("logx", [True, False])
+def test_recall_axis_stops_at_gallery_and_draws_chance(tmp_path, logx):
+    """#21: with 15 test images (75 captions) the K axis stops at the gallery of each direction (75
+    captions for image->text, 15 images for text->image), the closed-form chance curve is drawn in
+    grey, and y runs past 100 so a curve at 100 % does not sit on the frame."""
+    from matplotlib.colors import to_hex
+
+    from rsbench.evaluation.metrics import chance_curve
+    from rsbench.results.plots import recall_figure
+
+    root = make_results(tmp_path / "r", dataset="rsitmd", n=15, seeds=(0, 1))
+    runs, styles = _runs_of(root, "rsitmd")
+    fig = recall_figure(runs, styles, "rsitmd", "test", logx=logx)
+    axes = fig.axes[:2]
+    c2i = next(iter(runs.values())).cap2img
+    for ax, gallery, q in zip(axes, (75, 15), (0, 1)):
+        hi = ax.get_xlim()[1]
+        assert gallery <= hi <= gallery * 1.15, (q, hi)
+        assert ax.get_ylim()[1] > 100
+        for line in ax.get_lines():
+            assert np.max(line.get_xdata()) <= gallery
+        grey = [ln for ln in ax.get_lines() if ln.get_label() == "chance"]
+        assert len(grey) == 1
+        r, g, b = (int(to_hex(grey[0].get_color())[i:i + 2], 16) for i in (1, 3, 5))
+        assert r == g == b  # grey
+        k = np.asarray(grey[0].get_xdata())
+        np.testing.assert_array_equal(k, np.arange(1, gallery + 1))
+        np.testing.assert_allclose(grey[0].get_ydata(), chance_curve(c2i, k)[q])
+
+
+def test_mr_chart_chance_legend_overlaps_nothing_with_one_method(tmp_path):
+    """#21: with one method the chance legend box overlapped the bar's value label; it must overlap
+    neither the labels nor the bars."""
+    from rsbench.results.plots import mr_figure
+
+    root = tmp_path / "r"
+    rng = np.random.default_rng(1)
+    i2t, t2i, cap2img = _ranks(rng, rng.random(20) < 0.5, 0.99, 0.99)
+    i2t[:], t2i[:] = 1, 1  # mR 100.0: the widest value label, at the top next to the legend
+    write_eval_outputs(root / "rsicd" / "solo" / "seed0", i2t, t2i, cap2img)
+    runs, styles = _runs_of(root, "rsicd")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = mr_figure(runs, styles, "rsicd", "test")
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legends = [lg for ax in fig.axes for lg in ([ax.get_legend()] if ax.get_legend() else [])] + fig.legends
+    assert len(legends) == 1
+    box = legends[0].get_window_extent(renderer)
+    ax = fig.axes[0]
+    others = [t.get_window_extent(renderer) for t in ax.texts] + [p.get_window_extent(renderer) for p in ax.patches]
+    others.append(ax.title.get_window_extent(renderer))
+    assert ax.texts and ax.patches
+    for o in others:
+        assert not box.padded(2).overlaps(o), (box, o)  # not even touching
+
+
+# ---------------------------------------------------------------------------------------------
+# #21: display names
+
+
+def test_methods_declare_display_names_amfmn_by_variant():
+    import dataclasses
+
+    from rsbench.methods.registry import get_method_spec, list_methods
+
+    assert get_method_spec("vsepp").display_name() == "VSE++"
+    assert get_method_spec("clip").display_name() == "CLIP"
+    assert get_method_spec("msa").display_name() == "MSA"
+    amfmn = get_method_spec("amfmn")
+    assert amfmn.display_name() == "AMFMN (soft)"
+    assert amfmn.display_name(dataclasses.replace(amfmn.config_cls(), variant="fusion")) == "AMFMN (fusion)"
+    shown = [m.display_name() for m in list_methods()]
+    assert len(set(shown)) == len(shown)  # no two methods print alike
+    assert all(m.display is not None for m in list_methods())  # each declares one
+
+
+def test_cell_config_records_display_name_and_set_overrides_it(tmp_path):
+    """config.json carries the printed name (the method's, or `--set display_name=...`); it does not
+    change results, so resuming with another name is not a config mismatch."""
+    from rsbench.config.resolve import resolve_config
+    from rsbench.engine.cellfolder import check_cell_config, config_record
+    from rsbench.io import write_json
+
+    cfg = resolve_config("amfmn", "synthetic", overrides={"variant": "fusion"})
+    assert config_record(cfg)["display_name"] == "AMFMN (fusion)"
+    mine = resolve_config("amfmn", "synthetic", overrides={"display_name": "AMFMN-ours"})
+    assert config_record(mine)["display_name"] == "AMFMN-ours"
+    write_json(tmp_path / "config.json", config_record(resolve_config("amfmn", "synthetic")))
+    check_cell_config(tmp_path, mine)  # no ConfigMismatch
+
+
+def _cell_with_name(root: Path, method: str, shown: str | None, seed: int = 0, p: float = 0.8) -> None:
+    from rsbench.io import write_json
+
+    rng = np.random.default_rng(seed + len(method))
+    i2t, t2i, cap2img = _ranks(rng, rng.random(30) < 0.5, p, 0.3)
+    cell = root / "rsicd" / method / f"seed{seed}"
+    write_eval_outputs(cell, i2t, t2i, cap2img)
+    if shown is not None:
+        write_json(cell / "config.json", {"method": method, "display_name": shown})
+
+
+def test_tables_and_figures_print_display_names_label_overrides(tmp_path, capsys):
+    from helpers import run_cli
+    from typer.testing import CliRunner
+
+    from rsbench.cli.app import build_app
+    from rsbench.results.compare import group_runs
+    from rsbench.results.names import method_names
+    from rsbench.results.plots import method_styles, mr_figure, recall_figure
+    from rsbench.results.scan import complete_cells
+
+    root = tmp_path / "r"
+    _cell_with_name(root, "vsepp", "VSE++", p=0.9)
+    _cell_with_name(root, "amfmn", "AMFMN (soft)", p=0.6)
+    _cell_with_name(root, "scored", None, p=0.4)  # `bench score` cell: no config.json, the folder name
+    texts = leaderboard_tables(root)
+    assert "| VSE++ |" in texts["md"] and "| AMFMN (soft) |" in texts["md"] and "| scored |" in texts["md"]
+    assert "| vsepp |" not in texts["md"] and "& VSE++ &" in texts["tex"]
+    cells = complete_cells(root)
+    runs = group_runs(cells, "rsicd", "test")[("rsicd", "test")]
+    names = method_names(cells, {"scored": "Scored model"})
+    styles = method_styles(list(runs))
+    legend = [t.get_text() for t in recall_figure(runs, styles, "rsicd", "test", names=names).legends[0].get_texts()]
+    assert set(legend) == {"VSE++", "AMFMN (soft)", "Scored model", "chance"}
+    ticks = [t.get_text() for t in mr_figure(runs, styles, "rsicd", "test", names).axes[0].get_xticklabels()]
+    assert ticks == ["VSE++", "AMFMN (soft)", "Scored model"]
+    res = CliRunner().invoke(build_app(), ["leaderboard", str(root), "--label", "vsepp=VSE++ (ours)"])
+    assert res.exit_code == 0, res.output
+    assert "| VSE++ (ours) |" in (root / "leaderboard.md").read_text()
+    code, _, err = run_cli(["leaderboard", str(root), "--label", "vsepp"], capsys)
+    assert code == 2 and err.strip() == "error: --label 'vsepp': expected METHOD=NAME, e.g. --label vsepp=VSE++"
+    assert CliRunner().invoke(build_app(), ["plot", str(root), "--label", "amfmn=A"]).exit_code == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# #21: LaTeX that goes into a paper as it is
+
+
+def test_tex_one_seed_quotes_command_and_shrink(tmp_path):
+    root = tmp_path / "r"
+    _cell_with_name(root, "vsepp", "VSE++", p=0.9)
+    _cell_with_name(root, "amfmn", "AMFMN (soft)", p=0.6)
+    from rsbench.results.leaderboard import leaderboard_files
+    from rsbench.results.tables import TableOptions
+
+    _, files = leaderboard_files(root, options=TableOptions(with_published=True, labels=(("vsepp", "VSE++ (x)"),)))
+    tex = next(t for p, t in files.items() if p.suffix == ".tex")
+    assert tex.splitlines()[0] == f"% made by: bench leaderboard {root} --with-published --label 'vsepp=VSE++ (x)'"
+    assert r"\pm" not in tex and "one seed per method" in tex  # no ± claim from one seed
+    assert "`reported'" in tex and "'reported'" not in tex
+    assert r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%" in tex
+    assert tex.index(r"\caption") < tex.index(r"\vspace") < tex.index(r"\toprule")
+    assert balanced_braces(tex)
+
+
+@pytest.mark.skipif(__import__("shutil").which("pdflatex") is None, reason="pdflatex not installed")
+def test_tex_compiles_in_one_column_article_without_overfull_boxes(tmp_path, results):
+    import subprocess
+
+    from rsbench.io import write_text
+
+    texts = leaderboard_tables(results, with_published=True, resamples=199)
+    doc = ("\\documentclass{article}\n\\usepackage{booktabs,graphicx,array}\n\\begin{document}\n"
+           + texts["tex"] + "\n\\end{document}\n")
+    write_text(tmp_path / "doc.tex", doc)
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, check=False)
+    log = (tmp_path / "doc.log").read_text(errors="replace")
+    assert run.returncode == 0, log[-2000:]
+    assert "Overfull \\hbox" not in log and (tmp_path / "doc.pdf").stat().st_size > 1000
+
+
+def test_with_published_on_unpublished_dataset_says_so_and_csv_has_split_and_chance(tmp_path, capsys):
+    """#21: `--with-published` on a dataset without published rows says so in one line; the leaderboard
+    CSV carries the split and the chance mR, the paper tables the chance level."""
+    import csv
+
+    from helpers import run_cli
+
+    from rsbench.evaluation.metrics import chance_metrics
+
+    root = tmp_path / "r"
+    rng = np.random.default_rng(2)
+    i2t, t2i, cap2img = _ranks(rng, rng.random(12) < 0.5, 0.8, 0.3)
+    write_eval_outputs(root / "synthetic" / "solo" / "seed0", i2t, t2i, cap2img)
+    code, _, err = run_cli(["leaderboard", str(root), "--with-published"], capsys)
+    assert code == 0
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "no published rows for synthetic" in notes[0] and "rsicd" in notes[0]
+    code, _, err = run_cli(["leaderboard", str(root)], capsys)
+    assert code == 0 and "note:" not in err  # without the option: nothing to say
+    with open(root / "leaderboard.csv", encoding="utf-8", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    chance = chance_metrics(cap2img)["chance_mR"]
+    assert row["split"] == "test" and float(row["chance_mR"]) == pytest.approx(chance)
+    md = (root / "leaderboard.md").read_text()
+    assert f"Chance level (a random ranking): mR {chance:.2f}." in md and "(test)" in md
+    assert f"mR {chance:.2f}." in (root / "leaderboard.tex").read_text()

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ..errors import UserError, unknown
-from .options import ResultsDirArg, SkipDamagedOpt
+from .options import LabelOpt, ResultsDirArg, SkipDamagedOpt
 
 
 def compare(
@@ -57,15 +57,19 @@ def plot(
     logx: Annotated[bool, typer.Option("--logx/--no-logx", help="Logarithmic K axis on the recall curves.")] = True,
     split: Annotated[str, typer.Option("--split", help="Plot cells scored on this split.")] = "test",
     skip_damaged: SkipDamagedOpt = False,
+    label: LabelOpt = None,
 ) -> None:
     """Recall@K curves (both directions, band over seeds), an mR bar chart and the training curves (loss and
     val mR per epoch, from each cell's train_log.csv), PNG (200 dpi) and PDF."""
     from ..results.curves import plot_training_curves
+    from ..results.names import parse_labels
     from ..results.plots import plot_results
     from ..results.scan import complete_cells
 
+    labels = parse_labels(label)
     cells = complete_cells(results_dir, skip_damaged)  # read once: each damaged cell is warned once
-    paths = plot_results(results_dir, out_dir=out, dataset=dataset, logx=logx, split=split, cells=cells)
-    paths += plot_training_curves(results_dir, out_dir=out, dataset=dataset, cells=cells)
+    paths = plot_results(results_dir, out_dir=out, dataset=dataset, logx=logx, split=split, cells=cells,
+                         labels=labels)
+    paths += plot_training_curves(results_dir, out_dir=out, dataset=dataset, cells=cells, labels=labels)
     for p in paths:
         typer.echo(f"wrote {p}")

@@ -23,6 +23,20 @@ def methods_cmd(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="S
                 typer.echo(f"    {k} = {v!r}")
             for p, overlay in spec.presets.items():
                 typer.echo(f"    preset {p}: " + ", ".join(f"{k}={v}" for k, v in overlay.items()))
+            typer.echo(f"    display_name = {spec.display_name(cfg)!r}")
+    if verbose:
+        _echo_train_keys()
+
+
+def _echo_train_keys() -> None:
+    """The training options every method shares, with their defaults (a preset may change them)."""
+    from ..config.overlay import all_keys
+    from ..config.schema import TrainConfig
+
+    cfg = TrainConfig()
+    typer.echo("training options of every method (defaults; presets override some; --set train.KEY=VALUE):")
+    for k in all_keys(cfg):
+        typer.echo(f"    train.{k} = {getattr(cfg, k)!r}")
 
 
 def datasets_cmd() -> None:

@@ -30,6 +30,9 @@ ResultsDirArg = Annotated[Path, typer.Argument(metavar="RESULTS_DIR",
 SkipDamagedOpt = Annotated[bool, typer.Option(
     "--skip-damaged", help="Leave out result cells whose files do not read back (each is still named in a "
                            "warning) instead of refusing.")]
+LabelOpt = Annotated[list[str] | None, typer.Option(
+    "--label", metavar="METHOD=NAME", help="Print METHOD (its folder name) as NAME in tables and figures "
+                                          "(repeatable; default: the name the method declares, e.g. VSE++).")]
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; the folder seed<k> must also be found again by status/leaderboard
 

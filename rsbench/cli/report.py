@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .options import AnnFileOpt, DataRootOpt, ImageDirOpt, ResultsDirArg, SkipDamagedOpt
+from .options import AnnFileOpt, DataRootOpt, ImageDirOpt, LabelOpt, ResultsDirArg, SkipDamagedOpt
 
 
 def score(
@@ -44,15 +44,31 @@ def leaderboard(
     with_published: Annotated[bool, typer.Option("--with-published", help="Add the numbers reported in papers (shipped published_results.csv) under a rule.")] = False,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the marks in the .md/.tex tables (Holm-corrected).")] = 0.05,
     skip_damaged: SkipDamagedOpt = False,
+    label: LabelOpt = None,
 ) -> None:
     """Mean ± std over seeds per (dataset, method): writes leaderboard.csv, and leaderboard.md and
     leaderboard.tex (booktabs) with best values bold and significance marks between rows."""
     from ..results import leaderboard as board
     from ..results.layout import leaderboard_paths
+    from ..results.names import parse_labels
     from ..results.tables import TableOptions
 
-    options = TableOptions(with_published=with_published, alpha=alpha)
+    labels = tuple(parse_labels(label).items())
+    options = TableOptions(with_published=with_published, alpha=alpha, labels=labels)
     df = board.write_leaderboard(results_dir, out, skip_damaged, options, wait_s=board.LEADERBOARD_WAIT_S)
     typer.echo(board.leaderboard_markdown(df), nl=False)
+    if with_published:
+        _note_unpublished(sorted(set(df["dataset"])))
     paths = leaderboard_paths(out or results_dir)
     typer.echo(f"wrote {paths['csv']}, {paths['md'].name} and {paths['tex'].name}", err=True)
+
+
+def _note_unpublished(datasets: list[str]) -> None:
+    """--with-published: say in one line which datasets have no published rows (instead of nothing)."""
+    from ..results.published import published_results
+
+    missing = [d for d in datasets if not published_results(d)]
+    if missing:
+        have = sorted({r["dataset"].strip().lower() for r in published_results()})
+        typer.echo(f"note: --with-published: no published rows for {', '.join(missing)} "
+                   f"(the shipped published_results.csv has {', '.join(have)})", err=True)

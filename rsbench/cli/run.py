@@ -36,8 +36,9 @@ def run(
     precision: Annotated[str | None, typer.Option(help="train.precision: default (mixed on GPU, fp32 on CPU), auto "
                                                        "(also bf16 on a CPU with native bf16), fp32, bf16 or fp16.")] = None,
     progress: Annotated[bool | None, typer.Option(help="Progress bars (default: on a terminal).")] = None,
-    launcher: Annotated[str, typer.Option(help="local (here, one cell after another) or slurm (one "
-                                                 "submitit job per cell; docs/cluster.md).")] = "local",
+    launcher: Annotated[str, typer.Option(help="local (here, one cell after another), slurm (one "
+                                                 "submitit job per cell; docs/cluster.md) or submitit-local "
+                                                 "(the same jobs on this machine).")] = "local",
     partition: Annotated[str | None, typer.Option(help="SLURM partition (--launcher slurm).")] = None,
     gpus_per_job: Annotated[int, typer.Option(help="GPUs (DDP processes) per cell job (--launcher slurm).")] = 1,
     time_limit: Annotated[str, typer.Option("--time", help="Job time limit: minutes or H:MM:SS "
@@ -45,6 +46,9 @@ def run(
     slurm_folder: Annotated[Path | None, typer.Option(help="submitit logs/pickles (default <out>/.submitit).")] = None,
     weights_dir: Annotated[Path | None, typer.Option(help="Folder of the zoo:* checkpoints (see `bench models`); "
                                                           "sets weights_dir of every zoo method.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: the usable cores minus "
+                                                             "DataLoader workers). CPU results depend on it; "
+                                                             "run.json records it.")] = None,
 ) -> None:
     """Train each (method, dataset, seed), select on val, evaluate on test, write results/.
 
@@ -58,7 +62,7 @@ def run(
     names = split_list(dataset, "dataset")
     source = DataSource(names[0], data_root, ann_file, image_dir)  # each dataset's: source.for_dataset(name)
     grid = Grid(methods=split_list(methods, "methods"), datasets=names, seeds=parse_seeds(seeds), cfgs={}, out=out,
-                source=source, resume=resume, overwrite=overwrite)
+                source=source, resume=resume, overwrite=overwrite, threads=threads)
     cli_train = {"epochs": epochs, "batch_size": batch_size, "compile": compile or None, "precision": precision}
     plan_grid(grid, preset, config, zoo_weights(grid.methods, weights_dir) + list(set_ or []), cli_train)
     if launcher != "local":  # one submitit job per cell (rsbench.engine.launch); nothing is trained here

@@ -104,17 +104,17 @@ def all_keys(obj: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def set_key(obj: Any, dotted: str, raw: Any, where: str = "") -> None:
-    """Set a dotted key on a (nested) dataclass, parsing the value to the field type."""
+def set_key(obj: Any, dotted: str, raw: Any, where: str = "", prefix: str = "") -> None:
+    """Set a dotted key on a (nested) dataclass, parsing the value to the field type; `prefix` (e.g.
+    "train.") is how the user wrote the keys of `obj`, so an error names the full key."""
     head, _, rest = dotted.partition(".")
     fmap = field_map(obj)
     if head not in fmap or (rest and not is_dataclass(getattr(obj, head))):
         src = f" in {where}" if where else ""
-        raise UserError(
-            f"unknown option '{dotted}'{src}{suggest(dotted, all_keys(obj))}; valid: {', '.join(all_keys(obj))}"
-        )
+        keys = [prefix + k for k in all_keys(obj)]
+        raise UserError(f"unknown option '{prefix}{dotted}'{src}{suggest(prefix + dotted, keys)}; valid: {', '.join(keys)}")
     if rest:
-        set_key(getattr(obj, head), rest, raw, where)
+        set_key(getattr(obj, head), rest, raw, where, prefix + head + ".")
         return
     if is_dataclass(getattr(obj, head)):
         raise UserError(f"option '{dotted}' is a group; set one of its keys, e.g. '{dotted}.<key>=...'")

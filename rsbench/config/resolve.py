@@ -39,6 +39,18 @@ def resolve_preset(preset: str, dataset: str, method: str | None = None) -> str:
     raise UserError(f"unknown preset '{preset}'{suggest(preset, names)}; choose from: auto, {', '.join(names)}")
 
 
+def _close_key(key: str, valid: list[str]) -> str:
+    """' (did you mean X?)' with the full key: 'lrr' is closest to the training key 'lr', so 'train.lr'."""
+    import difflib
+
+    bare = {k.removeprefix("train."): k for k in reversed(valid)}  # a model key wins over train.<same>
+    for pool in (valid, list(bare)):
+        close = difflib.get_close_matches(key, pool, n=1, cutoff=0.5)
+        if close:
+            return f" (did you mean '{bare.get(close[0], close[0])}'?)"
+    return ""
+
+
 def _apply(cfg: RunConfig, key: str, value: Any, where: str) -> None:
     method_names = {m.name for m in list_methods()}
     head, _, rest = key.partition(".")
@@ -47,8 +59,10 @@ def _apply(cfg: RunConfig, key: str, value: Any, where: str) -> None:
             return
         key = rest
         head, _, rest = key.partition(".")
-    if head == "train" and rest:
-        set_key(cfg.train, rest, value, where)
+    if key == "display_name":  # not a model key: the printed name of the method (tables, figures)
+        cfg.display_name = str(value).strip()
+    elif head == "train" and rest:
+        set_key(cfg.train, rest, value, where, prefix="train.")
     elif head == "model" and rest:
         set_key(cfg.model, rest, value, where)
     elif has_key(cfg.model, key):
@@ -57,8 +71,9 @@ def _apply(cfg: RunConfig, key: str, value: Any, where: str) -> None:
         set_key(cfg.train, key, value, where)
     else:
         valid = all_keys(cfg.model) + ["train." + k for k in all_keys(cfg.train)]
+        hint = _close_key(key, valid)
         src = f" in {where}" if where else ""
-        raise UserError(f"unknown option '{key}' for method '{cfg.method}'{src}{suggest(key, valid)}; "
+        raise UserError(f"unknown option '{key}' for method '{cfg.method}'{src}{hint}; "
                         f"see `bench methods --verbose` for the valid keys")
 
 

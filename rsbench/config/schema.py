@@ -41,6 +41,7 @@ class TrainConfig:
     val_every: int = 1
     patience: int = 0  # stop after this many validations without improvement (0: off)
     select_metric: str = "mR"  # validation metric used to select the checkpoint (never test)
+    keep_last: bool = False  # keep checkpoint/last.pt (resume state) once the cell is complete
 
     def validate(self) -> None:
         """Ranges and choices the runner relies on, checked at resolution so a bad value fails before
@@ -131,6 +132,7 @@ class RunConfig:
     preset: str = "small"
     train: TrainConfig = field(default_factory=TrainConfig)
     model: Any = None  # the method's own config dataclass
+    display_name: str = ""  # `--set display_name=...`: the name tables and figures print ("" = the method's own)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
@@ -140,4 +142,4 @@ class RunConfig:
         spec = get_method_spec(d["method"])
         return cls(method=d["method"], dataset=d["dataset"], seed=int(d["seed"]), preset=d["preset"],
                    train=fill(TrainConfig(), d.get("train") or {}),
-                   model=fill(spec.config_cls(), d.get("model") or {}))
+                   model=fill(spec.config_cls(), d.get("model") or {}), display_name=str(d.get("display_name") or ""))

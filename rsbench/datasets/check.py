@@ -53,6 +53,12 @@ class CheckReport:
         return not self.problems
 
 
+def class_counts(image_classes: list[str]) -> dict[str, int]:
+    """{class: images}, sorted; images without a class in their name (RSICD's numbered 00001.jpg files:
+    class "") are no class of their own, so RSICD counts its 30 classes, not 31."""
+    return dict(sorted(Counter(c for c in image_classes if c).items()))
+
+
 def _check_split(ds: DatasetSplits, split: Split, decode: bool, pool: ThreadPoolExecutor,
                  problems: list[Problem]) -> SplitStats:
     st = SplitStats(split.name, n_images=split.n_images, n_captions=split.n_captions,
@@ -61,7 +67,7 @@ def _check_split(ds: DatasetSplits, split: Split, decode: bool, pool: ThreadPool
     per_image = [counts.get(i, 0) for i in range(split.n_images)]
     if per_image:
         st.captions_per_image_min, st.captions_per_image_max = min(per_image), max(per_image)
-    st.classes = dict(sorted(Counter(split.image_classes).items()))
+    st.classes = class_counts(split.image_classes)
     if split.name == "train":  # left out of the split by the split rules; counted here
         st.n_empty_captions = int(ds.notes.get("empty_train_captions", 0))
     else:

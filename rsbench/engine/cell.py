@@ -20,7 +20,14 @@ from ..contracts import DatasetSplits
 from ..io import cache_root, remove_stale_temp_files, write_json  # one cache root for datasets and methods
 from ..methods.base import MethodContext, RetrievalMethod
 from ..methods.registry import create_method
-from ..results.layout import CHECKPOINT_DIR, CONFIG_FILE, DATA_FILE, METRICS_EXCLUDED_FILE, RUN_FILE
+from ..results.layout import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    DATA_FILE,
+    METRICS_EXCLUDED_FILE,
+    RESUME_FILE,
+    RUN_FILE,
+)
 from . import distributed as dist
 from .cellfolder import (
     check_cell_config,
@@ -99,6 +106,8 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         "selected_epoch": best_meta.get("epoch"), "selection": f"val {cfg.train.select_metric}",
         "val": best_meta.get("val"),
     }, fingerprint=data.fingerprint, topk=top)
+    if not cfg.train.keep_last:  # complete (metrics.json written): the resume state, often 100s of MB, is spent
+        dist.on_main((cell / CHECKPOINT_DIR / RESUME_FILE).unlink, missing_ok=True)
     return CellResult(cell, metrics, False, wall, excluded)
 
 

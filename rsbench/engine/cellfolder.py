@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 # Options that change how fast a cell runs, not what it computes: a resumed cell may change them.
 # (num_workers changes which random stream feeds the augmentations; see docs/bad_inputs.md.)
-IGNORED_ON_RESUME = frozenset({"train.num_workers", "train.eval_batch_size", "train.compile"})
+IGNORED_ON_RESUME = frozenset({"train.num_workers", "train.eval_batch_size", "train.compile", "display_name",
+                               "train.keep_last"})
 
 
 class ConfigMismatch(UserError):
@@ -38,10 +39,12 @@ class DataMismatch(UserError):
 # ---- the config a cell was started with ----------------------------------------------------------
 
 def config_record(cfg: RunConfig) -> dict[str, Any]:
-    """What config.json holds for a trained cell."""
+    """What config.json holds for a trained cell (display_name: the override, else the method's own)."""
     from ..config.overlay import to_dict
+    from ..methods.registry import get_method_spec
 
-    return {**to_dict(cfg), "external": False}
+    shown = cfg.display_name or get_method_spec(cfg.method).display_name(cfg.model)
+    return {**to_dict(cfg), "display_name": shown, "external": False}
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -77,6 +77,18 @@ def pick_precision(precision: str, device: torch.device, native_bf16: bool | Non
     return Precision(torch.float16, True)
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, e.g. a SLURM or taskset limit)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_threads(workers: int, processes: int = 1) -> int:
+    """torch intra-op threads when --threads is not given: this process's share of the usable cores
+    (`processes` DDP ranks share them) minus its DataLoader workers, at least 1. CPU results depend on
+    the thread count (float sums in another order), so it is set, and recorded, rather than left to torch."""
+    return max(1, usable_cpus() // max(1, processes) - workers)
+
+
 def auto_workers(requested: int, device: torch.device) -> int:
     """DataLoader workers sized to the machine: most cores on GPU runs, none on a small CPU box."""
     if requested >= 0:

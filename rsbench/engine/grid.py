@@ -66,6 +66,7 @@ class Grid:
     resume: bool = True
     overwrite: bool = False
     exclude: dict[str, Any] | None = None  # eval.exclude: the audit.json object (leaked images left out too)
+    threads: int | None = None  # torch intra-op threads (`bench run --threads`); None: device.default_threads
 
 
 class GridInterrupted(KeyboardInterrupt):
@@ -203,6 +204,7 @@ def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | Non
     from .device import pick_device
 
     dev = dist.setup(pick_device(device))  # under torchrun: one DDP process per GPU/CPU rank
+    set_threads(grid, dev)
     rows: list[CellOutcome] = []
     current: dict[str, Any] = {}  # the cell being run, for the one-line note on Ctrl-C / SIGTERM
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -215,6 +217,20 @@ def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | Non
         signal.signal(signal.SIGTERM, old_term)
     dist.finish()  # every rank is done: close the group together (no-op in a single process)
     return rows if dist.is_main() else None
+
+
+def set_threads(grid: Grid, dev: torch.device) -> int:
+    """Set torch's intra-op threads for the grid (run.json records them: hardware.torch_threads)."""
+    import torch
+
+    from .device import auto_workers, default_threads
+
+    n = grid.threads
+    if n is None:
+        first = next(iter(grid.cfgs.values()), None)
+        n = default_threads(auto_workers(first.train.num_workers, dev) if first else 0, dist.world_size())
+    torch.set_num_threads(n)
+    return n
 
 
 def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,

@@ -211,7 +211,7 @@ def submit_from_cli(launcher: str, cfgs: dict[tuple[str, str, int], Any], out: P
     from .grid import dataset_source, echo, grid_cell
 
     if launcher not in LAUNCHERS:
-        raise UserError(f"unknown --launcher '{launcher}'; choose from: local, slurm")
+        raise UserError(f"unknown --launcher '{launcher}'; choose from: {', '.join(LAUNCHERS)}")
     if gpus_per_job < 0:
         raise UserError(f"--gpus-per-job {gpus_per_job}: must be >= 0")
     out = out.resolve()  # jobs may start in another working directory

@@ -353,26 +353,37 @@ def metrics_from_ranks(i2t_rank: Any, t2i_rank: Any, max_k: int = 100) -> dict[s
     return out
 
 
-def chance_metrics(cap2img: Any) -> dict[str, float]:
-    """Expected R@K and mR (percent) of a random scorer, exactly; a floor to read results against.
+def chance_curve(cap2img: Any, ks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Expected R@K (percent) of a random scorer for each K in `ks`, exactly: (i2t, t2i) arrays.
 
     i2t: an image with c captions among N is missed at K only if all K top captions are others:
     P(hit) = 1 - C(N-c, K) / C(N, K). t2i: P(hit) = min(K, n_images) / n_images.
-    Keys: chance_i2t_r1 ... chance_t2i_r10, chance_mR.
+    The figures draw it as the floor of the recall curves.
     """
     c2i = np.asarray(cap2img, dtype=np.int64)
     n_captions = int(c2i.shape[0])
     n_images = int(c2i.max()) + 1 if n_captions else 0
     c2i = _check_cap2img(c2i, n_images, n_captions)
     c = np.bincount(c2i, minlength=n_images).astype(np.float64)
+    kk = np.asarray(ks, dtype=np.int64).reshape(-1)
+    # miss[t] = P(the t top captions are all others), accumulated factor by factor up to the largest K
+    top = int(min(kk.max(initial=0), n_captions))
+    miss = np.ones((top + 1, n_images))
+    for t in range(top):
+        miss[t + 1] = miss[t] * np.clip(n_captions - c - t, 0, None) / (n_captions - t)
+    i2t = 100.0 * np.mean(1.0 - miss[np.minimum(kk, n_captions)], axis=1)
+    t2i = 100.0 * np.minimum(kk, n_images) / n_images
+    return i2t, t2i
+
+
+def chance_metrics(cap2img: Any) -> dict[str, float]:
+    """Expected R@K and mR (percent) of a random scorer (chance_curve at K = 1, 5, 10); a floor to
+    read results against. Keys: chance_i2t_r1 ... chance_t2i_r10, chance_mR."""
+    i2t, t2i = chance_curve(cap2img, RECALL_KS)
     out: dict[str, float] = {}
-    for k in RECALL_KS:
-        miss = np.ones(n_images)
-        for t in range(min(k, n_captions)):
-            miss *= np.clip(n_captions - c - t, 0, None) / (n_captions - t)
-        out[f"chance_i2t_r{k}"] = float(100.0 * np.mean(1.0 - miss))
-    for k in RECALL_KS:
-        out[f"chance_t2i_r{k}"] = float(100.0 * min(k, n_images) / n_images)
+    for q, curve in (("i2t", i2t), ("t2i", t2i)):
+        for k, v in zip(RECALL_KS, curve):
+            out[f"chance_{q}_r{k}"] = float(v)
     out["chance_mR"] = float(np.mean(list(out.values())))
     return out
 

@@ -247,6 +247,7 @@ class TextAttention(nn.Module):
             "train.lr_step": 20, "train.lr_gamma": 0.7, "train.grad_clip": 0.0,
         },
     },
+    display_name=lambda c: f"AMFMN ({ {'similarity': 'sim'}.get(c.variant, c.variant)})",
 )
 class AMFMN(RetrievalMethod):
     config_cls = AMFMNConfig

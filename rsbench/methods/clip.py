@@ -113,6 +113,7 @@ def _freeze_text(model: nn.Module, trainable_layers: int) -> bool:
             "train.image_size": 224,
         },
     },
+    display_name="CLIP",
 )
 class ClipMethod(RetrievalMethod):
     """Image tower -> Linear, text tower -> pool -> Linear; InfoNCE with a learnable temperature."""

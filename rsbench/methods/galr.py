@@ -277,12 +277,14 @@ _PRESETS = {
     "GaLR with its MR re-ranking (rerank=mr): the whole test matrix is re-scored, one matrix per direction "
     "(transductive; a separate leaderboard row from galr)",
     presets={name: {**keys, "rerank": "mr"} for name, keys in _PRESETS.items()},
+    display_name="GaLR (with rerank)",
 )
 @register_method(
     "galr",
     "GaLR (Yuan et al. 2022): AMFMN global branch + DREA/GCN local branch (detector regions, or CNN grid "
     "cells without detector weights), MIDF fusion, bi-GRU; without MR re-ranking (galr_mr has it)",
     presets=_PRESETS,
+    display_name="GaLR",
 )
 class GaLR(RetrievalMethod):
     config_cls = GaLRConfig

@@ -119,6 +119,7 @@ def report_parameters(name: str, method: nn.Module) -> dict[str, int]:
         "paper": {"zoo": "georsclip-vit-b-32-ret2", "train.epochs": 80, "train.batch_size": 214,
                   "train.optimizer": "adamw", "train.lr": 4e-6, "train.weight_decay": 0.04, "train.image_size": 224},
     },
+    display_name="HarMA",
 )
 class HarmaMethod(TowerMethod):
     """A frozen ClipTower with HarMA adapters attached through forward hooks."""

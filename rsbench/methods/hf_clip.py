@@ -119,6 +119,7 @@ def _set_temperature(tower: ClipTower, learn: bool) -> None:
         "paper": dict(RET2_FINETUNE),
         "ret2": dict(RET2_FINETUNE),
     },
+    display_name="CLIP (HF)",
 )
 class HfClipMethod(TowerMethod):
     """Image and text towers of a transformers CLIP/SigLIP model, all weights trainable."""

@@ -223,6 +223,7 @@ class FixedLengthTokenizer(HFTokenizer):
             "train.weight_decay": 0.1, "train.batch_size": 32, "train.epochs": 60, "train.grad_clip": 0.0,
         },
     },
+    display_name="MSA",
 )
 class MSA(RetrievalMethod):
     """MSA: global triplet + per-scale MSCMA cross-entropy + cross-scale CSMMC KL; cosine at test."""

@@ -84,6 +84,7 @@ def _visual_is_cnn(visual: nn.Module) -> bool:
             "train.image_size": 224,
         },
     },
+    display_name="OpenCLIP",
 )
 class OpenClipMethod(RetrievalMethod):
     """An open_clip CLIP/CustomTextCLIP as a dual encoder; fine-tuned with symmetric InfoNCE."""

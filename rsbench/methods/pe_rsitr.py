@@ -60,6 +60,7 @@ class PeRsitrConfig(AdapterTowerConfig):
                   "train.optimizer": "adamw", "train.lr": 1e-3, "train.weight_decay": 0.01,
                   "train.image_size": 224},
     },
+    display_name="PE-RSITR",
 )
 class PeRsitrMethod(TowerMethod):
     """A frozen ClipTower with the MRS-Adapter attached through forward hooks."""

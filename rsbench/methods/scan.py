@@ -184,6 +184,7 @@ class WordEncoder(nn.Module):
                   "train.epochs": 30, "train.batch_size": 128, "train.optimizer": "adam", "train.lr": 2e-4,
                   "train.lr_step": 15, "train.lr_gamma": 0.1, "train.grad_clip": 2.0},
     },
+    display_name="SCAN",
 )
 class SCAN(RetrievalMethod):
     config_cls = SCANConfig

@@ -183,6 +183,7 @@ class ImageEncoder(nn.Module):
                   "train.epochs": 100, "train.batch_size": 100, "train.optimizer": "adam", "train.lr": 2e-4,
                   "train.lr_step": 20, "train.lr_gamma": 0.7, "train.grad_clip": 0.0},
     },
+    display_name="SWAN",
 )
 class SWAN(RetrievalMethod):
     config_cls = SWANConfig

@@ -55,6 +55,7 @@ class VSEConfig:
                   "train.epochs": 30, "train.batch_size": 128, "train.lr": 2e-4, "train.lr_step": 15,
                   "train.lr_gamma": 0.1, "train.augment": "crop,flip"},
     },
+    display_name="VSE++",
 )
 class VSEPP(RetrievalMethod):
     config_cls = VSEConfig

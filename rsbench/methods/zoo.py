@@ -73,7 +73,8 @@ def _register(entry: ZooEntry) -> None:
     cfg_cls = type(f"ZooConfig_{entry.name}", (ZooConfig,), {"zoo_entry": entry.name, "__doc__": ZooConfig.__doc__})
     cls = type(f"Zoo_{entry.name}", (ZooMethod,), {"entry": entry, "config_cls": cfg_cls})
     register_method(entry.method_name, f"{entry.family} checkpoint {entry.files[0]} ({entry.arch or entry.loader}, "
-                    f"{entry.activation}, {entry.image_size} px); zero-shot unless --epochs", _presets(entry))(cls)
+                    f"{entry.activation}, {entry.image_size} px); zero-shot unless --epochs", _presets(entry),
+                    display_name=f"{entry.family} ({entry.name})")(cls)
 
 
 for _entry in zoo_entries():

@@ -81,7 +81,7 @@ def _band(per_seed: dict[int, np.ndarray], epochs: dict[int, np.ndarray]) -> tup
     return axis, grid
 
 
-def _panel(ax, logs: dict[str, MethodLogs], styles: dict, key: str) -> None:
+def _panel(ax, logs: dict[str, MethodLogs], styles: dict, key: str, names: dict[str, str]) -> None:
     """One panel: mean over seeds per method, min-max band, rings at the selected epochs."""
     import warnings
 
@@ -93,7 +93,7 @@ def _panel(ax, logs: dict[str, MethodLogs], styles: dict, key: str) -> None:
             mean, lo, hi = np.nanmean(grid, 0), np.nanmin(grid, 0), np.nanmax(grid, 0)
         ok = ~np.isnan(mean)
         ax.plot(axis[ok], mean[ok], color=st["color"], linestyle=st["linestyle"], marker=st["marker"],
-                ms=3.5, lw=1.4, label=f"{m} ({len(ml.epochs)} seed{'s' if len(ml.epochs) > 1 else ''})")
+                ms=3.5, lw=1.4, label=f"{names.get(m, m)} ({len(ml.epochs)} seed{'s' if len(ml.epochs) > 1 else ''})")
         if grid.shape[0] > 1:
             ax.fill_between(axis[ok], lo[ok], hi[ok], color=st["color"], alpha=0.18, lw=0)
         if key == "val_mr":
@@ -103,7 +103,7 @@ def _panel(ax, logs: dict[str, MethodLogs], styles: dict, key: str) -> None:
                     ax.plot([e], [ml.val_mr[s][hit[0]]], "o", mfc="none", mec=st["color"], ms=8, mew=1.2)
 
 
-def curves_figure(logs: dict[str, MethodLogs], styles: dict, dataset: str):
+def curves_figure(logs: dict[str, MethodLogs], styles: dict, dataset: str, names: dict[str, str] | None = None):
     """Two-panel figure (loss, val mR per epoch) of one dataset; a matplotlib Figure (Agg canvas)."""
     from matplotlib import rc_context
     from matplotlib.figure import Figure
@@ -115,8 +115,8 @@ def curves_figure(logs: dict[str, MethodLogs], styles: dict, dataset: str):
     with rc_context(_RC):
         fig = Figure(figsize=(7.2, 3.3), layout="constrained")
         axes = fig.subplots(1, 2)
-        _panel(axes[0], logs, styles, "loss")
-        _panel(axes[1], logs, styles, "val_mr")
+        _panel(axes[0], logs, styles, "loss", names or {})
+        _panel(axes[1], logs, styles, "val_mr", names or {})
         axes[0].set_title("Training loss (mean over the epoch)")
         axes[0].set_ylabel("loss")
         axes[1].set_title("Validation mR (ring: selected epoch)")
@@ -133,11 +133,13 @@ def curves_figure(logs: dict[str, MethodLogs], styles: dict, dataset: str):
 
 
 def plot_training_curves(results_dir: str | Path, out_dir: str | Path | None = None, dataset: str | None = None,
-                         skip_damaged: bool = False, cells: list | None = None) -> list[Path]:
+                         skip_damaged: bool = False, cells: list | None = None,
+                         labels: dict[str, str] | None = None) -> list[Path]:
     """Write <dataset>_training.{png,pdf} for each dataset with logged cells; returns the paths.
 
     Files go to out_dir (default <results_dir>/figures), as `bench plot` writes its other figures.
     """
+    from .names import method_names
     from .plots import method_styles, save_figure
     from .scan import complete_cells
 
@@ -147,5 +149,5 @@ def plot_training_curves(results_dir: str | Path, out_dir: str | Path | None = N
     written: list[Path] = []
     for ds, logs in sorted(collect_logs(cells).items()):
         if dataset is None or ds == dataset:
-            written += save_figure(curves_figure(logs, styles, ds), out / f"{ds}_training")
+            written += save_figure(curves_figure(logs, styles, ds, method_names(cells, labels)), out / f"{ds}_training")
     return written

@@ -26,7 +26,9 @@ from .tables import TableOptions, build_tables, render_tables
 
 LEADERBOARD_WAIT_S = 120.0  # how long a writer waits for another writer of the same files
 # leaderboard columns: each metric followed by its _std column
-LEADERBOARD_COLUMNS = ["dataset", "method", "n_seeds"] + [c for m in LEADERBOARD_METRICS for c in (m, f"{m}_std")]
+# then the split the rows were scored on and the chance mR of that split (a random scorer's, exact)
+LEADERBOARD_COLUMNS = (["dataset", "method", "n_seeds"] + [c for m in LEADERBOARD_METRICS for c in (m, f"{m}_std")]
+                       + ["split", "chance_mR"])
 MARKDOWN_HEADERS = {"dataset": "Dataset", "method": "Method", "n_seeds": "Seeds", **METRIC_HEADERS}
 
 
@@ -50,6 +52,8 @@ def leaderboard(cells: list[Cell], split: str = "test") -> pd.DataFrame:
             vals = np.array([_as_float(c.metrics.get(m)) for c in group], dtype=np.float64)
             row[m] = float(np.mean(vals))
             row[f"{m}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else math.nan
+        chance = [_as_float(c.metrics.get("chance_mR")) for c in group]
+        row["split"], row["chance_mR"] = split, chance[0] if chance else math.nan
         rows.append(row)
     df = pd.DataFrame(rows, columns=LEADERBOARD_COLUMNS)
     if len(df):
@@ -90,6 +94,18 @@ def leaderboard_markdown(df: pd.DataFrame) -> str:
 
 # ---- the files -------------------------------------------------------------------------------------
 
+def leaderboard_command(root: str | Path, out_dir: str | Path | None, options: TableOptions) -> str:
+    """The `bench leaderboard` command that writes these files again (a comment atop the .tex)."""
+    import shlex
+
+    args = ["bench", "leaderboard", str(root)] + (["--out", str(out_dir)] if out_dir is not None else [])
+    args += ["--with-published"] if options.with_published else []
+    args += ["--alpha", f"{options.alpha:g}"] if options.alpha != TableOptions.alpha else []
+    for key, name in options.labels:
+        args += ["--label", f"{key}={name}"]
+    return shlex.join(args)
+
+
 def leaderboard_files(root: str | Path, out_dir: str | Path | None = None, skip_damaged: bool = False,
                       cells: list[Cell] | None = None, options: TableOptions | None = None,
                       ) -> tuple[pd.DataFrame, dict[Path, str]]:
@@ -100,7 +116,8 @@ def leaderboard_files(root: str | Path, out_dir: str | Path | None = None, skip_
     if df.empty:
         raise UserError(f"{root}: no complete result cells of the test split "
                         f"(expected <dataset>/<method>/seed<k>/{METRICS_FILE})")
-    texts = render_tables(build_tables(cells, df, options or TableOptions(), where=str(root)))
+    options = options or TableOptions()
+    texts = render_tables(build_tables(cells, df, options, where=str(root)), leaderboard_command(root, out_dir, options))
     paths = leaderboard_paths(out_dir if out_dir is not None else root)
     return df, {paths["csv"]: df.to_csv(index=False), paths["md"]: texts["md"], paths["tex"]: texts["tex"]}
 

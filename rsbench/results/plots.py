@@ -1,9 +1,10 @@
 """Paper figures from result folders: recall@K curves and an mR bar chart, per (dataset, split).
 
-* ``<dataset>_recall.{png,pdf}``: R@K for K = 1..100, image->text and text->image panels, one line
-  per method (mean over seeds) with a shaded min-max band over seeds.
+* ``<dataset>_recall.{png,pdf}``: R@K for K = 1..100 (or up to the gallery size when smaller),
+  image->text and text->image panels, one line per method (mean over seeds) with a shaded min-max
+  band over seeds, and the closed-form chance curve in grey.
 * ``<dataset>_mR.{png,pdf}``: mR per method (mean over seeds), error bars = std over seeds
-  (ddof=1; none with one seed), the chance level as a dashed line when recorded.
+  (ddof=1; none with one seed), the chance level as a dashed line when recorded (legend below the axes).
 
 Colours come from the Okabe-Ito colour-blind-safe palette and are assigned by the sorted list of
 all method names under the results folder, so a method has the same colour in every figure and
@@ -93,40 +94,71 @@ def _subtitle(dataset: str, split: str) -> str:
     return display_name(dataset) + ("" if split == "test" else f" ({split})")
 
 
-def recall_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split: str, logx: bool = True):
-    """Two-panel R@K figure (a matplotlib Figure, Agg canvas)."""
+def _gallery_k(runs: dict[str, MethodRuns], key: int) -> int:
+    """The largest K worth drawing: 100, or the gallery size of the panel's direction when smaller
+    (i2t ranks captions, t2i ranks images); beyond it every curve is flat at 100 %."""
+    c2i = next(r.cap2img for r in runs.values())
+    gallery = int(c2i.size) if key == 1 else int(c2i.max()) + 1
+    return max(1, min(100, gallery))
+
+
+def _chance_line(ax, runs: dict[str, MethodRuns], key: int, kmax: int) -> None:
+    """The expected recall of a random scorer (closed form), grey, below the methods' curves."""
+    from ..evaluation.metrics import chance_curve
+
+    k = np.arange(1, kmax + 1)
+    curve = chance_curve(next(r.cap2img for r in runs.values()), k)[key - 1]
+    ax.plot(k, curve, color="#9a9a9a", ls=":", lw=1.2, label="chance", zorder=1)
+
+
+def _recall_axes(ax, kmax: int, logx: bool) -> None:
+    """K axis to the gallery size; y to slightly above 100 so a curve at 100 % is not on the frame."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
+    if logx:
+        ax.set_xscale("log")
+        ticks = [t for t in (1, 2, 5, 10, 20, 50, 100) if t <= kmax] + ([kmax] if kmax not in _MARK_AT else [])
+        ax.xaxis.set_major_locator(FixedLocator(sorted(set(ticks))))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(0.9, kmax * 1.12)
+    else:
+        ax.set_xlim(0, kmax * 1.03)
+    ax.set_ylim(0, 104)
+    ax.set_yticks([0, 20, 40, 60, 80, 100])
+
+
+def recall_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split: str, logx: bool = True,
+                  names: dict[str, str] | None = None):
+    """Two-panel R@K figure (a matplotlib Figure, Agg canvas), K up to min(100, gallery size);
+    `names`: printed name per method key (default: the key)."""
+    names = names or {}
     from matplotlib import rc_context
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
     with rc_context(_RC):
         fig = Figure(figsize=(7.2, 3.3), layout="constrained")
         axes = fig.subplots(1, 2, sharey=True)
         order = sorted(runs, key=lambda m: -float(np.mean([runs[m].metrics[s]["mR"] for s in runs[m].seeds])))
         for ax, key, title in zip(axes, (1, 2), ("Image → text", "Text → image")):
+            kmax = _gallery_k(runs, key)
             for m in order:
                 k, i2t, t2i = _curves(runs[m])
-                c = (i2t, t2i)[key - 1]
+                c = (i2t, t2i)[key - 1][:, k <= kmax]
+                k = k[k <= kmax]
                 st = styles[m]
                 mean = c.mean(axis=0)
                 marks = [i for i, kk in enumerate(k) if kk in _MARK_AT]
                 ax.plot(
-                    k, mean, color=st["color"], linestyle=st["linestyle"], lw=1.5, label=m,
+                    k, mean, color=st["color"], linestyle=st["linestyle"], lw=1.5, label=names.get(m, m),
                     marker=st["marker"], markevery=marks, ms=4.5, mec="white", mew=0.6,
                 )  # fmt: skip
                 if c.shape[0] > 1:
                     ax.fill_between(k, c.min(axis=0), c.max(axis=0), color=st["color"], alpha=0.18, lw=0)
+            _chance_line(ax, runs, key, kmax)
             ax.set_title(title)
             ax.set_xlabel("K")
-            if logx:
-                ax.set_xscale("log")
-                ax.xaxis.set_major_locator(FixedLocator([1, 2, 5, 10, 20, 50, 100]))
-                ax.xaxis.set_major_formatter(ScalarFormatter())
-                ax.xaxis.set_minor_formatter(NullFormatter())
-                ax.set_xlim(0.9, 112)
-            else:
-                ax.set_xlim(0, 100)
-            ax.set_ylim(0, 100)
+            _recall_axes(ax, kmax, logx)
         axes[0].set_ylabel("Recall@K (%)")
         n_seeds = sorted({len(r.seeds) for r in runs.values()})
         what = "mean over seeds (band: min–max over seeds)" if max(n_seeds) > 1 else "one seed"
@@ -136,8 +168,10 @@ def recall_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split
     return fig
 
 
-def mr_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split: str):
-    """Bar chart of mR per method (sorted by mR), std over seeds as error bars."""
+def mr_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split: str,
+              names: dict[str, str] | None = None):
+    """Bar chart of mR per method (sorted by mR), std over seeds as error bars; `names` as recall_figure's."""
+    names = names or {}
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
@@ -173,8 +207,8 @@ def mr_figure(runs: dict[str, MethodRuns], styles: dict, dataset: str, split: st
         if chance:
             level = float(np.mean(chance))
             ax.axhline(level, color="#444444", ls="--", lw=0.9, label=f"chance ({level:.2f})", zorder=3)
-            ax.legend(loc="upper right", frameon=False)
-        ax.set_xticks(x, [t[0] for t in rows], rotation=25 if len(rows) > 4 else 0,
+            fig.legend(loc="outside lower center", frameon=False)  # below the axes: never on a bar label
+        ax.set_xticks(x, [names.get(t[0], t[0]) for t in rows], rotation=25 if len(rows) > 4 else 0,
                       ha="right" if len(rows) > 4 else "center")  # fmt: skip
         ax.set_ylabel("mR (%)")
         ax.set_ylim(0, top * 1.12 + 1e-9)
@@ -214,22 +248,26 @@ def plot_results(
     split: str = "test",
     skip_damaged: bool = False,
     cells: list | None = None,
+    labels: dict[str, str] | None = None,
 ) -> list[Path]:
     """Write the recall and mR figures of each dataset (cells of `split`); returns the paths.
 
     Files go to out_dir (default <results_dir>/figures): <dataset>_recall.{png,pdf} and
     <dataset>_mR.{png,pdf} (the split is added to the name when it is not "test").
     `cells`: the folder's complete cells when the caller has scanned it already (default: scanned here).
+    `labels`: {method key: printed name} overriding the names the cells record (results.names).
     """
+    from .names import method_names
     from .scan import complete_cells
 
     cells = complete_cells(results_dir, skip_damaged) if cells is None else cells
     groups = group_runs(cells, dataset, split, where=str(results_dir))
     styles = method_styles([c.method for c in cells])  # every method of the folder: stable colours
+    names = method_names(cells, labels)
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"
     written: list[Path] = []
     for (ds, sp), runs in sorted(groups.items()):
         stem = ds if sp == "test" else f"{ds}_{sp}"
-        written += save_figure(recall_figure(runs, styles, ds, sp, logx=logx), out / f"{stem}_recall")
-        written += save_figure(mr_figure(runs, styles, ds, sp), out / f"{stem}_mR")
+        written += save_figure(recall_figure(runs, styles, ds, sp, logx, names), out / f"{stem}_recall")
+        written += save_figure(mr_figure(runs, styles, ds, sp, names), out / f"{stem}_mR")
     return written

@@ -81,7 +81,7 @@ def _metric_td(m: str, mean: float, std: float, marks: list[str], best: dict[str
 
 def leaderboard_html(ds: str, df: Any, table: Table | None) -> str:
     """The sortable leaderboard of one dataset: our rows (leaderboard.csv), then published rows (hidden)."""
-    rows = {r.name: r for r in table.rows} if table else {}
+    rows = {r.key: r for r in table.rows} if table else {}
     best = _best(df)
     head = ['<th class="text">Row</th>', '<th class="text">Method</th>', "<th>Seeds</th>",
             '<th class="text">Sel.</th>'] + [f"<th>{e(_header(m))}</th>" for m in LEADERBOARD_METRICS]
@@ -89,7 +89,7 @@ def leaderboard_html(ds: str, df: Any, table: Table | None) -> str:
     for rec in df.to_dict("records"):
         r = rows.get(rec["method"])
         tds = [f'<td class="text" data-value="">{f"({r.letter})" if r else ""}</td>',
-               f'<td class="text">{e(rec["method"])}</td>',
+               f'<td class="text">{e(r.name if r else rec["method"])}</td>',
                f'<td data-value="{int(rec["n_seeds"])}">{int(rec["n_seeds"])}</td>',
                f'<td class="text">{e(r.selection) if r else ""}</td>']
         tds += [_metric_td(m, _num(rec[m]), _num(rec[f"{m}_std"]), (r.marks.get(m, []) if r else []), best)
@@ -200,13 +200,15 @@ def _try(what: str, make: Callable[[], str]) -> str:
 def figures_html(ds: str, cells: list, runs: dict, styles: dict) -> str:
     """Recall@K, mR and training-curve figures of one dataset as embedded PNGs."""
     from .curves import collect_logs, curves_figure
+    from .names import method_names
     from .plots import mr_figure, recall_figure
 
-    parts = ["<h3>Recall@K and mR</h3>", _img(recall_figure(runs, styles, ds, "test"), f"{ds} recall@K"),
-             _img(mr_figure(runs, styles, ds, "test"), f"{ds} mR")]
+    names = method_names(cells)
+    parts = ["<h3>Recall@K and mR</h3>", _img(recall_figure(runs, styles, ds, "test", names=names), f"{ds} recall@K"),
+             _img(mr_figure(runs, styles, ds, "test", names), f"{ds} mR")]
     logs = collect_logs([c for c in cells if c.dataset == ds]).get(ds)
     parts.append("<h3>Training curves</h3>")
-    parts.append(_img(curves_figure(logs, styles, ds), f"{ds} training curves") if logs else
+    parts.append(_img(curves_figure(logs, styles, ds, names), f"{ds} training curves") if logs else
                  '<p class="note">No cell of this dataset has a train_log.csv (zero-shot or scored cells).</p>')
     return "".join(parts)
 

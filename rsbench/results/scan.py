@@ -22,6 +22,7 @@ from ..locks import PathLock, cell_of_lock, lock_path
 from .cell import Cell, DamagedCell, cell_damage, read_cell, read_failure
 from .layout import (
     CHECKPOINT_DIR,
+    CONFIG_FILE,
     JOBS_FILE,
     JOBS_LOCK,
     METRICS_FILE,
@@ -107,13 +108,20 @@ def cell_status(cell: Path, job: str = "") -> CellStatus:
         st.state, st.detail = "damaged", f"{damage}; `bench run` with the same options repairs it"
     elif (error := read_failure(cell)) is not None:
         st.state, st.detail = "failed", error
+    elif (cell / CHECKPOINT_DIR / RESUME_FILE).is_file() and not (cell / CONFIG_FILE).is_file():
+        st.state, st.detail = "incomplete", (f"interrupted after epoch {_epochs_logged(cell)}, but its config is "
+                                             "unknown (no config.json): `bench run` refuses it without --overwrite")
     elif (cell / CHECKPOINT_DIR / RESUME_FILE).is_file():
-        st.state, st.detail = "incomplete", f"interrupted after epoch {_epochs_logged(cell)}, will resume"
+        st.state, st.detail = "incomplete", f"interrupted after epoch {_epochs_logged(cell)}, will resume{_SAME}"
     elif cell.is_dir():
-        st.state, st.detail = "started", "no epoch finished yet, will start over"
+        st.state, st.detail = "started", f"no epoch finished yet, will start over{_SAME}"
     elif not job:
         st.state, st.detail = "unknown", ""
     return st
+
+
+# what `bench run` does depends on its options: with others than the cell's it refuses (ConfigMismatch)
+_SAME = " (with the options it was started with; other options need --overwrite)"
 
 
 def _epochs_logged(cell: Path) -> str:

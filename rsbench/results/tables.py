@@ -15,6 +15,7 @@ carry a dagger explained in a footnote.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ class TableOptions:
     dataset: str | None = None
     resamples: int = 10_000
     seed: int = 0
+    labels: tuple[tuple[str, str], ...] = ()  # (method key, printed name) overrides (`--label KEY=NAME`)
 
     def __post_init__(self) -> None:
         check_alpha(self.alpha)
@@ -54,6 +56,7 @@ class Row:
     marks: dict[str, list[str]] = field(default_factory=dict)  # metric -> letters beaten
     reported: bool = False
     source: str = ""
+    key: str = ""  # our rows: the method's folder name (name is what is printed)
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Table:
     published: list[Row]
     alpha: float
     resamples: int
+    chance_mr: float = math.nan  # a random scorer's mR on this split (exact; NaN when the cells have none)
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,22 +90,24 @@ def _selection(runs: MethodRuns) -> str:
     return "val" if any(e is not None for e in epochs) else "none"
 
 
-def _our_rows(lb, runs: dict[str, MethodRuns]) -> list[Row]:
-    """Rows of one dataset from rsbench.results.leaderboard (mean/std over seeds), sorted by mR."""
+def _our_rows(lb, runs: dict[str, MethodRuns], names: dict[str, str]) -> list[Row]:
+    """Rows of one dataset from rsbench.results.leaderboard (mean/std over seeds), sorted by mR;
+    `names`: printed name per method key (rsbench.results.names.method_names)."""
     rows = []
     for rec in lb.to_dict("records"):
         if rec["method"] not in runs:
             continue
         rows.append(
             Row(
-                name=rec["method"],
+                name=names.get(rec["method"], rec["method"]),
+                key=rec["method"],
                 mean={m: float(rec[m]) for m in TABLE_METRICS},
                 std={m: float(rec[f"{m}_std"]) for m in TABLE_METRICS},
                 n_seeds=int(rec["n_seeds"]),
                 selection=_selection(runs[rec["method"]]),
             )
         )
-    rows.sort(key=lambda row: (-round(row.mean["mR"], 2), row.name))
+    rows.sort(key=lambda row: (-round(row.mean["mR"], 2), row.key))
     for i, row in enumerate(rows):
         row.letter = _letters(i)
     return rows
@@ -128,25 +134,31 @@ def build_tables(cells: Sequence[Any], lb: Any, opts: TableOptions = TableOption
                  where: str = "results") -> list[Table]:
     """Rows, means/stds (from `lb`, results.leaderboard.leaderboard(cells)) and significance marks for
     each dataset of `cells` (those of `split`)."""
+    from .names import method_names
+
     groups = group_runs(cells, opts.dataset, split, where=where)
+    names = method_names(cells, dict(opts.labels))
     tables = []
     for (ds, split_), runs in sorted(groups.items()):
-        rows = _our_rows(lb[lb["dataset"] == ds], runs)
+        rows = _our_rows(lb[lb["dataset"] == ds], runs, names)
         if len(rows) > 1:
             _mark_significant(rows, compare_runs(ds, split_, runs, TESTED_METRICS, opts.alpha, opts.resamples,
                                                  opts.seed))
         any_cell = next(iter(runs.values()))
+        chance = [float(r.metrics[s]["chance_mR"]) for r in runs.values() for s in r.seeds
+                  if isinstance(r.metrics[s].get("chance_mR"), (int, float))]  # fmt: skip
         tables.append(Table(
             dataset=ds, split=split_, n_images=any_cell.n_images,
             n_captions=0 if any_cell.cap2img is None else len(any_cell.cap2img), rows=rows,
             published=_published_rows(ds) if opts.with_published else [], alpha=opts.alpha, resamples=opts.resamples,
+            chance_mr=chance[0] if chance else math.nan,
         ))
     return tables
 
 
 def _mark_significant(rows: list[Row], sig: Any) -> None:
     """Give each row, per metric, the letters of the rows it beats significantly (sorted a, b, ..., aa)."""
-    by_name = {r.name: r for r in rows}
+    by_name = {r.key: r for r in rows}
     for rec in sig[sig["significant"]].itertuples(index=False):
         win, lose = (rec.method_a, rec.method_b) if rec.diff > 0 else (rec.method_b, rec.method_a)
         by_name[win].marks.setdefault(rec.metric, []).append(by_name[lose].letter)
@@ -163,11 +175,13 @@ def _best(rows: Sequence[Row]) -> dict[str, float]:
 
 def _caption_parts(t: Table) -> tuple[str, str, str]:
     seeds = sorted({r.n_seeds for r in t.rows})
-    seed_txt = "/".join(str(s) for s in seeds) + (" seed" if seeds == [1] else " seeds")
+    seed_txt = "/".join(str(s) for s in seeds) + " seeds"
+    spread = "one seed per method (no spread)" if seeds == [1] else f"mean@PM@std over {seed_txt}"
     main = (
         f"Image-text retrieval on {display_name(t.dataset)} ({t.split} split: {t.n_images} images, "
-        f"{t.n_captions} captions). Recall in %, mean@PM@std over {seed_txt}; mR is the mean of the six recalls; "
+        f"{t.n_captions} captions). Recall in %, {spread}; mR is the mean of the six recalls; "
         "bold marks the best of our runs per column."
+        + ("" if math.isnan(t.chance_mr) else f" Chance level (a random ranking): mR {t.chance_mr:.2f}.")
     )
     sig = ""
     if len(t.rows) > 1:
@@ -224,22 +238,35 @@ def _value(r: Row, m: str, best: dict[str, float], markup: _Markup) -> str:
     return v
 
 
+# graphicx: scale the tabular down to the line width when it is wider (never up), so the table fits a
+# one-column article as well as a two-column table*.
+_SHRINK_TO_LINE = r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%"
+
+
+_WRAP = r">{{\raggedright\arraybackslash}}p{{{w}}}"  # array: a ragged-right paragraph column of width w
+
+
 def _tex_table(t: Table) -> str:
     with_sel = bool(t.published)
     lead = ["", "Method"] + (["Sel."] if with_sel else [])
     nl = len(lead)
     ncol = nl + len(TABLE_METRICS)
-    colspec = "l" * nl + "rrr" + "rrr" + "r"
+    # with the published rows (long names and selections) the text columns wrap, so that the shrink to
+    # the line width stays small enough to read
+    colspec = ("l" + (_WRAP.format(w="3.3cm") + _WRAP.format(w="2.1cm") if with_sel else "l")) + "rrr" + "rrr" + "r"
     main, sig, pub = _caption_parts(t)
     caption = " ".join(tex_escape(x) for x in (main, sig, pub) if x)
     caption = caption.replace("@ALPHA@", rf"$\alpha={t.alpha:g}$").replace("@PM@", r"$\pm$")
+    caption = re.sub(r"'([^'\s][^']*)'", r"`\1'", caption)  # 'quoted' -> LaTeX quotes
     lines = [
         r"\begin{table*}[t]",
         r"\centering",
         r"\small",
         rf"\caption{{{caption}}}",
         rf"\label{{tab:leaderboard-{_label(t.dataset)}-{_label(t.split)}}}",
+        r"\vspace{0.5\baselineskip}",  # the standard classes put no space between a top caption and the rule
         r"\setlength{\tabcolsep}{4pt}",
+        _SHRINK_TO_LINE,
         rf"\begin{{tabular}}{{{colspec}}}",
         r"\toprule",
         " & " * (nl - 1)
@@ -262,7 +289,7 @@ def _tex_table(t: Table) -> str:
             name = tex_escape(r.name) + (r"\textsuperscript{\dag}" if test_sel else "")
             cells = ["", name, tex_escape(r.selection)] + [f"{r.mean[m]:.2f}" for m in TABLE_METRICS]
             lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [r"\bottomrule", r"\end{tabular}}"]  # closes _SHRINK_TO_LINE
     if dagger:
         lines += [r"\par\smallskip", r"{\footnotesize \textsuperscript{\dag}\,checkpoint selected on test.}"]
     lines.append(r"\end{table*}")
@@ -319,9 +346,11 @@ def _md_table(t: Table) -> str:
 # public API
 
 
-def render_tables(tables: Sequence[Table]) -> dict[str, str]:
+def render_tables(tables: Sequence[Table], command: str = "") -> dict[str, str]:
+    """{"md", "tex"} texts; `command`: the command that makes them, a `%` comment atop the .tex."""
     md = "\n\n".join(_md_table(t) for t in tables) + "\n"
+    made = f"% made by: {command}\n" if command else ""
     tex = (
-        "% requires \\usepackage{booktabs}\n" + "\n\n".join(_tex_table(t) for t in tables) + "\n"
+        made + "% requires \\usepackage{booktabs,graphicx,array}\n" + "\n\n".join(_tex_table(t) for t in tables) + "\n"
     )
     return {"md": md, "tex": tex}
