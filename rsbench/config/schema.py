@@ -42,6 +42,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many validations without improvement (0: off)
     select_metric: str = "mR"  # validation metric used to select the checkpoint (never test)
     keep_last: bool = False  # keep checkpoint/last.pt (resume state) once the cell is complete
+    tensorboard: bool = False  # per-epoch loss, lr and val metrics in <cell>/tensorboard/ (needs tensorboard)
 
     def validate(self) -> None:
         """Ranges and choices the runner relies on, checked at resolution so a bad value fails before
@@ -58,6 +59,7 @@ class TrainConfig:
                 raise UserError(f"train.{key} '{getattr(self, key)}'{suggest(getattr(self, key), allowed)} "
                                 f"not in {', '.join(allowed)}")
         parse_augment(self.augment)
+        check_tensorboard(self.tensorboard)
 
     @property
     def augments(self) -> frozenset[str]:
@@ -81,6 +83,16 @@ def parse_augment(augment: str) -> frozenset[str]:
         raise UserError(f"bad train.augment '{augment}': unknown {', '.join(sorted(bad))}; "
                         "use a comma list of crop, flip, rotate (or 'none')")
     return frozenset(items)
+
+
+def check_tensorboard(on: bool) -> None:
+    """train.tensorboard=true needs the package: say so at resolution, not after the data has loaded.
+    find_spec does not import it (nothing of tensorboard is loaded while the option is off)."""
+    import importlib.util
+
+    if on and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("train.tensorboard=true needs the tensorboard package, which is not installed: "
+                        "pip install tensorboard (or pip install 'rsbench[tensorboard]')")
 
 
 def _field_default(f: dataclasses.Field) -> Any:

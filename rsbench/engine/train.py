@@ -124,6 +124,7 @@ class Trainer:
     collate: Any = None
     normalize: Any = None
     workers: int = 0
+    tb: Any = None  # train.tensorboard: rank 0's SummaryWriter (engine.tblog), else None
 
     @property
     def ckpt_dir(self) -> Path:
@@ -192,6 +193,10 @@ def start_training(cfg: RunConfig, method: RetrievalMethod, device: torch.device
             write_text(cell / TRAIN_LOG, log_csv(tr.state.rows))
         else:
             (cell / TRAIN_LOG).unlink(missing_ok=True)
+        if cfg.train.tensorboard:
+            from .tblog import open_writer
+
+            tr.tb = open_writer(cell, tr.state.resumed_from)
     if cfg.train.compile:
         for child in method.children():
             child.compile()
@@ -350,6 +355,16 @@ def save_epoch(tr: Trainer, epoch: int, improved: bool, stop: bool) -> None:
 
 def train_epochs(tr: Trainer, validate: Callable[[], dict[str, Any]], progress: bool,
                  log: Callable[[str], Any]) -> None:
+    """The epoch loop; the TensorBoard writer (if any) is closed however it ends."""
+    try:
+        _epoch_loop(tr, validate, progress, log)
+    finally:
+        if tr.tb is not None:
+            tr.tb.close()
+
+
+def _epoch_loop(tr: Trainer, validate: Callable[[], dict[str, Any]], progress: bool,
+                log: Callable[[str], Any]) -> None:
     """The epoch loop (or, with 0 epochs, the initial weights as the selected checkpoint)."""
     t, st = tr.cfg.train, tr.state
     if t.epochs == 0:  # zero-shot: evaluate the initial weights; nothing is selected on test
@@ -362,7 +377,7 @@ def train_epochs(tr: Trainer, validate: Callable[[], dict[str, Any]], progress: 
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": round(loss, 6), "val_mR": "",
                                "lr": tr.opt.param_groups[0]["lr"]}
         tr.sched.step()
-        improved = False
+        improved, val_metrics = False, None
         if (epoch + 1) % t.val_every == 0 or epoch + 1 == t.epochs:
             val_metrics = validate()
             row["val_mR"] = round(val_metrics[t.select_metric], 4)
@@ -370,6 +385,10 @@ def train_epochs(tr: Trainer, validate: Callable[[], dict[str, Any]], progress: 
         row["seconds"] = round(time.time() - e0, 2)
         st.rows.append(row)
         stop = bool(t.patience and st.bad_evals >= t.patience)
+        if tr.tb is not None:  # before last.pt: a resume purges what a kill left after it (engine.tblog)
+            from .tblog import write_epoch
+
+            write_epoch(tr.tb, row, val_metrics)
         save_epoch(tr, epoch + 1, improved, stop)
         log(f"  epoch {epoch + 1}/{t.epochs}  loss {row['loss']:.4f}  val {t.select_metric} {row['val_mR']}  "
             f"({row['seconds']}s)" + "".join(f"  {k} {v:.4g}" for k, v in logs.items()))

@@ -22,6 +22,7 @@ TRAIN_LOG = "train_log.csv"
 CHECKPOINT_DIR = "checkpoint"
 RESUME_FILE = "last.pt"  # inside CHECKPOINT_DIR
 METRICS_EXCLUDED_FILE = "metrics_excluded.json"  # eval.exclude: test metrics without the leaked images
+TENSORBOARD_DIR = "tensorboard"  # train.tensorboard=true: per-epoch event files (engine.tblog)
 
 # ---- at the root of a results folder --------------------------------------------------------------
 JOBS_FILE = ".jobs.json"  # cluster jobs submitted per cell (results.scan.record_jobs)
