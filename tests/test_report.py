@@ -246,3 +246,22 @@ def test_cli_functions_register_and_run(grid, tmp_path):
     assert "<h3>Gallery</h3>" not in (tmp_path / "r.html").read_text(encoding="utf-8")
     res = run(app, ["gallery", str(grid["results"]), "--dataset", "ucm", "--query-ids", "1,x"])
     assert isinstance(res.exception, UserError) and "--query-ids" in str(res.exception)
+
+
+def test_gallery_titles_use_the_display_name(grid, tmp_path):
+    """A cell whose config.json carries a display name is titled with it, not with its registry key."""
+    import shutil
+
+    from rsbench.io import read_json
+
+    src = next(c for c in scan_results(grid["results"]) if c.method == "perfect" and c.seed == 0)
+    root = tmp_path / "r"
+    shutil.copytree(src.path, root / "ucm" / "perfect" / "seed0")
+    cfg_path = root / "ucm" / "perfect" / "seed0" / "config.json"
+    cfg = read_json(cfg_path) if cfg_path.is_file() else {}
+    write_json(cfg_path, {**cfg, "method": "perfect", "dataset": "ucm", "seed": 0, "display_name": "Perfect Net"})
+    top = load_method_top(next(iter(scan_results(root))))
+    assert top.method == "perfect" and top.shown == "Perfect Net"
+    fig, _ = build_gallery(list(scan_results(root)), "ucm", n=1, split=grid["split"])
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles and all(t.startswith("Perfect Net (seed 0)") for t in titles)

@@ -36,6 +36,11 @@ class MethodTop:
     i2t_rank: np.ndarray
     t2i_rank: np.ndarray
     cap2img: np.ndarray
+    label: str = ""  # the method's display name (config.json), shown instead of its registry key
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.method
 
 
 def tile_hits(idx_row: Sequence[int], query: int, direction: str, cap2img: np.ndarray) -> np.ndarray:
@@ -60,7 +65,10 @@ def load_method_top(cell: Any) -> MethodTop:
                         "re-run the cell to get one)")
     r = cell.ranks
     top = read_topk(f, n_images=len(r["i2t_rank"]), n_captions=len(r["t2i_rank"]))
-    return MethodTop(cell.method, cell.seed, top, r["i2t_rank"], r["t2i_rank"], r["cap2img"])
+    from .names import method_names
+
+    return MethodTop(cell.method, cell.seed, top, r["i2t_rank"], r["t2i_rank"], r["cap2img"],
+                     method_names([cell])[cell.method])
 
 
 def choose_queries(n_total: int, n: int, seed: int = 0, query_ids: Sequence[int] | None = None,
@@ -106,7 +114,7 @@ def _query_cell(ax, q: int, direction: str, split: Any, thumbs: Any, tops: list[
     """The query column: the caption or the image, and each method's rank of the true match."""
     ax.set_xticks([])
     ax.set_yticks([])
-    ranks = ", ".join(f"{t.method} {int((t.t2i_rank if direction == 't2i' else t.i2t_rank)[q])}" for t in tops)
+    ranks = ", ".join(f"{t.shown} {int((t.t2i_rank if direction == 't2i' else t.i2t_rank)[q])}" for t in tops)
     if direction == "t2i":
         for s in ax.spines.values():
             s.set_visible(False)
@@ -154,7 +162,7 @@ def gallery_figure(queries: Sequence[int], direction: str, split: Any, tops: lis
                     _frame(ax, HIT if hit else MISS)
                     ax.set_xlabel(f"{r + 1}", fontsize=7, color=HIT if hit else MISS, labelpad=1)
                     if row == 0 and r == show // 2:
-                        ax.set_title(f"{t.method} (seed {t.seed})", fontsize=9, pad=4)
+                        ax.set_title(f"{t.shown} (seed {t.seed})", fontsize=9, pad=4)
         what = "text → image" if direction == "t2i" else "image → text"
         fig.suptitle(f"Top-{show} retrieved ({what}); frame: green = ground-truth match, red = not; "
                      "number = rank", fontsize=9)
