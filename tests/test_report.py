@@ -265,3 +265,15 @@ def test_gallery_titles_use_the_display_name(grid, tmp_path):
     fig, _ = build_gallery(list(scan_results(root)), "ucm", n=1, split=grid["split"])
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert titles and all(t.startswith("Perfect Net (seed 0)") for t in titles)
+
+
+def test_significance_matrix_uses_display_names():
+    import pandas as pd
+
+    from rsbench.results.report import significance_html
+
+    sig = pd.DataFrame([{"metric": "mR", "method_a": "amfmn", "method_b": "vsepp", "diff": 2.0, "p_holm": 0.01,
+                         "significant": True, "ci_low": 1.0, "ci_high": 3.0}])
+    html = significance_html(sig, names={"amfmn": "AMFMN (soft)", "vsepp": "VSE++"})
+    assert "<th>AMFMN (soft)</th>" in html and "<th>VSE++</th>" in html and ">amfmn<" not in html
+    assert "<th>amfmn</th>" in significance_html(sig)  # no names: the registry keys

@@ -116,8 +116,9 @@ def leaderboard_html(ds: str, df: Any, table: Table | None) -> str:
             f'<p class="note">{e(note)}</p>')
 
 
-def significance_html(sig: Any, metric: str = "mR") -> str:
-    """Method x method matrix of the paired difference (row - column) in `metric`, Holm-significant cells coloured."""
+def significance_html(sig: Any, metric: str = "mR", names: dict[str, str] | None = None) -> str:
+    """Method x method matrix of the paired difference (row - column) in `metric`, Holm-significant cells coloured;
+    methods are labelled with `names` (display names) where given."""
     if sig is None or not len(sig):
         return ""
     sig = sig[sig["metric"] == metric]
@@ -126,10 +127,11 @@ def significance_html(sig: Any, metric: str = "mR") -> str:
     for r in sig.itertuples(index=False):
         cell[(r.method_a, r.method_b)] = (r.diff, r.p_holm, bool(r.significant), r.ci_low, r.ci_high)
         cell[(r.method_b, r.method_a)] = (-r.diff, r.p_holm, bool(r.significant), -r.ci_high, -r.ci_low)
-    head = "<th></th>" + "".join(f"<th>{e(m)}</th>" for m in methods)
+    shown = names or {}
+    head = "<th></th>" + "".join(f"<th>{e(shown.get(m, m))}</th>" for m in methods)
     rows = []
     for a in methods:
-        tds = [f'<th class="text">{e(a)}</th>']
+        tds = [f'<th class="text">{e(shown.get(a, a))}</th>']
         for b in methods:
             if a == b:
                 tds.append('<td class="diag">–</td>')
@@ -227,13 +229,14 @@ def gallery_html(ds: str, cells: list, data_root: str | Path | None, n: int, see
 def dataset_html(ds: str, cells: list, table: Table | None, sig: Any, styles: dict, opts: dict[str, Any]) -> str:
     """The section of one dataset."""
     from .compare import group_runs
+    from .names import method_names
 
     mine = [c for c in cells if c.dataset == ds]
     runs = group_runs(mine, ds, "test")[(ds, "test")]
     size = f"test split: {table.n_images} images, {table.n_captions} captions" if table else ""
     parts = [f'<section id="ds-{e(ds)}"><h2>{e(display_name(ds))} <span class="muted">{e(size)}</span></h2>',
              leaderboard_html(ds, leaderboard(mine), table),
-             figures_html(ds, mine, runs, styles), significance_html(sig)]
+             figures_html(ds, mine, runs, styles), significance_html(sig, names=method_names(mine))]
     if opts["gallery_queries"] > 0:
         parts.append(_try("Gallery", lambda: gallery_html(ds, mine, opts["data_root"].get(ds, opts["data_root"].get("")),
                                                           opts["gallery_queries"], opts["seed"])))
