@@ -147,7 +147,7 @@ def test_precomputed_regions_train_a_step_and_score(tmp_path) -> None:
     model = make(tmp_path, region_features=str(feats), region_dim=12)
     assert model.region_encoder.cnn is None and model.image_input().dim == 12  # no CNN is built
     assert model.image_input().folder == feats
-    with pytest.raises(NotImplementedError, match="region_features"):
+    with pytest.raises(UserError, match="region_features"):
         model.image_backbone()
     regions = torch.randn(4, 5, 12).repeat_interleave(2, 0)  # the loader's "images": (B, R, region_dim)
     batch = Batch(images=regions, text=model.tokenizer()(CAPS), image_ids=torch.arange(8) // 2,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..contracts import Batch, FeatureInput, Gather, LossOutput, Tokenizer, no_gather
+from ..errors import UserError
 
 # Batch, LossOutput, Tokenizer live in rsbench.contracts; re-exported here for the methods and their users.
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Batch", "LossOutput", "MethodContext", "RetrievalMethod",
@@ -88,7 +89,8 @@ class RetrievalMethod(nn.Module, ABC):
     # ---- what the perf harness measures (benchmarks/perf.py; no private attribute names there) ----------
     def image_backbone(self) -> nn.Module:
         """The image trunk (a timm model) inside encode_images: timed alone as a training step's reference."""
-        raise NotImplementedError(f"{type(self).__name__} does not name its image backbone (image_backbone())")
+        raise UserError(f"{type(self).__name__} does not name its image backbone (image_backbone()): "
+                        "the perf harness cannot time its training step against it")
 
     def training_text_outputs(self, batch: Batch) -> list[torch.Tensor]:
         """The text encoder's outputs as training_loss computes them (default: encode_texts of the batch)."""

@@ -203,7 +203,7 @@ class SCAN(RetrievalMethod):
 
     def image_backbone(self) -> nn.Module:
         if self.region_encoder.cnn is None:
-            raise NotImplementedError("scan with region_features has no image backbone (precomputed regions)")
+            raise UserError("scan with region_features has no image backbone (it reads precomputed regions)")
         return self.region_encoder.cnn
 
     def image_input(self) -> FeatureInput | None:

@@ -8,6 +8,7 @@ tower: encode images, encode texts, its tokenizer, its preprocessing, and where 
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +25,15 @@ from .zoo_catalogue import OPENAI_MEAN, OPENAI_STD, ZooEntry, find_weights, get_
 HF_KINDS = ("clip", "siglip")
 
 
-class ClipTower(nn.Module):
+class ClipTower(nn.Module, ABC):
     """Base: subclasses set self.model and implement the encoders."""
 
     model: nn.Module
     source: Path | None = None
 
+    @abstractmethod
     def expected_size(self) -> int:
-        raise NotImplementedError
+        """The square image size the tower was built for."""
 
     def check_size(self, images: torch.Tensor) -> None:
         want = self.expected_size()
