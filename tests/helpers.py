@@ -48,3 +48,36 @@ def shared_data(sub: str) -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+# A tiny open_clip architecture (vision: width 32, 2 layers, patch 16 on 32 px; text: width 32, 2 layers,
+# 16 tokens) for tests that build, save and reload open_clip towers.
+TINY_OPENCLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def one_caption_context(tmp_path: Path) -> Any:
+    """A MethodContext with one training caption: enough for methods whose towers need no vocabulary."""
+    import numpy as np
+
+    from rsbench.methods.base import MethodContext
+
+    return MethodContext(train_captions=["a plane"], train_cap2img=np.zeros(1, dtype=np.int64), cache_dir=tmp_path)
+
+
+def paired_step(model: Any, captions: list[str], size: int = 64) -> Any:
+    """One training loss on 8 pairs (4 random images, each twice, with consecutive captions), backwarded."""
+    import torch
+
+    from rsbench.contracts import Batch
+
+    images = torch.randn(4, 3, size, size).repeat_interleave(2, 0)
+    batch = Batch(images=images, text=model.tokenizer()(captions), image_ids=torch.arange(8) // 2,
+                  caption_ids=torch.arange(8))
+    out = model.training_loss(batch)
+    assert torch.isfinite(out.loss) and out.loss.item() > 0
+    out.loss.backward()
+    return out

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import paired_step
 from test_scan import assert_far_above_chance, run_small
 
 from rsbench.errors import UserError
-from rsbench.methods.base import Batch, MethodContext
+from rsbench.methods.base import MethodContext
 from rsbench.methods.galr import GCN, MIDF, GaLR, GaLRConfig, drea, multivariate_rerank
 
 CAPS = ["many planes are parked in an airport", "a plane at the airport", "green trees around a pond",
@@ -121,12 +122,7 @@ def test_midf_fusion_by_hand() -> None:
 def test_grid_fallback_trains_a_step_and_mr_is_an_option(tmp_path) -> None:
     model = make(tmp_path)
     assert model.detector is None and "grid" in model.extra_state_json()["region_source"]
-    images = torch.randn(4, 3, 64, 64).repeat_interleave(2, 0)
-    batch = Batch(images=images, text=model.tokenizer()(CAPS), image_ids=torch.arange(8) // 2,
-                  caption_ids=torch.arange(8))
-    out = model.training_loss(batch)
-    assert torch.isfinite(out.loss) and out.loss.item() > 0
-    out.loss.backward()
+    paired_step(model, CAPS)
     assert model.gcn.out.weight.grad is not None and model.fusion.weights[0].weight.grad is not None
     assert model.global_encoder.mvsa.fc.weight.grad is not None
     assert not model.reranks and make(tmp_path, rerank="mr").reranks  # the engine re-ranks only with mr

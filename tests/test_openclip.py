@@ -4,26 +4,19 @@ import json
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from helpers import fit_one_batch
+from helpers import TINY_OPENCLIP, fit_one_batch, one_caption_context
 
 from rsbench.errors import UserError
-from rsbench.methods.base import Batch, MethodContext
+from rsbench.methods.base import Batch
 
 pytest.importorskip("open_clip")
 
-# vision: width 32, 2 layers, patch 16 on 32 px; text: width 32, 2 layers, 16 tokens.
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+TINY = TINY_OPENCLIP
 
 
-def _ctx(tmp_path: Path) -> MethodContext:
-    return MethodContext(train_captions=["a plane"], train_cap2img=np.zeros(1, dtype=np.int64), cache_dir=tmp_path)
+_ctx = one_caption_context
 
 
 def _write_config(folder: Path, name: str, cfg: dict) -> Path:

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import paired_step
 from test_scan import assert_far_above_chance, run_small
 
-from rsbench.methods.base import Batch, MethodContext
+from rsbench.methods.base import MethodContext
 from rsbench.methods.swan import SFGS, SWAN, VMSF, SWANConfig
 
 CAPS = ["many planes are parked in an airport", "a plane at the airport", "green trees around a pond",
@@ -66,16 +67,11 @@ def test_text_embedding_is_the_last_real_word_and_ignores_padding(tmp_path) -> N
 
 def test_image_side_and_a_training_step(tmp_path) -> None:
     model = make(tmp_path)
-    images = torch.randn(4, 3, 64, 64).repeat_interleave(2, 0)
-    batch = Batch(images=images, text=model.tokenizer()(CAPS), image_ids=torch.arange(8) // 2,
-                  caption_ids=torch.arange(8))
-    out = model.training_loss(batch)
-    assert torch.isfinite(out.loss) and out.loss.item() > 0
-    out.loss.backward()
+    paired_step(model, CAPS)
     assert model.image_encoder.sfgs.fmp_weight.grad is not None and model.tcge.ga.fc_g.weight.grad is not None
     frozen = make(tmp_path, finetune_backbone=False)
     assert not any(p.requires_grad for p in frozen.image_encoder.cnn.parameters())
-    assert F.normalize(frozen.encode_images(images[:2]), dim=-1).shape == (2, 16)
+    assert F.normalize(frozen.encode_images(torch.randn(2, 3, 64, 64)), dim=-1).shape == (2, 16)
 
 
 @pytest.fixture(scope="module")

@@ -6,25 +6,18 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from helpers import run_cli
+from helpers import TINY_OPENCLIP, one_caption_context, run_cli
 
 from rsbench.errors import UserError
-from rsbench.methods.base import MethodContext
 
 open_clip = pytest.importorskip("open_clip")
 
-TINY = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+TINY = TINY_OPENCLIP
 
 
-def _ctx(tmp_path: Path) -> MethodContext:
-    return MethodContext(train_captions=["a plane"], train_cap2img=np.zeros(1, dtype=np.int64), cache_dir=tmp_path)
+_ctx = one_caption_context
 
 
 @pytest.fixture(scope="module")
