@@ -202,6 +202,12 @@ def remove_tree_atomically(path: str | Path) -> None:
     path = Path(path)
     if path.exists():
         os.rename(path, _trash_name(path))
+    remove_trash(path)
+
+
+def remove_trash(path: str | Path) -> None:
+    """Delete the `.<name>.trash-*` siblings a killed remove_tree_atomically left beside `path`."""
+    path = Path(path)
     for old in path.parent.glob(f".{glob.escape(path.name)}.trash-*"):
         shutil.rmtree(old, ignore_errors=True)
 

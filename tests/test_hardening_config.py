@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -114,10 +115,10 @@ def test_lower_is_better_metric_selects_the_minimum(tiny_synthetic, tmp_path, mo
     real = runner.evaluate
 
     def evaluate(method, split, *a, **k):
-        metrics, i2t, t2i = real(method, split, *a, **k)
+        result = real(method, split, *a, **k)
         if split is data.val:
-            metrics = {**metrics, "i2t_meanr": next(fake)}
-        return metrics, i2t, t2i
+            result = replace(result, metrics={**result.metrics, "i2t_meanr": next(fake)})
+        return result
 
     monkeypatch.setattr(runner, "evaluate", evaluate)
     data = load_dataset("synthetic", data_root=tiny_synthetic)

@@ -17,7 +17,12 @@ import torch
 
 from ..config.schema import RunConfig
 from ..contracts import DatasetSplits
-from ..io import cache_root, remove_stale_temp_files, write_json  # one cache root for datasets and methods
+from ..io import (  # one cache root for datasets and methods
+    cache_root,
+    remove_stale_temp_files,
+    remove_trash,
+    write_json,
+)
 from ..methods.base import MethodContext, RetrievalMethod
 from ..methods.registry import create_method
 from ..results.layout import (
@@ -35,7 +40,6 @@ from .cellfolder import (
     clear_cell,
     config_record,
     data_record,
-    remove_trash,
 )
 from .checkpoint import load_best
 from .device import pick_precision, use_channels_last
@@ -95,7 +99,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
     result = dist.on_main(evaluate, method, data.test, cfg, device, precision, progress, image_cache=cache,
                           topk=True)
     _, i2t, t2i = result
-    top = getattr(result, "topk", None)  # None only when a caller wrapped evaluate into the plain triple
+    top = result.topk
     excluded = dist.on_main(_write_excluded, cell, exclude, method, data.test, (i2t, t2i), cfg, device, precision,
                             progress, cache)
     wall = time.time() - t0

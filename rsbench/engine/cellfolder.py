@@ -8,9 +8,7 @@ name. File names come from rsbench.results.layout; the failure marker is results
 
 from __future__ import annotations
 
-import glob
 import json
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,9 +145,3 @@ def clear_cell(cell: Path) -> None:
     """
     remove_tree_atomically(cell)
     cell.mkdir(parents=True, exist_ok=True)
-
-
-def remove_trash(cell: Path) -> None:
-    """Delete the trash a killed `clear_cell` left beside the cell (lock held)."""
-    for old in cell.parent.glob(f".{glob.escape(cell.name)}.trash-*"):
-        shutil.rmtree(old, ignore_errors=True)
