@@ -249,8 +249,6 @@ def build_report(results_dir: str | Path, dataset: str | None = None, data_root:
                  gallery_queries: int = GALLERY_QUERIES) -> str:
     """The whole HTML page (a string). data_root: {dataset: folder} for the gallery images ('' = any)."""
     from .. import __version__
-    from ..evaluation.metrics import TESTED_METRICS
-    from .compare import compare_runs, group_runs
     from .plots import method_styles
     from .report_template import CSS, JS
 
@@ -260,9 +258,8 @@ def build_report(results_dir: str | Path, dataset: str | None = None, data_root:
     styles = method_styles([c.method for c in cells])
     opts = {"data_root": data_root or {}, "gallery_queries": gallery_queries, "seed": seed}
     sections = []
-    for (ds, _split), runs in sorted(group_runs(cells, dataset, "test", where=str(results_dir)).items()):
-        sig = compare_runs(ds, "test", runs, TESTED_METRICS, alpha, resamples, seed) if len(runs) > 1 else None
-        sections.append(dataset_html(ds, cells, tables.get(ds), sig, styles, opts))
+    for ds, table in sorted(tables.items()):  # the tables' own significance tests (run once, not again here)
+        sections.append(dataset_html(ds, cells, table, table.significance, styles, opts))
     nav = " ".join(f'<a href="#ds-{e(ds)}">{e(display_name(ds))}</a>' for ds in sorted(tables))
     title = f"rsbench report: {Path(results_dir).resolve().name}"
     stamp = time.strftime("%Y-%m-%d %H:%M")

@@ -70,6 +70,7 @@ class Table:
     alpha: float
     resamples: int
     chance_mr: float = math.nan  # a random scorer's mR on this split (exact; NaN when the cells have none)
+    significance: Any = None  # compare_runs' frame behind the marks (None with one method): the report reuses it
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,9 +142,10 @@ def build_tables(cells: Sequence[Any], lb: Any, opts: TableOptions = TableOption
     tables = []
     for (ds, split_), runs in sorted(groups.items()):
         rows = _our_rows(lb[lb["dataset"] == ds], runs, names)
+        sig = None
         if len(rows) > 1:
-            _mark_significant(rows, compare_runs(ds, split_, runs, TESTED_METRICS, opts.alpha, opts.resamples,
-                                                 opts.seed))
+            sig = compare_runs(ds, split_, runs, TESTED_METRICS, opts.alpha, opts.resamples, opts.seed)
+            _mark_significant(rows, sig)
         any_cell = next(iter(runs.values()))
         chance = [float(r.metrics[s]["chance_mR"]) for r in runs.values() for s in r.seeds
                   if isinstance(r.metrics[s].get("chance_mR"), (int, float))]  # fmt: skip
@@ -151,7 +153,7 @@ def build_tables(cells: Sequence[Any], lb: Any, opts: TableOptions = TableOption
             dataset=ds, split=split_, n_images=any_cell.n_images,
             n_captions=0 if any_cell.cap2img is None else len(any_cell.cap2img), rows=rows,
             published=_published_rows(ds) if opts.with_published else [], alpha=opts.alpha, resamples=opts.resamples,
-            chance_mr=chance[0] if chance else math.nan,
+            chance_mr=chance[0] if chance else math.nan, significance=sig,
         ))
     return tables
 
