@@ -135,3 +135,25 @@ def load_resume(path: Path, method: str = "") -> dict[str, Any]:
 
 def restore_model(model: torch.nn.Module, state: dict[str, Any], path: Path) -> None:
     _load_strict(model, state, path)
+
+
+def check_resume_precision(path: Path, state: dict[str, Any], asked: str, setting: str, device: str,
+                           run_precision: str | None = None) -> None:
+    """Refuse (one line) to continue a resume state in another precision than it was trained in: the
+    resume guarantee holds per precision, and a mixed run matches neither. Where last.pt predates the
+    field: run.json's precision, else an explicit train.precision (fp32/bf16/fp16 always give themselves),
+    else refuse, since default/auto depend on the machine that wrote it."""
+    had, source = state.get("precision"), ""
+    if not isinstance(had, str):
+        had, source = run_precision, " (recorded in run.json)"
+        if had is None and setting in ("fp32", "bf16", "fp16"):
+            had, source = setting, ""
+    if had is None:
+        raise CheckpointError(f"{path}: resume state written before rsbench recorded precisions does not record "
+                              f"its precision, and train.precision={setting} gives {asked} on {device} here, "
+                              "which may differ; pass --no-resume to train this cell from the start")
+    if had != asked:
+        raise CheckpointError(f"{path}: resume state trained in {had}{source}, this run asks for {asked} "
+                              f"(train.precision={setting} on {device}); a run must end in the precision it "
+                              f"started in: resume it where train.precision={setting} gives {had}, or pass "
+                              f"--no-resume to train this cell from the start in {asked}")

@@ -26,11 +26,13 @@ import torch
 
 from ..errors import UserError, one_line
 from ..io import kill_point, write_text
+from ..results.cell import read_run_record
 from ..results.layout import CHECKPOINT_DIR, RESUME_FILE, TRAIN_LOG
 from . import distributed as dist
 from .checkpoint import (
     CheckpointError,
     best_epoch_on_disk,
+    check_resume_precision,
     load_resume,
     restore_model,
     save_best,
@@ -152,6 +154,8 @@ def resume_state(tr: Trainer, log: Callable[[str], Any]) -> TrainState:
     """Restore everything from last.pt; repair a best checkpoint a kill prevented from being written."""
     cfg, last_path = tr.cfg, tr.last_path
     state = load_resume(last_path, cfg.method)
+    check_resume_precision(last_path, state, tr.precision.name, cfg.train.precision, tr.device.type,
+                           (read_run_record(tr.cell) or {}).get("precision"))
     restore_model(tr.method, state["model"], last_path)
     try:
         tr.opt.load_state_dict(state["optimizer"])
@@ -346,6 +350,7 @@ def save_epoch(tr: Trainer, epoch: int, improved: bool, stop: bool) -> None:
         "scaler": tr.scaler.state_dict(), "epoch": epoch, "best_val": st.best_val,
         "best_epoch": st.best_epoch, "best_val_metrics": st.best_val_metrics, "log": st.rows,
         "bad_evals": st.bad_evals, "early_stopped": stop, "opt_steps": st.opt_steps,
+        "precision": tr.precision.name,  # a resume in another precision is refused (check_resume_precision)
     }, name)
     # after last.pt: the log never shows an epoch a resume would not start after (rank 0 writes)
     dist.on_main(write_text, tr.cell / TRAIN_LOG, log_csv(st.rows))
