@@ -76,3 +76,105 @@ def test_old_last_pt_without_precision_uses_run_json_or_is_refused(tmp_path, tin
     (cell / "run.json").write_text(json.dumps(run))  # run.json says fp32, as auto gives here: resumes
     code, out, err = _run(tmp_path, tiny_synthetic, capsys)
     assert code == 0 and "resuming" in out, err
+
+
+# ---- the GPU check on CPU (items 1-4) -----------------------------------------------------------------
+
+def test_cpu_only_machine_prints_one_line_and_exits_0(monkeypatch, capfd):
+    from rsbench.benchmarks import gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu.main([]) == 0
+    out, err = capfd.readouterr()
+    assert out == gpu.NO_GPU + "\n" and err == ""
+
+
+def test_budget_share_and_step_plan_hand_worked():
+    from rsbench.benchmarks.gpu_steps import plan_steps, setting_share, settings_for
+
+    # 480 s budget, 100 s gone, 15 s reserve, 12 settings left: (480 - 100 - 15) / 12 = 30.4166 s each
+    assert setting_share(480, 100, 12, 15) == pytest.approx(365 / 12)
+    assert setting_share(480, 470, 3, 15) == 0.0  # overspent: nothing left, never negative
+    # a 30 s share, 12 s spent on build + warm-up + 5 probe steps, 0.25 s a step: 5 + 72 = 77 of 300
+    assert plan_steps(300, 5, 30.0, 12.0, 0.25) == 77
+    assert plan_steps(50, 5, 30.0, 12.0, 0.25) == 50  # fits: the requested count
+    assert plan_steps(300, 5, 10.0, 12.0, 0.25) == 5  # share already spent: the probe steps only
+    assert plan_steps(300, 5, 30.0, 29.9, 0.25) == 5  # 0.1 s left is not one more step
+    rows = settings_for(["vsepp", "msa"], compile_too=True)
+    assert [(s.method, s.precision, s.channels_last, s.compile) for s in rows] == [
+        ("vsepp", "fp32", True, False), ("vsepp", "bf16", True, False), ("vsepp", "bf16", False, False),
+        ("msa", "fp32", True, False), ("msa", "bf16", True, False), ("msa", "bf16", False, False),
+        ("vsepp", "bf16", True, True), ("msa", "bf16", True, True)]  # compiled settings last
+
+
+def _table(text: str, first: str) -> list[list[str]]:
+    """Rows of the markdown table whose header starts with `first` (header included)."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"| {first} |"))
+    rows = []
+    for ln in lines[start:]:
+        if not ln.startswith("|"):
+            break
+        rows.append([c.strip() for c in ln.strip().strip("|").split(" | ")])
+    return [rows[0]] + rows[2:]
+
+
+def test_tiny_cpu_run_reports_every_setting_and_column(tmp_path, capsys):
+    from rsbench.benchmarks import gpu
+
+    out = tmp_path / "gpu.md"
+    code = gpu.main(["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "0", "--images", "20",
+                     "--skip-checks", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    text = out.read_text()
+    assert text in printed and "torch:" in text and "budget: 480 s" in text
+    table = _table(text, "method")
+    assert tuple(table[0]) == gpu.COLUMNS
+    body = table[1:]
+    assert [(r[0], r[3], r[4]) for r in body] == [(m, p, cl) for m in gpu.METHODS
+                                                  for p, cl in (("fp32", "yes"), ("bf16", "yes"), ("bf16", "no"))]
+    for r in body:
+        assert len(r) == len(gpu.COLUMNS) and r[1] == "8" and r[2] == "32" and r[6] == "2"
+        wait, compute, step = float(r[9]), float(r[10]), float(r[8])
+        assert wait >= 0 and compute > 0 and step == pytest.approx(wait + compute, abs=0.16)
+        assert float(r[7]) == pytest.approx(8 / (step / 1000), rel=0.02)  # img/s = batch / step time
+        assert r[11] == "-"  # no GPU memory on CPU
+
+
+def test_budget_spent_skips_settings_and_the_rows_say_so(tmp_path, capsys):
+    from rsbench.benchmarks import gpu
+
+    code = gpu.main(["--device", "cpu", "--tiny", "--budget", "1", "--images", "20", "--skip-checks",
+                     "--methods", "vsepp"])
+    body = _table(capsys.readouterr().out, "method")[1:]
+    assert code == 0 and len(body) == 3 and all(r[-1] == "skipped: the budget is spent" for r in body)
+
+
+def _drop_scaler(path: Path) -> None:
+    from rsbench.engine.checkpoint import load_resume
+
+    state = load_resume(path)
+    del state["scaler"]  # a resume that forgets the GradScaler (its scale and growth tracker)
+    torch.save(state, path)
+
+
+def test_fp16_resume_check_passes_and_fails_when_the_scaler_state_is_dropped(tmp_path):
+    from rsbench.benchmarks.gpu import make_data
+    from rsbench.benchmarks.gpu_checks import resume_check
+
+    _, data = make_data(tmp_path, 40, tiny=True)
+    ok = resume_check(data, torch.device("cpu"), tmp_path / "ok", tiny=True)
+    assert ok.status == "PASS" and ok.detail.startswith("bitwise equal after 2 epochs"), ok.detail
+    bad = resume_check(data, torch.device("cpu"), tmp_path / "bad", tiny=True, corrupt=_drop_scaler)
+    assert bad.status == "FAIL" and "scaler" in bad.detail, bad.detail
+
+
+def test_bench_perf_gpu_without_cuda_and_bad_combinations(monkeypatch, capsys):
+    from rsbench.benchmarks import gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run_cli(["perf", "--gpu", "--compile"], capsys)
+    assert code == 0 and out == gpu.NO_GPU + "\n" and err == ""
+    code, out, err = run_cli(["perf", "--compile"], capsys)
+    assert code == 2 and err.startswith("error: --gpu takes only --compile and --out") and len(err.splitlines()) == 1

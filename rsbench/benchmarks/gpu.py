@@ -91,6 +91,8 @@ def environment(device: torch.device, budget_s: float) -> list[str]:
                         f"{torch.cuda.device_count()} visible")
     else:
         lines.insert(0, f"device: CPU ({platform.processor() or platform.machine()}; test mode, tiny models)")
+    lines.append(f"fp32 arithmetic: matmul precision '{torch.get_float32_matmul_precision()}', cuDNN TF32 "
+                 f"{'on' if torch.backends.cudnn.allow_tf32 else 'off'} (torch's defaults; rsbench sets neither)")
     lines.append(f"budget: {budget_s:.0f} s for the whole check (checks first, then an equal share per setting)")
     return lines
 

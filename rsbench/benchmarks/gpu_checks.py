@@ -105,7 +105,10 @@ def _differences(a: Any, b: Any, key: str = "") -> tuple[list[str], float]:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
         parts = [_differences(x, y, f"{key}[{i}]") for i, (x, y) in enumerate(zip(a, b))]
         return [k for p in parts for k in p[0]], max([p[1] for p in parts], default=0.0)
-    return ([], 0.0) if a == b else ([key], float("inf"))
+    if a == b:
+        return [], 0.0
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    return [key], abs(a - b) if numbers else float("inf")  # counters and floats of the log: their difference
 
 
 def resume_state_of(path: Path) -> dict[str, Any]:
@@ -138,8 +141,9 @@ def resume_check(data: Any, device: torch.device, work: Path, tiny: bool,
 
 def _judge_noise(name: str, keys: list[str], diff: float, repeat: tuple[list[str], float]) -> CheckResult:
     """Not bitwise equal: a pass only within the noise of a repeated uninterrupted run (module doc)."""
-    shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
     scaler = [k for k in keys if k.startswith("scaler")]
+    keys = scaler + [k for k in keys if k not in scaler]
+    shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
     noise = repeat[1]
     if not repeat[0]:
         return CheckResult(name, "FAIL", f"differs in {shown} (max |diff| {diff:.3g}) while a repeat of the "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -229,5 +230,5 @@ def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    if hasattr(torch, "_dynamo"):
+    if "torch._dynamo" in sys.modules:  # only once something was compiled (importing it takes seconds)
         torch._dynamo.reset()  # compiled graphs of the previous model
