@@ -48,8 +48,8 @@ COLUMNS = ("method", "batch", "px", "precision", "channels_last", "compile", "st
 @dataclass
 class Report:
     header: list[str]
-    timings: list[Timing] = field(default_factory=list)
-    errors: dict[Setting, str] = field(default_factory=dict)
+    rows: list[list[str]] = field(default_factory=list)  # one per setting, in the order they ran
+    failed: bool = False  # a setting raised
     checks: list[CheckResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -82,9 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def environment(device: torch.device, budget_s: float) -> list[str]:
     """Header lines: the machine, the software and the budget."""
-    lines = [f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"torch: {torch.__version__}; CUDA (torch build): {torch.version.cuda}; cuDNN: {torch.backends.cudnn.version()}; "
-             f"python {platform.python_version()}"]
+    versions = (f"torch: {torch.__version__}; CUDA (torch build): {torch.version.cuda}; "
+                f"cuDNN: {torch.backends.cudnn.version()}; python {platform.python_version()}")
+    lines = [f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC", versions]
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         lines.insert(0, f"GPU: {props.name} ({props.total_memory / 2**30:.0f} GiB), "
@@ -100,14 +100,15 @@ def environment(device: torch.device, budget_s: float) -> list[str]:
 def run_notes(tiny: bool, data: Any) -> list[str]:
     """What the rows were measured on: weights, text towers, data."""
     if tiny:
-        return ["CPU test mode: test_resnet backbones, a 2-layer BERT text tower, 32 px, batch 8: checks the "
-                "logic, not the speed", f"data: synthetic, {data.train.n_images} train images at 32 px"]
-    return ["weights: random (pretrained=false; nothing is downloaded); MSA's text tower has bert-base-uncased's "
-            "architecture (12 layers, 768 wide; the shipped MiniLM's uncased WordPiece vocabulary, which is "
-            "bert-base-uncased's), CLIP's that of the shipped MiniLM",
-            f"data: synthetic, {data.train.n_images} train images generated at 256 px; each method's paper preset "
-            "sets its batch size, image size, augmentation and optimiser; DataLoader workers as `bench run` "
-            "sizes them; steps after the warm-up, each timed from the previous step's end"]
+        return [("CPU test mode: test_resnet backbones, a 2-layer BERT text tower, 32 px, batch 8: checks the "
+                 "logic, not the speed"), f"data: synthetic, {data.train.n_images} train images at 32 px"]
+    weights = ("weights: random (pretrained=false; nothing is downloaded); MSA's text tower has bert-base-uncased's "
+               "architecture (12 layers, 768 wide; the shipped MiniLM's uncased WordPiece vocabulary, which is "
+               "bert-base-uncased's), CLIP's that of the shipped MiniLM")
+    source = (f"data: synthetic, {data.train.n_images} train images generated at 256 px; each method's paper "
+              "preset sets its batch size, image size, augmentation and optimiser; DataLoader workers as "
+              "`bench run` sizes them; steps after the warm-up, each timed from the previous step's end")
+    return [weights, source]
 
 
 def make_data(work: Path, n_images: int, tiny: bool) -> tuple[Path, Any]:
@@ -143,21 +144,25 @@ def _ddp(args: argparse.Namespace, device: torch.device, work: Path, root: Path)
 def run_timings(args: argparse.Namespace, device: torch.device, work: Path, data: Any, report: Report,
                 t0: float, echo: Any) -> None:
     """Each setting in turn, each with its share of the budget left; a setting that raises is a row."""
-    text = shaped_text_model(work / "text-model", args.tiny)
+    try:
+        text: Path | None = shaped_text_model(work / "text-model", args.tiny)
+    except Exception as e:  # noqa: BLE001 (only the methods with a text tower need it; their rows will say)
+        text = None
+        report.notes.append(f"no BERT-shaped text model ({' '.join(str(e).split())[:120]})")
     settings = settings_for(args.methods, args.compile)
     for i, s in enumerate(settings):
         share = setting_share(args.budget, time.perf_counter() - t0, len(settings) - i, RESERVE_S)
         if share <= 0:
-            report.errors[s] = "skipped: the budget is spent"
+            report.rows.append(note_row(s, "skipped: the budget is spent"))
             continue
         try:
             timing = time_setting(s, data, device, work, text, args.tiny, args.warmup, args.steps, share)
         except Exception as e:  # noqa: BLE001 (one setting's error, e.g. out of memory, is its row)
-            report.errors[s] = f"error: {type(e).__name__}: {' '.join(str(e).split())[:160]}"
-            echo(f"{s.method} {s.precision}: {report.errors[s]}")
-            continue
-        report.timings.append(timing)
-        echo(format_row(timing_row(timing)))
+            report.rows.append(note_row(s, f"error: {type(e).__name__}: {' '.join(str(e).split())[:160]}"))
+            report.failed = True
+        else:
+            report.rows.append(timing_row(timing))
+        echo(format_row(report.rows[-1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
         write_text(args.out, text)
         echo(f"written: {args.out}")
-    return 1 if report.errors and any(e.startswith("error") for e in report.errors.values()) or any(
-        c.status == "FAIL" for c in report.checks) else 0
+    return 1 if report.failed or any(c.status == "FAIL" for c in report.checks) else 0
 
 
 def _echo(msg: str) -> None:
@@ -208,6 +212,11 @@ def timing_row(t: Timing) -> list[str]:
             str(t.steps), f"{t.images_per_s:.1f}", _ms(step), _ms(t.waits), _ms(t.computes), peak, t.note]
 
 
+def note_row(s: Setting, note: str) -> list[str]:
+    """The row of a setting that was not timed: skipped or raised."""
+    return [s.method, "", "", s.precision, _yes(s.channels_last), _yes(s.compile)] + [""] * 6 + [note]
+
+
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
@@ -222,10 +231,7 @@ def render(report: Report) -> str:
     lines += [f"- {h}" for h in report.header]
     lines += [f"- {line}" for line in report.notes]
     lines += ["", format_row(list(COLUMNS)), format_row(["---"] * len(COLUMNS))]
-    lines += [format_row(timing_row(t)) for t in report.timings]
-    for s, msg in report.errors.items():
-        lines.append(format_row([s.method, "", "", s.precision, _yes(s.channels_last), _yes(s.compile)]
-                                + [""] * 6 + [msg]))
+    lines += [format_row(row) for row in report.rows]
     lines += ["", "| check | result | detail |", "|---|---|---|"]
     lines += [format_row([c.name, c.status, c.detail]) for c in report.checks]
     return "\n".join(lines) + "\n"

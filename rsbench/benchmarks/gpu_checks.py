@@ -75,7 +75,7 @@ def train_cell(cfg: Any, data: Any, device: torch.device, cell: Path, resume: bo
     from ..engine.evaluate import evaluate
     from ..engine.train import attach_train_data, seed_everything, start_training, train_epochs
 
-    quiet: Callable[[str], None] = lambda _msg: None  # noqa: E731
+    quiet: Callable[[str], None] = lambda _msg: None
     precision = Precision(torch.float16, True)
     seed_everything(cfg.seed)
     method = build_method(cfg, data, device)
