@@ -152,13 +152,18 @@ def test_tiny_cpu_run_reports_every_setting_and_column(tmp_path, capsys):
         assert r[11] == "-"  # no GPU memory on CPU
 
 
-def test_budget_spent_skips_settings_and_the_rows_say_so(tmp_path, capsys):
+def test_checks_table_and_a_spent_budget_skipping_every_setting(tmp_path, capsys):
     from rsbench.benchmarks import gpu
 
-    code = gpu.main(["--device", "cpu", "--tiny", "--budget", "1", "--images", "20", "--skip-checks",
-                     "--methods", "vsepp"])
-    body = _table(capsys.readouterr().out, "method")[1:]
+    code = gpu.main(["--device", "cpu", "--tiny", "--budget", "1", "--images", "40", "--methods", "vsepp"])
+    printed = capsys.readouterr().out
+    body = _table(printed, "method")[1:]
     assert code == 0 and len(body) == 3 and all(r[-1] == "skipped: the budget is spent" for r in body)
+    checks = _table(printed, "check")
+    assert checks[0] == ["check", "result", "detail"]
+    assert [r[1] for r in checks[1:]] == ["PASS", "SKIPPED"]
+    assert checks[1][0].startswith("fp16 + GradScaler") and checks[1][2].startswith("bitwise equal")
+    assert checks[2][0].startswith("DDP") and "no CUDA GPU" in checks[2][2]
 
 
 def _drop_scaler(path: Path) -> None:

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = torch.device("cpu" if args.device == "cpu" else "cuda")
     t0 = time.perf_counter()
-    report = Report(environment(device, args.budget))
+    report = Report([f"command: python -m rsbench.benchmarks.gpu {' '.join(argv if argv is not None else sys.argv[1:])}"
+                     .rstrip(), *environment(device, args.budget)])
     echo = _echo
     for line in report.header:
         echo(line)
