@@ -10,7 +10,9 @@ cannot be closer to the uninterrupted one than a repeat of it is; the factor cov
 sample), and the scaler state (scale, growth tracker) must still be equal exactly.
 
 ddp: with 2+ CUDA GPUs, a torchrun cell of 2 processes (engine.distributed) and a single-process
-evaluation of its selected checkpoint must give the same test ranks.
+evaluation of its selected checkpoint must give the same test ranks and the same top-10 lists and scores
+(topk.npz; the scores are expected to be exact, the same weights evaluated by the same code on the same
+kind of device, and may differ by DDP_SCORE_TOL, a last-bit difference of another kernel choice).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 
 RESUME_NOISE_FACTOR = 10.0
+DDP_SCORE_TOL = 1e-5  # top-10 scores: expected exact; a last-bit difference of another kernel choice is not a bug
 CHECK_SET = {"pretrained": False, "train.sampling": "image", "train.keep_last": True}
 TINY_CHECK_SET = {**CHECK_SET, "train.image_size": 32, "train.resize": 36, "train.batch_size": 8,
                   "backbone": "test_resnet", "embed_dim": 32, "hidden_dim": 32, "word_dim": 16,
@@ -186,6 +189,7 @@ def _compare_ddp_ranks(name: str, cell: Path, keys: dict[str, Any], data_root: P
     from ..engine.checkpoint import load_best
     from ..engine.device import pick_precision
     from ..engine.evaluate import evaluate
+    from ..evaluation.topk import read_topk
     from ..results.cell import read_run_record
 
     cfg = resolve_config("vsepp", "synthetic", 0, "small", overrides=copy.deepcopy(keys))
@@ -193,10 +197,17 @@ def _compare_ddp_ranks(name: str, cell: Path, keys: dict[str, Any], data_root: P
     method = build_method(cfg, data, device)
     meta = load_best(cell / "checkpoint", method, "vsepp")
     method.load_extra_state_json(meta.get("text_state", {}))
-    _, i2t, t2i = evaluate(method, data.test, cfg, device, pick_precision(cfg.train.precision, device))
+    result = evaluate(method, data.test, cfg, device, pick_precision(cfg.train.precision, device), topk=True)
     world = (read_run_record(cell) or {}).get("world_size")
     with np.load(cell / "ranks.npz") as z:
-        bad = int((z["i2t_rank"] != i2t).sum() + (z["t2i_rank"] != t2i).sum())
-    if world != 2 or bad:
-        return CheckResult(name, "FAIL", f"world_size {world}; {bad} of {len(i2t) + len(t2i)} ranks differ")
-    return CheckResult(name, "PASS", f"world_size 2; all {len(i2t) + len(t2i)} test ranks equal")
+        bad = int((z["i2t_rank"] != result.i2t).sum() + (z["t2i_rank"] != result.t2i).sum())
+    saved, top = read_topk(cell / "topk.npz"), result.topk
+    score_diff = max(float(np.abs(saved.i2t_score - top.i2t_score).max()),
+                     float(np.abs(saved.t2i_score - top.t2i_score).max()))
+    same_lists = np.array_equal(saved.i2t_idx, top.i2t_idx) and np.array_equal(saved.t2i_idx, top.t2i_idx)
+    n = len(result.i2t) + len(result.t2i)
+    if world != 2 or bad or not same_lists or score_diff > DDP_SCORE_TOL:
+        return CheckResult(name, "FAIL", f"world_size {world}; {bad} of {n} ranks differ; top-10 lists "
+                           f"{'equal' if same_lists else 'differ'}, scores max |diff| {score_diff:.3g}")
+    scores = "scores equal" if score_diff == 0 else f"scores within {score_diff:.2g}"
+    return CheckResult(name, "PASS", f"world_size 2; all {n} test ranks and the top-10 lists equal, {scores}")
