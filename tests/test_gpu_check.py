@@ -193,3 +193,22 @@ def test_bench_perf_gpu_without_cuda_and_bad_combinations(monkeypatch, capsys):
     assert code == 0 and out == gpu.NO_GPU + "\n" and err == ""
     code, out, err = run_cli(["perf", "--compile"], capsys)
     assert code == 2 and err.startswith("error: --gpu takes only --compile and --out") and len(err.splitlines()) == 1
+
+
+def test_resume_judged_against_the_noise_of_a_repeat_where_kernels_are_not_deterministic():
+    """The GPU branch of the resume check: not bitwise equal passes only within 10x a repeat's difference."""
+    from rsbench.benchmarks.gpu_checks import _differences, _judge_noise
+
+    a = {"model": {"w": torch.tensor([1.0, 2.0])}, "scaler": {"scale": 1024.0, "_growth_tracker": 3}, "epoch": 2}
+    near = {"model": {"w": torch.tensor([1.0, 2.0 + 2**-20])}, "scaler": dict(a["scaler"]), "epoch": 2}
+    far = {"model": {"w": torch.tensor([1.0, 2.5])}, "scaler": dict(a["scaler"]), "epoch": 2}
+    keys, diff = _differences(a, near)
+    assert keys == ["model.w"] and diff == 2**-20
+    assert _differences(a, {**a, "scaler": {"scale": 512.0, "_growth_tracker": 3}})[0] == ["scaler.scale"]
+    assert _judge_noise("r", keys, diff, ([], 0.0)).status == "FAIL"  # a repeat is exact: the resume is wrong
+    assert _judge_noise("r", keys, diff, _differences(a, near)).status == "PASS"  # same size as a repeat's
+    keys_far, diff_far = _differences(a, far)
+    bad = _judge_noise("r", keys_far, diff_far, _differences(a, near))  # 0.5 > 10 x 2^-20
+    assert bad.status == "FAIL" and "> 10 x" in bad.detail
+    scaler = _judge_noise("r", ["model.w", "scaler._growth_tracker"], 2**-20, _differences(a, near))
+    assert scaler.status == "FAIL" and scaler.detail.startswith("differs in scaler._growth_tracker")
