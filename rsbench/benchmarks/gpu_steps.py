@@ -79,7 +79,7 @@ def plan_steps(requested: int, done: int, share_s: float, spent_s: float, step_s
 
 def timing_overrides(method: str, setting: Setting, text_folder: Path | None, tiny: bool) -> dict[str, Any]:
     """--set keys of a timed cell: random weights (none can be downloaded offline), the setting's precision,
-    channels_last and compile; the MSA/CLIP text tower from `text_folder` when given; tiny sizes on CPU."""
+    channels_last and compile; a bert-base-uncased text tower (MSA) from `text_folder`; tiny sizes on CPU."""
     from ..config.overlay import has_key
     from ..methods.registry import get_method_spec
 
@@ -89,7 +89,7 @@ def timing_overrides(method: str, setting: Setting, text_folder: Path | None, ti
     for k in ("pretrained", "text_pretrained"):
         if has_key(model, k):
             keys[k] = False
-    if text_folder is not None and has_key(model, "text_model") and (tiny or not _offline_text(method)):
+    if text_folder is not None and has_key(model, "text_model") and (tiny or _bert_base_text(method)):
         keys["text_model"] = str(text_folder)
     if tiny:
         keys.update({"train.image_size": 32, "train.resize": 36, "train.batch_size": 8, "train.num_workers": 0})
@@ -98,14 +98,11 @@ def timing_overrides(method: str, setting: Setting, text_folder: Path | None, ti
     return keys
 
 
-def _offline_text(method: str) -> bool:
-    """The paper preset's text model can be built here without a download (the shipped MiniLM or a folder)."""
-    from ..methods.components.hf_text import DEFAULT_TEXT_MODEL
+def _bert_base_text(method: str) -> bool:
+    """The paper preset's text model is bert-base-uncased (a download): built here from its architecture."""
     from ..methods.registry import get_method_spec
 
-    spec = get_method_spec(method)
-    name = spec.presets.get("paper", {}).get("text_model", getattr(spec.config_cls(), "text_model", ""))
-    return name == DEFAULT_TEXT_MODEL or Path(str(name)).expanduser().exists()
+    return get_method_spec(method).presets.get("paper", {}).get("text_model") == "bert-base-uncased"
 
 
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
