@@ -3,7 +3,8 @@
 best: `best.safetensors` (weights; its header metadata also holds the method name, epoch, val
 metrics and the method's JSON text state, so weights and their description cannot disagree) and
 `best.json` (the same description, for people and tools).
-last: `last.pt` resume state (weights, optimiser, scheduler, log...), read with weights_only=True.
+last: `last.pt` resume state (weights, optimiser, scheduler, log, the precision it was trained in...),
+read with weights_only=True; a resume in another precision is refused (check_resume_precision).
 Both written atomically; a tampered, truncated or foreign file is refused with a one-line error.
 """
 
