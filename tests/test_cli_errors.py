@@ -206,3 +206,38 @@ def test_help_and_usage_errors_import_no_heavy_module(argv, code):
                           text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == {"code": code, "heavy": []}, proc.stderr[-500:]
+
+
+def _probe(argv: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(_HEAVY), *argv], capture_output=True,
+                          text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def test_status_of_a_results_folder_imports_no_heavy_module(tmp_path):
+    """#21: `bench status` reads every cell (metrics.json, ranks.npz, topk.npz) without torch, so it answers in
+    about a second, on a folder holding a done, a failed and a started cell."""
+    import numpy as np
+
+    from rsbench.results.cell import write_eval_outputs, write_failure
+
+    out = tmp_path / "res"
+    c2i = np.repeat(np.arange(4), 2)
+    write_eval_outputs(out / "synthetic" / "vsepp" / "seed0", [1, 2, 1, 3], [1, 1, 2, 1, 4, 1, 1, 2], c2i)
+    write_failure(out / "synthetic" / "vsepp" / "seed1", "train loss is non-finite")
+    (out / "synthetic" / "vsepp" / "seed2").mkdir()
+    got = _probe(["status", str(out)])
+    assert (got["code"], got["heavy"]) == (0, []), got["stderr"][-500:]
+    assert "1 done, 1 failed, 1 started" in got["stdout"]
+
+
+def test_metric_names_match_the_metrics_table():
+    """The torch-free copy of the metric list (read by `bench status`) is the one rsbench.evaluation.metrics uses."""
+    from rsbench.evaluation import metric_names, metrics
+
+    for name in ("METRICS", "SUMMARY_METRIC", "METRIC_KEYS", "RECALL_KS", "METRIC_HEADERS", "TABLE_METRICS",
+                 "LEADERBOARD_METRICS", "TESTED_METRICS", "METRIC_DIRECTION"):
+        ours, theirs = getattr(metric_names, name), getattr(metrics, name)
+        if name == "METRICS":
+            ours, theirs = [vars(s) for s in ours], [vars(s) for s in theirs]
+        assert ours == theirs, name
