@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -241,3 +242,33 @@ def test_metric_names_match_the_metrics_table():
         if name == "METRICS":
             ours, theirs = [vars(s) for s in ours], [vars(s) for s in theirs]
         assert ours == theirs, name
+
+
+def _documented_messages() -> dict[str, str]:
+    """Case name -> the stderr line the first table of docs/bad_inputs.md promises for it."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text(encoding="utf-8")
+    section = text.split("## Command line and config", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and re.fullmatch(r"`\w+`", cells[3]) and cells[1].startswith("`error: "):
+            rows[cells[3].strip("`")] = cells[1].strip("`")
+    return rows
+
+
+def test_bad_inputs_doc_shows_the_messages_bench_prints(results):
+    """#21: docs/bad_inputs.md must show what `bench` prints: each documented line's text, between its `...` and
+    `<placeholder>` gaps, appears in that order in the real error line."""
+    rows = _documented_messages()
+    assert len(rows) >= 15
+    wrong = []
+    for name, doc in rows.items():
+        if name not in results:  # cuda_without_gpu on a machine with a GPU
+            continue
+        line = next(ln for ln in results[name][1].stderr.splitlines() if ln.startswith("error:"))
+        pos = 0
+        for part in re.split(r"\.\.\.|<[^>]+>", doc):
+            pos = line.find(part, pos) + len(part) if pos >= 0 and line.find(part, pos) >= 0 else -1
+        if pos < 0:
+            wrong.append(f"{name}: docs/bad_inputs.md says {doc!r}, bench prints {line!r}")
+    assert not wrong, "\n".join(wrong)
