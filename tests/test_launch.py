@@ -165,9 +165,9 @@ def test_threads_option_sets_and_records_torch_threads(tmp_path, tiny_synthetic,
 
 
 def test_jobs_run_with_the_threads_and_record_the_command_of_bench_run(syn, tmp_path, monkeypatch, capsys):
-    """#21: a submitit job gets `bench run --threads` and the `bench run` command line, and its run.json records
-    both as a local run's does (not the job process's own torch default and argv). The executor is a fake that
-    keeps what the launcher submits and runs it here when asked for the result."""
+    """#21: a submitit job gets `bench run --threads`, the `bench run` command line and the grid's data.val_split,
+    and its run.json records them as a local run's does (not the job process's own torch default and argv). The
+    executor is a fake that keeps what the launcher submits and runs it here when asked for the result."""
     import inspect
 
     import torch
@@ -195,12 +195,19 @@ def test_jobs_run_with_the_threads_and_record_the_command_of_bench_run(syn, tmp_
             submitted.append(inspect.signature(fn).bind(*args))
             return Job(fn, args)
 
+    from rsbench.datasets import load_dataset
+
     monkeypatch.setattr(launch, "make_executor", lambda *a, **k: Executor())
+    val = tmp_path / "val.txt"  # data.val_split lives in the grid's DataSource, not in the cell config
+    val.write_text("\n".join(load_dataset("synthetic", data_root=syn).train.image_names[:3]) + "\n")
     argv = ["run", "--methods", "vsepp", "--dataset", "synthetic", "--data-root", str(syn), "--out",
-            str(tmp_path / "r"), *TINY_ARGS, "--epochs", "0", "--launcher", "submitit-local", "--threads", "1"]
+            str(tmp_path / "r"), *TINY_ARGS, "--epochs", "0", "--launcher", "submitit-local", "--threads", "1",
+            "--set", f"data.val_split={val}"]
     monkeypatch.setattr(sys, "argv", ["bench", *argv])
     code, stdout, err = bench(argv, capsys)
     assert code == 0, stdout + err
-    assert [(b.arguments["threads"], b.arguments["command"]) for b in submitted] == [(1, ["bench", *argv])]
+    assert [(b.arguments["threads"], b.arguments["command"], b.arguments["source"].val_split) for b in submitted] \
+        == [(1, ["bench", *argv], val.resolve())]
     run = json.loads((tmp_path / "r" / "synthetic" / "vsepp" / "seed0" / "run.json").read_text())
     assert (run["hardware"]["torch_threads"], run["command"]) == (1, ["bench", *argv])
+    assert run["data"]["notes"]["val_split"]["n_val"] == 3
