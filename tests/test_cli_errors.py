@@ -220,11 +220,15 @@ def test_status_of_a_results_folder_imports_no_heavy_module(tmp_path):
     about a second, on a folder holding a done, a failed and a started cell."""
     import numpy as np
 
+    from rsbench.evaluation.metrics import compute_ranks
+    from rsbench.evaluation.topk import topk_from_scores
     from rsbench.results.cell import write_eval_outputs, write_failure
 
     out = tmp_path / "res"
     c2i = np.repeat(np.arange(4), 2)
-    write_eval_outputs(out / "synthetic" / "vsepp" / "seed0", [1, 2, 1, 3], [1, 1, 2, 1, 4, 1, 1, 2], c2i)
+    sims = np.random.default_rng(0).standard_normal((4, 8))
+    write_eval_outputs(out / "synthetic" / "vsepp" / "seed0", *compute_ranks(sims, c2i), c2i,
+                       topk=topk_from_scores(sims))  # what a finished run leaves: metrics, ranks, top-K lists
     write_failure(out / "synthetic" / "vsepp" / "seed1", "train loss is non-finite")
     (out / "synthetic" / "vsepp" / "seed2").mkdir()
     got = _probe(["status", str(out)])
