@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -206,3 +207,72 @@ def test_help_and_usage_errors_import_no_heavy_module(argv, code):
                           text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == {"code": code, "heavy": []}, proc.stderr[-500:]
+
+
+def _probe(argv: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(_HEAVY), *argv], capture_output=True,
+                          text=True, timeout=120, check=False, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def test_status_of_a_results_folder_imports_no_heavy_module(tmp_path):
+    """#21: `bench status` reads every cell (metrics.json, ranks.npz, topk.npz) without torch, so it answers in
+    about a second, on a folder holding a done, a failed and a started cell."""
+    import numpy as np
+
+    from rsbench.evaluation.metrics import compute_ranks
+    from rsbench.evaluation.topk import topk_from_scores
+    from rsbench.results.cell import write_eval_outputs, write_failure
+
+    out = tmp_path / "res"
+    c2i = np.repeat(np.arange(4), 2)
+    sims = np.random.default_rng(0).standard_normal((4, 8))
+    write_eval_outputs(out / "synthetic" / "vsepp" / "seed0", *compute_ranks(sims, c2i), c2i,
+                       topk=topk_from_scores(sims))  # what a finished run leaves: metrics, ranks, top-K lists
+    write_failure(out / "synthetic" / "vsepp" / "seed1", "train loss is non-finite")
+    (out / "synthetic" / "vsepp" / "seed2").mkdir()
+    got = _probe(["status", str(out)])
+    assert (got["code"], got["heavy"]) == (0, []), got["stderr"][-500:]
+    assert "1 done, 1 failed, 1 started" in got["stdout"]
+
+
+def test_metric_names_match_the_metrics_table():
+    """The torch-free copy of the metric list (read by `bench status`) is the one rsbench.evaluation.metrics uses."""
+    from rsbench.evaluation import metric_names, metrics
+
+    for name in ("METRICS", "SUMMARY_METRIC", "METRIC_KEYS", "RECALL_KS", "METRIC_HEADERS", "TABLE_METRICS",
+                 "LEADERBOARD_METRICS", "TESTED_METRICS", "METRIC_DIRECTION"):
+        ours, theirs = getattr(metric_names, name), getattr(metrics, name)
+        if name == "METRICS":
+            ours, theirs = [vars(s) for s in ours], [vars(s) for s in theirs]
+        assert ours == theirs, name
+
+
+def _documented_messages() -> dict[str, str]:
+    """Case name -> the stderr line the first table of docs/bad_inputs.md promises for it."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text(encoding="utf-8")
+    section = text.split("## Command line and config", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and re.fullmatch(r"`\w+`", cells[3]) and cells[1].startswith("`error: "):
+            rows[cells[3].strip("`")] = cells[1].strip("`")
+    return rows
+
+
+def test_bad_inputs_doc_shows_the_messages_bench_prints(results):
+    """#21: docs/bad_inputs.md must show what `bench` prints: each documented line's text, between its `...` and
+    `<placeholder>` gaps, appears in that order in the real error line."""
+    rows = _documented_messages()
+    assert len(rows) >= 15
+    wrong = []
+    for name, doc in rows.items():
+        if name not in results:  # cuda_without_gpu on a machine with a GPU
+            continue
+        line = next(ln for ln in results[name][1].stderr.splitlines() if ln.startswith("error:"))
+        pos = 0
+        for part in re.split(r"\.\.\.|<[^>]+>", doc):
+            pos = line.find(part, pos) + len(part) if pos >= 0 and line.find(part, pos) >= 0 else -1
+        if pos < 0:
+            wrong.append(f"{name}: docs/bad_inputs.md says {doc!r}, bench prints {line!r}")
+    assert not wrong, "\n".join(wrong)

@@ -199,6 +199,27 @@ def test_cache_command(tmp_path, monkeypatch):
     assert res.stdout.startswith("reused ")
 
 
+def test_cache_command_builds_the_cache_the_methods_train_from(tiny_synthetic, isolated_cache, capsys):
+    """#21: `bench data cache synthetic` built a 224/244 px cache that no run on the 64 px set reads. With --methods
+    it builds the size each method trains at on this dataset (vsepp 64 -> 70, amfmn 64 -> 72 on the synthetic set),
+    and the training engine then finds those caches instead of building its own."""
+    from rsbench.config.resolve import resolve_config
+    from rsbench.datasets import DataSource, load_dataset
+    from rsbench.engine.train import build_image_cache
+
+    code, out, err = run_main(["data", "cache", "synthetic", "--data-root", str(tiny_synthetic), "--methods",
+                               "vsepp,amfmn"], capsys)
+    assert code == 0, err
+    assert "(40 images, 70x70) for vsepp" in out and "(40 images, 72x72) for amfmn" in out
+    assert sorted(p.name.rsplit("_", 1)[1] for p in (isolated_cache / "images").glob("*.u8")) == ["70.u8", "72.u8"]
+    data = load_dataset(DataSource("synthetic", tiny_synthetic))
+    for m in ("vsepp", "amfmn"):
+        cfg = resolve_config(m, "synthetic", overrides={"train.image_cache": True})
+        assert build_image_cache(data, cfg).reused, m
+    code, _, err = run_main(["data", "cache", "synthetic", "--data-root", str(tiny_synthetic)], capsys)
+    assert code == 2 and "--methods" in err and "--image-size" in err and len(err.strip().splitlines()) == 1
+
+
 def test_numbered_rsicd_files_are_not_a_class_of_their_own(tmp_path):
     """#21: RSICD names some images by number (00001.jpg, no class prefix): class_from_name gives ''
     for them, and `data check` counted that as a 31st class."""

@@ -162,3 +162,52 @@ def test_threads_option_sets_and_records_torch_threads(tmp_path, tiny_synthetic,
     assert (default_threads(0), default_threads(2), default_threads(2, processes=2), default_threads(9)) == (6, 4, 1, 1)
     code, _, _ = bench(["run", "--methods", "vsepp", "--dataset", "synthetic", "--threads", "0"], capsys)
     assert code == 2
+
+
+def test_jobs_run_with_the_threads_and_record_the_command_of_bench_run(syn, tmp_path, monkeypatch, capsys):
+    """#21: a submitit job gets `bench run --threads`, the `bench run` command line and the grid's data.val_split,
+    and its run.json records them as a local run's does (not the job process's own torch default and argv). The
+    executor is a fake that keeps what the launcher submits and runs it here when asked for the result."""
+    import inspect
+
+    import torch
+
+    from rsbench.engine import launch
+
+    submitted: list[inspect.BoundArguments] = []
+
+    class Job:
+        def __init__(self, fn, args):
+            self.fn, self.args, self.job_id = fn, args, f"fake{len(submitted)}"
+
+        def results(self):
+            before, argv = torch.get_num_threads(), sys.argv
+            torch.set_num_threads(3)  # what the job process would start with
+            sys.argv = ["python", "-m", "submitit.core._submit", "/tmp/job"]
+            try:
+                return [self.fn(*self.args)]
+            finally:
+                torch.set_num_threads(before)
+                sys.argv = argv
+
+    class Executor:
+        def submit(self, fn, *args):
+            submitted.append(inspect.signature(fn).bind(*args))
+            return Job(fn, args)
+
+    from rsbench.datasets import load_dataset
+
+    monkeypatch.setattr(launch, "make_executor", lambda *a, **k: Executor())
+    val = tmp_path / "val.txt"  # data.val_split lives in the grid's DataSource, not in the cell config
+    val.write_text("\n".join(load_dataset("synthetic", data_root=syn).train.image_names[:3]) + "\n")
+    argv = ["run", "--methods", "vsepp", "--dataset", "synthetic", "--data-root", str(syn), "--out",
+            str(tmp_path / "r"), *TINY_ARGS, "--epochs", "0", "--launcher", "submitit-local", "--threads", "1",
+            "--set", f"data.val_split={val}"]
+    monkeypatch.setattr(sys, "argv", ["bench", *argv])
+    code, stdout, err = bench(argv, capsys)
+    assert code == 0, stdout + err
+    assert [(b.arguments["threads"], b.arguments["command"], b.arguments["source"].val_split) for b in submitted] \
+        == [(1, ["bench", *argv], val.resolve())]
+    run = json.loads((tmp_path / "r" / "synthetic" / "vsepp" / "seed0" / "run.json").read_text())
+    assert (run["hardware"]["torch_threads"], run["command"]) == (1, ["bench", *argv])
+    assert run["data"]["notes"]["val_split"]["n_val"] == 3

@@ -514,9 +514,11 @@ def test_scan_status_states(tmp_path: Path) -> None:
     assert got == [(0, "done", ""), (1, "failed", ""), (2, "incomplete", ""), (3, "started", ""),
                    (4, "running", ""), (5, "queued", "job42")]
     assert rows[0].detail == f"test mR {load_cell(done).metrics['mR']:.2f}"
-    same = " (with the options it was started with; other options need --overwrite)"
+    same = " (with the options and data it was started with; others need --overwrite)"
     assert rows[1].detail == "boom" and rows[2].detail == "interrupted after epoch 2, will resume" + same
-    assert rows[3].detail == "no epoch finished yet, will start over" + same
+    assert rows[3].detail == "no epoch finished yet, will start over"  # no config.json: any options start it
+    (cell_dir(tmp_path, "d", "m", 3) / "config.json").write_text("{}")  # other options are refused (#21)
+    assert scan_status(tmp_path)[3].detail == "no epoch finished yet, will start over" + same
     (resumable / "config.json").unlink()  # `bench run` refuses such a cell: status must not promise a resume
     assert scan_status(tmp_path)[2].detail == ("interrupted after epoch 2, but its config is unknown (no "
                                                "config.json): `bench run` refuses it without --overwrite")

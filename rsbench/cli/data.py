@@ -75,22 +75,56 @@ def cache_cmd(
     ann_file: AnnFileOpt = None,
     image_dir: ImageDirOpt = None,
     layout: LayoutOpt = "auto",
-    image_size: Annotated[int, typer.Option("--image-size", help="Training image size (train.image_size).")] = 224,
-    resize: Annotated[int, typer.Option("--resize", help="train.resize (0: round(image_size * 1.09)).")] = 0,
+    methods: Annotated[str | None, typer.Option(
+        "--methods", help="Build the cache(s) these methods train from (comma-separated, as `bench run "
+                          "--methods`): their train.image_size and train.resize on this dataset under --preset.")] = None,
+    preset: Annotated[str, typer.Option(help="The methods' preset, as in `bench run` (auto: small on synthetic, "
+                                             "paper otherwise).")] = "auto",
+    image_size: Annotated[int | None, typer.Option(
+        "--image-size", help="Training image size (train.image_size); overrides the methods' own.")] = None,
+    resize: Annotated[int, typer.Option("--resize", help="train.resize with --image-size (0: round(image_size * "
+                                                         "1.09)).")] = 0,
     val_seed: ValSeedOpt = 0,
 ) -> None:
-    """Decode and resize every image once into $RSBENCH_CACHE/images (used with train.image_cache=true)."""
+    """Decode and resize every image once into $RSBENCH_CACHE/images (used with train.image_cache=true), at the
+    size `bench run` trains from: the methods' (--methods) or --image-size's."""
     from ..datasets import DataSource, load_dataset
-    from ..datasets.cache import ImageCache, train_resize_size
+    from ..datasets.cache import ImageCache
 
+    sizes = cache_sizes(dataset, methods, preset, image_size, resize)
     ds = load_dataset(DataSource(dataset, data_root, ann_file, image_dir, layout, val_seed))
-    size = train_resize_size(image_size, resize)
     step = max(1, (ds.train.n_images + ds.val.n_images + ds.test.n_images) // 20)
 
     def progress(done: int, total: int) -> None:
         if done % step == 0 or done == total:
             typer.echo(f"  {done}/{total}", err=True)
 
-    cache = ImageCache.build(ds, size, fingerprint=ds.fingerprint, progress=progress)
-    state = "reused" if cache.reused else "built"
-    typer.echo(f"{state} {cache.data_path} ({len(cache)} images, {size}x{size})")
+    for size, users in sizes.items():
+        cache = ImageCache.build(ds, size, fingerprint=ds.fingerprint, progress=progress)
+        state = "reused" if cache.reused else "built"
+        typer.echo(f"{state} {cache.data_path} ({len(cache)} images, {size}x{size})"
+                   + (f" for {', '.join(users)}" if users else ""))
+
+
+def cache_sizes(dataset: str, methods: str | None, preset: str, image_size: int | None,
+                resize: int) -> dict[int, list[str]]:
+    """Cache resolution -> the methods training from it. Why from the resolved configs: the trainer looks the
+    cache up by train_resize_size(train.image_size, train.resize), which the method's preset sets per
+    dataset (64 px on the synthetic set, 224-256 px on real data); a cache of another size is never read."""
+    from ..datasets.cache import train_resize_size
+    from ..errors import UserError
+
+    if methods is None:
+        if image_size is None:
+            raise UserError("bench data cache: say which size to build: --methods M,... (the size they train "
+                            "at on this dataset) or --image-size N")
+        return {train_resize_size(image_size, resize): []}
+    from ..config.resolve import resolve_config
+    from .options import split_list
+
+    over = {} if image_size is None else {"train.image_size": image_size, "train.resize": resize}
+    sizes: dict[int, list[str]] = {}
+    for m in split_list(methods, "methods"):
+        t = resolve_config(m, dataset, preset=preset, overrides=over).train
+        sizes.setdefault(train_resize_size(t.image_size, t.resize), []).append(m)
+    return sizes

@@ -73,8 +73,8 @@ def run(
             raise UserError(f"eval.exclude runs with --launcher local only (not {launcher}); "
                             "run the grid locally, or without eval.exclude")
 
-        return submit_from_cli(launcher, grid.cfgs, out, source, device, resume, overwrite, partition, gpus_per_job,
-                               time_limit, slurm_folder)
+        return submit_from_cli(launcher, grid.cfgs, out, grid.source, device, resume, overwrite, partition, gpus_per_job,
+                               time_limit, slurm_folder, threads)
     try:
         rows = run_grid(grid, device, sys.stderr.isatty() if progress is None else progress)
     except GridInterrupted as e:

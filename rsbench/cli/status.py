@@ -18,7 +18,8 @@ import typer
 def status(
     results_dir: Annotated[Path, typer.Argument(help="Results folder (the --out of `bench run`).")],
 ) -> None:
-    """Show each cell's state: done, running, damaged, failed (with its error), incomplete (will resume), queued.
+    """Show each cell's state: done, running, damaged, failed (with its error), incomplete (will resume), started
+    (will start over), queued; with the options and data a cell was started with (others need --overwrite).
 
     Exits 1 when a cell is damaged (its result files do not read back)."""
     from ..results.scan import scan_status

@@ -44,25 +44,33 @@ def _export_submitit_dist_env() -> None:
 
 
 def run_cell_job(cfg: dict[str, Any], source: DataSource, out: str, device: str = "auto",
-                 resume: bool = True, overwrite: bool = False) -> dict[str, Any]:
+                 resume: bool = True, overwrite: bool = False, threads: int | None = None,
+                 command: list[str] | None = None) -> dict[str, Any]:
     """Run one cell exactly as `bench run` does locally; returns {"cell", "status", "mR"}.
 
     cfg: `to_dict(RunConfig)`; source: the cell's dataset with absolute paths (a frozen, picklable
-    DataSource). Any error is recorded in the cell's failed.json (and re-raised, so the scheduler
-    marks the job failed).
+    DataSource). threads: `bench run --threads` (None: the same default as a local run, from the job's
+    cores). command: the `bench run` command line, which run.json records instead of the job's own.
+    Any error is recorded in the cell's failed.json (and re-raised, so the scheduler marks the job failed).
     """
+    import sys
+
     from ..config.schema import RunConfig
     from ..results.cell import read_failure
     from ..results.layout import cell_dir
     from . import distributed as dist
     from .device import pick_device
-    from .grid import load_data, record_failure, run_one_cell
+    from .grid import Grid, load_data, record_failure, run_one_cell, set_threads
 
     _export_submitit_dist_env()
     run_cfg = RunConfig.from_dict(cfg)
+    key = (run_cfg.method, source.name, run_cfg.seed)
     cell = cell_dir(out, source.name, run_cfg.method, run_cfg.seed)
+    argv = sys.argv
+    sys.argv = list(command or argv)  # run.json's "command" (results.cell.run_record reads sys.argv)
     try:
         dev = dist.setup(pick_device(device))
+        set_threads(Grid(*([k] for k in key), {key: run_cfg}, Path(out), threads=threads), dev)  # as run_grid
         ds = load_data(source)
         cell = cell_dir(out, ds.name, run_cfg.method, run_cfg.seed)
         row = run_one_cell(run_cfg, ds, cell, dev, resume, overwrite, False)
@@ -70,6 +78,8 @@ def run_cell_job(cfg: dict[str, Any], source: DataSource, out: str, device: str 
     except Exception as e:  # a timeout/preemption (signal, SystemExit) leaves the cell incomplete instead
         record_failure(cell, e)
         raise
+    finally:
+        sys.argv = argv
     if row.status == "failed" and read_failure(cell) is None:
         record_failure(cell, "failed (see the job's log)")
     return {"cell": str(cell), "status": row.status, "mR": row.metrics.get("mR")}
@@ -165,8 +175,12 @@ def submitit_folder(out: Path, slurm_folder: Path | None) -> Path:
 
 def submit_grid(launcher: str, specs: list[JobSpec], out: Path, *, device: str, resume: bool, overwrite: bool,
                 partition: str | None = None, gpus_per_job: int = 1, time_limit: str = "240",
-                slurm_folder: Path | None = None, cpus_per_task: int | None = None) -> list[Any]:
-    """Submit one job per cell; record the job ids in `<out>/.jobs.json`; return the submitit jobs."""
+                slurm_folder: Path | None = None, cpus_per_task: int | None = None,
+                threads: int | None = None) -> list[Any]:
+    """Submit one job per cell; record the job ids in `<out>/.jobs.json`; return the submitit jobs.
+    Each job gets `threads` and this process's command line (run.json records both, as in a local run)."""
+    import sys
+
     from ..results.scan import record_jobs
 
     folder = submitit_folder(out, slurm_folder)
@@ -174,7 +188,8 @@ def submit_grid(launcher: str, specs: list[JobSpec], out: Path, *, device: str, 
     jobs = []
     try:
         for spec in specs:
-            jobs.append(ex.submit(run_cell_job, spec.cfg, spec.source, str(out), device, resume, overwrite))
+            jobs.append(ex.submit(run_cell_job, spec.cfg, spec.source, str(out), device, resume, overwrite,
+                                  threads, list(sys.argv)))
     except (RuntimeError, OSError, subprocess.CalledProcessError) as e:  # sbatch refused: one line
         record_jobs(out, [(s.cell, j.job_id) for s, j in zip(specs, jobs)], launcher, folder)
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
@@ -202,7 +217,7 @@ def wait_and_report(jobs: list[Any], echo: Any = print) -> int:
 
 def submit_from_cli(launcher: str, cfgs: dict[tuple[str, str, int], Any], out: Path, source: DataSource | None,
                     device: str, resume: bool, overwrite: bool, partition: str | None, gpus_per_job: int,
-                    time_limit: str, slurm_folder: Path | None) -> None:
+                    time_limit: str, slurm_folder: Path | None, threads: int | None = None) -> None:
     """`bench run --launcher slurm|submitit-local`: submit the grid; wait for local jobs, print SLURM ids.
 
     `source` is the grid's (engine.grid.Grid.source): each job gets its dataset's, with absolute paths."""
@@ -223,7 +238,7 @@ def submit_from_cli(launcher: str, cfgs: dict[tuple[str, str, int], Any], out: P
         raise UserError(f"RSBENCH_SLURM_CPUS_PER_TASK='{cpus}': expected a whole number")
     jobs = submit_grid(launcher, specs, out, device=device, resume=resume, overwrite=overwrite,
                        partition=partition, gpus_per_job=gpus_per_job, time_limit=time_limit,
-                       slurm_folder=slurm_folder, cpus_per_task=int(cpus) if cpus else None)
+                       slurm_folder=slurm_folder, cpus_per_task=int(cpus) if cpus else None, threads=threads)
     for spec, job in zip(specs, jobs):
         echo(f"submitted job {job.job_id}: {spec.cell}")
     if launcher == "submitit-local":

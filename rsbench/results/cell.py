@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError, one_line
-from ..evaluation.metrics import LEADERBOARD_METRICS, METRIC_KEYS, chance_metrics, metrics_from_ranks
+from ..evaluation.metric_names import LEADERBOARD_METRICS, METRIC_KEYS
 from ..evaluation.topk import TOPK_FILE, TopK, read_topk, write_topk
 from ..io import read_json, read_json_object, write_json, write_with
 from .layout import CONFIG_FILE, FAILED_FILE, METRICS_FILE, RANKS_FILE, RUN_FILE, cell_dir, parse_cell
@@ -59,6 +59,8 @@ def write_eval_outputs(
     it is shaped like a cell) and the data fingerprint, so a copied file still says what it measures.
     Without `topk` an earlier run's topk.npz is removed, so the gallery never shows another run's lists.
     """
+    from ..evaluation.metrics import chance_metrics, metrics_from_ranks  # torch: only writers pay for it
+
     cell = Path(cell)
     i2t = np.asarray(i2t_rank, dtype=np.int64)
     t2i = np.asarray(t2i_rank, dtype=np.int64)

@@ -114,14 +114,16 @@ def cell_status(cell: Path, job: str = "") -> CellStatus:
     elif (cell / CHECKPOINT_DIR / RESUME_FILE).is_file():
         st.state, st.detail = "incomplete", f"interrupted after epoch {_epochs_logged(cell)}, will resume{_SAME}"
     elif cell.is_dir():
-        st.state, st.detail = "started", f"no epoch finished yet, will start over{_SAME}"
+        same = _SAME if (cell / CONFIG_FILE).is_file() else ""  # no config.json: any options start it over
+        st.state, st.detail = "started", f"no epoch finished yet, will start over{same}"
     elif not job:
         st.state, st.detail = "unknown", ""
     return st
 
 
-# what `bench run` does depends on its options: with others than the cell's it refuses (ConfigMismatch)
-_SAME = " (with the options it was started with; other options need --overwrite)"
+# what `bench run` does depends on its options and data: with others than the cell's (config.json, data.json)
+# it refuses (ConfigMismatch, DataMismatch)
+_SAME = " (with the options and data it was started with; others need --overwrite)"
 
 
 def _epochs_logged(cell: Path) -> str:
