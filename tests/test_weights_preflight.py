@@ -6,6 +6,7 @@ No network is used here (the hubs are offline or the probe is replaced), which i
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -13,7 +14,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-
 from helpers import run_cli
 
 TINY = "test_resnet.r160_in1k"  # a timm test model with hub weights: small enough to save in a fake cache
@@ -82,8 +82,8 @@ def test_paper_grid_offline_fails_in_one_line_per_missing_weight(empty_caches, t
         f"  vsepp (2 cells: synthetic): timm weights resnet152.a1h_in1k: {why}; {fix.format(m='vsepp')}",
         f"  clip (2 cells: synthetic): timm weights resnet50.a1_in1k: {why}; {fix.format(m='clip')}",
         f"  msa (2 cells: synthetic): timm weights resnet50.tv_in1k: {why}; {fix.format(m='msa')}",
-        f"  msa (2 cells: synthetic): transformers model bert-base-uncased: {why}; "
-        "fix: --set msa.text_model=FOLDER or --set msa.text_model=minilm",
+        (f"  msa (2 cells: synthetic): transformers model bert-base-uncased: {why}; "
+         "fix: --set msa.text_model=FOLDER or --set msa.text_model=minilm"),
     ]  # clip's text model is the packaged MiniLM: available, not listed
     assert "Traceback" not in err and cell_folders(out) == []
     assert wall < 5, f"{wall:.1f} s"
@@ -150,7 +150,7 @@ def test_unreachable_hub_with_everything_cached_goes_offline(empty_caches, monke
                 out=Path("/nonexistent-out"))
     check_weights(grid)
     assert probed == [[f"{constants.ENDPOINT}/timm/{TINY}"]]
-    assert constants.HF_HUB_OFFLINE is True and __import__("os").environ["HF_HUB_OFFLINE"] == "1"
+    assert constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
     assert "unreachable; every weight is cached: the hubs are offline for this run" in capsys.readouterr().err
     # not cached and unreachable: a missing weight, no offline switch needed
     cfg2 = resolve_config("vsepp", "synthetic", 0, "paper", overrides={"backbone": "resnet18.tv_in1k"})
@@ -204,7 +204,7 @@ def test_reachability_probe_is_bounded():
     from rsbench.methods.components.weights import reachable
 
     class NotFound(BaseHTTPRequestHandler):
-        def do_HEAD(self):  # noqa: N802 - http.server's naming
+        def do_HEAD(self):
             self.send_response(404)
             self.end_headers()
 
@@ -226,3 +226,18 @@ def test_reachability_probe_is_bounded():
     finally:
         server.shutdown()
         silent.close()
+
+
+def test_complete_cells_need_no_weights(monkeypatch, tmp_path):
+    """A complete cell is skipped by the run, so its weights are not asked for (unless --overwrite)."""
+    import rsbench.results.cell as cellmod
+    from rsbench.config.resolve import resolve_config
+    from rsbench.engine.grid import Grid
+    from rsbench.engine.preflight import cells_to_run
+
+    monkeypatch.setattr(cellmod, "is_complete", lambda cell: Path(cell).name == "seed0")
+    cfgs = {("vsepp", "synthetic", s): resolve_config("vsepp", "synthetic", s, "paper") for s in (0, 1)}
+    grid = Grid(["vsepp"], ["synthetic"], [0, 1], cfgs, tmp_path)
+    assert list(cells_to_run(grid)) == [("vsepp", "synthetic", 1)]
+    grid.overwrite = True
+    assert list(cells_to_run(grid)) == [("vsepp", "synthetic", 0), ("vsepp", "synthetic", 1)]
