@@ -179,8 +179,7 @@ def test_method_declarations(tmp_path):
     f.write_bytes(b"x")
     assert needs("vsepp", backbone_weights=str(f))[0].local
     [o] = needs("openclip", pretrained="openai")
-    assert o.what == "open_clip weights ViT-B-32 'openai'" and o.fixes == (
-        "checkpoint=FILE (the tag's file, downloaded elsewhere)",)
+    assert o.what == "open_clip weights ViT-B-32 'openai'" and o.fixes == ("checkpoint=FILE pretrained=",)
 
 
 @pytest.mark.parametrize("name", ["resnet152", "resnet18.tv_in1k", TINY, "vit_small_patch16_224"])

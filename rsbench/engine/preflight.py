@@ -79,5 +79,5 @@ def _missing_line(method: str, need: WeightNeed, cells: list[Cell], offline: str
     else:
         net = f"offline ({offline}=1)" if offline else f"{urlparse(need.url).netloc} unreachable"
         why = f"not in the {need.where} and {net}"
-    fixes = " or ".join(f"--set {method}.{f}" for f in need.fixes)
+    fixes = " or ".join(" ".join(f"--set {method}.{kv}" for kv in f.split()) for f in need.fixes)
     return f"{where}: {need.what}: {why}" + (f"; fix: {fixes}" if fixes else "")

@@ -36,7 +36,7 @@ class WeightNeed:
     where: str  # the cache or file it is read from ("Hugging Face cache /root/.cache/huggingface/hub")
     local: bool  # a local file or a filled cache holds it: no network needed
     url: str = ""  # where it would be downloaded from ('' = nowhere: a path the user gave)
-    fixes: tuple[str, ...] = ()  # model options that avoid it ("backbone_weights=FILE", "pretrained=false")
+    fixes: tuple[str, ...] = ()  # alternatives that avoid it, each 1+ model options ("checkpoint=FILE pretrained=")
     hub: bool = False  # read through huggingface_hub (which asks the network even when cached, unless offline)
     missing: str = "not found"  # why it cannot be had when not local and nothing serves it
 
@@ -194,7 +194,7 @@ def tower_needs(cfg: Any) -> list[WeightNeed]:
     if not cfg.pretrained:
         return []
     arch = (cfg.model or DEFAULT_MODEL).replace("/", "-")
-    need = openclip_weight(arch, cfg.pretrained, ("checkpoint=FILE (the tag's file, downloaded elsewhere)",))
+    need = openclip_weight(arch, cfg.pretrained, ("checkpoint=FILE pretrained=",))  # the tag's file, fetched elsewhere
     return [need] if need else []
 
 
