@@ -27,8 +27,9 @@ def _no_training(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _run(root: Path, dataset: str, out: Path, capsys) -> tuple[int, str, str]:
+    # preset small: no pretrained weights, so the data error is what the run reports with or without a network
     return run_cli(["run", "--methods", "vsepp", "--dataset", dataset, "--data-root", str(root), "--epochs", "1",
-                    "--device", "cpu", "--out", str(out)], capsys)
+                    "--preset", "small", "--device", "cpu", "--out", str(out)], capsys)
 
 
 def _edit_json(path: Path, fn) -> None:

@@ -57,6 +57,7 @@ def run(
     """
     from ..datasets import DataSource
     from ..engine.grid import Grid, GridInterrupted, plan_grid, run_grid
+    from ..engine.preflight import check_weights
     from ..results.leaderboard import update_leaderboard
 
     names = split_list(dataset, "dataset")
@@ -65,6 +66,8 @@ def run(
                 source=source, resume=resume, overwrite=overwrite, threads=threads)
     cli_train = {"epochs": epochs, "batch_size": batch_size, "compile": compile or None, "precision": precision}
     plan_grid(grid, preset, config, zoo_weights(grid.methods, weights_dir) + list(set_ or []), cli_train)
+    if launcher != "slurm":  # the nodes of a cluster have their own network and caches
+        check_weights(grid)  # every pretrained weight can be had, before any cell starts
     if launcher != "local":  # one submitit job per cell (rsbench.engine.launch); nothing is trained here
         from ..engine.launch import submit_from_cli
         from ..errors import UserError

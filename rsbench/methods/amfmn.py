@@ -31,6 +31,7 @@ from .components.backbones import create_backbone
 from .components.prior_similarity import PriorParams, PriorSimilarity, dynamic_margin
 from .components.triplet import hinge_triplet
 from .components.vocab import Vocabulary, WordTokenizer
+from .components.weights import WeightNeed, backbone_needs
 from .registry import register_method
 
 VARIANTS = ("soft", "fusion", "similarity")
@@ -252,6 +253,10 @@ class TextAttention(nn.Module):
 class AMFMN(RetrievalMethod):
     config_cls = AMFMNConfig
     cross_interaction = True
+
+    @classmethod
+    def required_weights(cls, config: AMFMNConfig) -> list[WeightNeed]:
+        return backbone_needs(config)
 
     def __init__(self, config: AMFMNConfig, context: MethodContext):
         super().__init__(config, context)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from torch import nn
 
 from ..contracts import Batch, FeatureInput, Gather, LossOutput, Tokenizer, no_gather
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from .components.weights import WeightNeed
 
 # Batch, LossOutput, Tokenizer live in rsbench.contracts; re-exported here for the methods and their users.
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Batch", "LossOutput", "MethodContext", "RetrievalMethod",
@@ -55,6 +58,13 @@ class RetrievalMethod(nn.Module, ABC):
         super().__init__()
         self.config = config
         self.context = context
+
+    @classmethod
+    def required_weights(cls, config: Any) -> list[WeightNeed]:
+        """Every pretrained weight building this method with `config` would load (timm tags, hub models,
+        local files; see components/weights.py), declared without building anything, so that a run can
+        check a whole grid before any cell starts. Default: none."""
+        return []
 
     # ---- data side -------------------------------------------------------------------------
     def image_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

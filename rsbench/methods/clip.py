@@ -24,6 +24,7 @@ from .components.backbones import create_backbone
 from .components.contrastive import LogitScale, check_same_image_mode, decay_param_groups, info_nce
 from .components.hf_text import DEFAULT_TEXT_MODEL, FrozenTextCache, HFTokenizer, load_text_model
 from .components.prompts import PromptTokenizer
+from .components.weights import WeightNeed, backbone_needs, text_model_weight
 from .registry import register_method
 
 TEXT_POOLS = ("mean", "cls")
@@ -119,6 +120,10 @@ class ClipMethod(RetrievalMethod):
     """Image tower -> Linear, text tower -> pool -> Linear; InfoNCE with a learnable temperature."""
 
     config_cls = ClipConfig
+
+    @classmethod
+    def required_weights(cls, config: ClipConfig) -> list[WeightNeed]:
+        return backbone_needs(config) + [text_model_weight(config.text_model, config.text_pretrained)]
 
     def __init__(self, config: ClipConfig, context: MethodContext):
         super().__init__(config, context)

@@ -41,6 +41,7 @@ from .amfmn import TextEncoder as AMFMNTextEncoder
 from .base import IMAGENET_MEAN, IMAGENET_STD, MethodContext, RetrievalMethod, same_image_mask
 from .components.triplet import hinge_triplet
 from .components.vocab import Vocabulary, WordTokenizer
+from .components.weights import WeightNeed, backbone_needs, local_path
 from .registry import register_method
 
 
@@ -288,6 +289,11 @@ _PRESETS = {
 )
 class GaLR(RetrievalMethod):
     config_cls = GaLRConfig
+
+    @classmethod
+    def required_weights(cls, config: GaLRConfig) -> list[WeightNeed]:
+        detector = [local_path(config.detector_weights, "detector_weights")] if config.detector_weights else []
+        return backbone_needs(config) + detector
 
     def __init__(self, config: GaLRConfig, context: MethodContext):
         super().__init__(config, context)

@@ -31,6 +31,7 @@ from .components.adapters import (
 )
 from .components.clip_tower import build_tower
 from .components.contrastive import LogitScale, decay_param_groups, info_nce
+from .components.weights import WeightNeed, tower_needs
 from .components.zoo_catalogue import find_weights, get_entry
 from .hf_clip import TowerMethod
 from .registry import register_method
@@ -127,6 +128,10 @@ class HarmaMethod(TowerMethod):
     config_cls = HarmaConfig
     needs_weights_file = False  # the small preset builds a random rsbench-tiny tower
     frozen_backbone = True
+
+    @classmethod
+    def required_weights(cls, config: HarmaConfig) -> list[WeightNeed]:
+        return tower_needs(config)
 
     def __init__(self, config: HarmaConfig, context: MethodContext):
         super().__init__(config, context)

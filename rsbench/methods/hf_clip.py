@@ -18,6 +18,7 @@ from ..errors import UserError
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
 from .components.clip_tower import ClipTower, HfTower
 from .components.contrastive import check_same_image_mode, decay_param_groups, info_nce
+from .components.weights import WeightNeed, local_path
 from .registry import register_method
 
 # GeoRSCLIP's RET-2 fine-tuning recipe as its authors gave it (om-ai-lab/RS5M issue #12): AdamW, lr 5e-6,
@@ -125,6 +126,10 @@ class HfClipMethod(TowerMethod):
     """Image and text towers of a transformers CLIP/SigLIP model, all weights trainable."""
 
     config_cls = HfClipConfig
+
+    @classmethod
+    def required_weights(cls, config: HfClipConfig) -> list[WeightNeed]:
+        return [local_path(config.folder, "folder")] if config.folder else []
 
     def __init__(self, config: HfClipConfig, context: MethodContext):
         super().__init__(config, context)

@@ -48,6 +48,7 @@ from .components.backbones import create_backbone
 from .components.hf_text import DEFAULT_TEXT_MODEL, HFTokenizer, load_text_model
 from .components.mscmat import MSCMAT, csmmc_loss, mscma_loss
 from .components.triplet import hinge_triplet
+from .components.weights import WeightNeed, backbone_needs, text_model_weight
 from .registry import register_method
 
 NUM_LEVELS = 4
@@ -229,6 +230,10 @@ class MSA(RetrievalMethod):
     """MSA: global triplet + per-scale MSCMA cross-entropy + cross-scale CSMMC KL; cosine at test."""
 
     config_cls = MSAConfig
+
+    @classmethod
+    def required_weights(cls, config: MSAConfig) -> list[WeightNeed]:
+        return backbone_needs(config) + [text_model_weight(config.text_model, config.text_pretrained)]
 
     def __init__(self, config: MSAConfig, context: MethodContext):
         super().__init__(config, context)

@@ -21,6 +21,7 @@ from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer
 from .components.contrastive import check_same_image_mode, decay_param_groups, info_nce
 from .components.openclip_tower import OpenClipTokenizer, build_openclip_model
 from .components.prompts import PromptTokenizer
+from .components.weights import WeightNeed, tower_needs
 from .registry import register_method
 
 
@@ -90,6 +91,10 @@ class OpenClipMethod(RetrievalMethod):
     """An open_clip CLIP/CustomTextCLIP as a dual encoder; fine-tuned with symmetric InfoNCE."""
 
     config_cls = OpenClipConfig
+
+    @classmethod
+    def required_weights(cls, config: OpenClipConfig) -> list[WeightNeed]:
+        return tower_needs(config)
 
     def __init__(self, config: OpenClipConfig, context: MethodContext):
         super().__init__(config, context)

@@ -21,6 +21,7 @@ from .base import Batch, LossOutput, MethodContext
 from .components.adapters import MRSAdapter, attach, freeze, input_dropout, tower_blocks, tower_layers
 from .components.clip_tower import build_tower
 from .components.contrastive import decay_param_groups, info_nce
+from .components.weights import WeightNeed, tower_needs
 from .harma import AdapterTowerConfig, report_parameters
 from .hf_clip import TowerMethod
 from .registry import register_method
@@ -68,6 +69,10 @@ class PeRsitrMethod(TowerMethod):
     config_cls = PeRsitrConfig
     needs_weights_file = False
     frozen_backbone = True
+
+    @classmethod
+    def required_weights(cls, config: PeRsitrConfig) -> list[WeightNeed]:
+        return tower_needs(config)
 
     def __init__(self, config: PeRsitrConfig, context: MethodContext):
         super().__init__(config, context)

@@ -39,6 +39,7 @@ from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, 
 from .components.backbones import create_backbone
 from .components.triplet import hinge_triplet
 from .components.vocab import Vocabulary, WordTokenizer
+from .components.weights import WeightNeed, backbone_needs
 from .registry import register_method
 
 _EPS = 1e-8
@@ -189,6 +190,10 @@ class WordEncoder(nn.Module):
 class SCAN(RetrievalMethod):
     config_cls = SCANConfig
     cross_interaction = True
+
+    @classmethod
+    def required_weights(cls, config: SCANConfig) -> list[WeightNeed]:
+        return [] if config.region_features else backbone_needs(config)  # precomputed regions: no CNN
 
     def __init__(self, config: SCANConfig, context: MethodContext):
         super().__init__(config, context)

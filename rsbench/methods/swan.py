@@ -33,6 +33,7 @@ from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, 
 from .components.backbones import create_backbone
 from .components.triplet import hinge_triplet
 from .components.vocab import Vocabulary, WordTokenizer
+from .components.weights import WeightNeed, backbone_needs
 from .registry import register_method
 
 
@@ -187,6 +188,10 @@ class ImageEncoder(nn.Module):
 )
 class SWAN(RetrievalMethod):
     config_cls = SWANConfig
+
+    @classmethod
+    def required_weights(cls, config: SWANConfig) -> list[WeightNeed]:
+        return backbone_needs(config)
 
     def __init__(self, config: SWANConfig, context: MethodContext):
         super().__init__(config, context)

@@ -19,6 +19,7 @@ from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, 
 from .components.backbones import create_backbone
 from .components.triplet import hinge_triplet
 from .components.vocab import Vocabulary, WordTokenizer
+from .components.weights import WeightNeed, backbone_needs
 from .registry import register_method
 
 
@@ -59,6 +60,10 @@ class VSEConfig:
 )
 class VSEPP(RetrievalMethod):
     config_cls = VSEConfig
+
+    @classmethod
+    def required_weights(cls, config: VSEConfig) -> list[WeightNeed]:
+        return backbone_needs(config)
 
     def __init__(self, config: VSEConfig, context: MethodContext):
         super().__init__(config, context)

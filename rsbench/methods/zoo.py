@@ -17,6 +17,7 @@ from ..contracts import require_above
 from .base import MethodContext
 from .components.clip_tower import build_zoo_tower
 from .components.contrastive import check_same_image_mode
+from .components.weights import WeightNeed, local_path
 from .components.zoo_catalogue import ZooEntry, find_weights, get_entry, zoo_entries
 from .hf_clip import RET2_FINETUNE, TowerMethod, _set_temperature
 from .registry import register_method
@@ -46,6 +47,11 @@ class ZooMethod(TowerMethod):
 
     config_cls: ClassVar[type] = ZooConfig
     entry: ClassVar[ZooEntry]
+
+    @classmethod
+    def required_weights(cls, config: ZooConfig) -> list[WeightNeed]:
+        # checked at resolution (ZooConfig.validate): here only declared
+        return [local_path(str(find_weights(get_entry(config.zoo_entry), config.weights_dir)), "weights_dir")]
 
     def __init__(self, config: ZooConfig, context: MethodContext):
         super().__init__(config, context)

