@@ -301,6 +301,21 @@ def test_unmasked_option_pads_to_max_len_and_attends_to_padding(msa):
     assert m.training_loss(_batch(m, 4)).loss.isfinite()
 
 
+def test_encode_texts_cuts_shared_padding_with_the_same_embeddings(msa):
+    """At test time the paper tokenizer's 31-token padding is cut to the batch's longest caption: same g_t."""
+    from rsbench.methods.msa import FixedLengthTokenizer, trim_padding
+
+    m = copy.deepcopy(msa).eval()
+    text = FixedLengthTokenizer(m.text.hf_tokenizer, max_len=31)(CAPTIONS[:3])
+    longest = int(text["attention_mask"].sum(1).max())
+    cut = trim_padding(text)
+    assert text["input_ids"].shape == (3, 31) and cut["input_ids"].shape == (3, longest) < (3, 31)
+    assert torch.equal(cut["input_ids"], text["input_ids"][:, :longest])
+    with torch.no_grad():
+        full = torch.nn.functional.normalize(m.text.proj(m.text.model(**text).last_hidden_state)[:, 0], dim=-1)
+        assert (m.encode_texts(text) - full).abs().max().item() < 1e-5
+
+
 def test_text_projection_when_sizes_differ():
     m = create_method("msa", _tiny_config(embed_dim=64, num_heads=4, text_pretrained=False, text_lr_mult=0.0,
                                           backbone_lr_mult=0.5), _ctx())
