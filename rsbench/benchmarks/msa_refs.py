@@ -95,11 +95,13 @@ def interact_cross(img_embeddings: list[torch.Tensor], text_embeddings: torch.Te
 
 
 def tokenize_one_by_one(tokenizer: Any, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """retrieval.py :: main: encode_plus per caption, padded to 31 tokens, then stacked."""
+    """retrieval.py :: main: encode_plus per caption, padded to 31 tokens, then stacked (transformers 5 has no
+    encode_plus: the tokenizer called on one string is the same encoding)."""
+    encode = getattr(tokenizer, "encode_plus", None) or tokenizer
     ids, masks = [], []
     for c in captions:
-        t = tokenizer.encode_plus(c, padding="max_length", max_length=MAX_LEN, add_special_tokens=True,
-                                  return_tensors="pt", return_attention_mask=True, truncation=True)
+        t = encode(c, padding="max_length", max_length=MAX_LEN, add_special_tokens=True,
+                   return_tensors="pt", return_attention_mask=True, truncation=True)
         ids.append(t["input_ids"][0])
         masks.append(t["attention_mask"][0])
     return torch.stack(ids), torch.stack(masks)
