@@ -22,6 +22,10 @@ Items (targets from the performance issue):
  7. SCAN test-set scoring (t2i and i2t, LSE; RSITMD test size, 7x7 grid regions) with the method's
     blockwise, pair-vectorised kernel vs the SCAN authors' evaluation procedure (128 x 128 shards, a
     loop over each shard's captions; references.scan_score_sharded): max |diff| < 1e-4, faster.
+ 3a, 9, 10. MSA against references that follow the MSA authors' code (benchmarks/msa_refs.py, fp32, same
+    weights; docs/fidelity.md says what each mirrors), ours at --precision auto and at fp32, the target
+    judged on the auto row: 3a MSCMAT fwd+bwd at the paper's sizes (>= 3x); 9 the training step, batch 32,
+    224 px, ResNet-50 + 12-layer BERT (>= 2.5x); 10 the test evaluation at RSITMD size (>= 5x).
 
 Method. Both sides run in this process on the same inputs, interleaved (ours, ref, ours, ref...)
 so that load changes hit both; one warm-up call each, then the median of up to `repeats` calls
