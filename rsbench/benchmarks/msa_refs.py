@@ -26,6 +26,7 @@ the authors' way), so that at fp32 both sides give the same numbers:
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import numpy as np
@@ -152,7 +153,9 @@ def _kl_neighbour(deep: torch.Tensor, shallow: torch.Tensor, tem: float = 2.0) -
     """retrieval.py :: element_neig_rank_loss(sim1=deep, sim2=shallow): kl_div(P_deep.log(), P_shallow, 'mean')."""
     p_shallow = torch.softmax(shallow / tem, dim=0).t()
     p_deep = torch.softmax(deep.detach() / tem, dim=0).t()
-    return F.kl_div(p_deep.log(), p_shallow, reduction="mean").mean()
+    with warnings.catch_warnings():  # torch warns that 'mean' is not 'batchmean': 'mean' is the authors' choice
+        warnings.simplefilter("ignore", UserWarning)
+        return F.kl_div(p_deep.log(), p_shallow, reduction="mean").mean()
 
 
 def _triplet(img: torch.Tensor, txt: torch.Tensor, margin: float = 0.5) -> torch.Tensor:
