@@ -735,10 +735,11 @@ def _msa_step_check(s: dict[str, Any]) -> tuple[str, bool]:
     s["ref_opt"].zero_grad(set_to_none=True)
     theirs = msa_refs.authors_loss(s["ref"], s["float"], s["captions"])
     theirs.backward()
-    ldiff = abs(float(ours) - float(theirs)) / max(1.0, abs(float(theirs)))
+    ours, theirs = float(ours.detach()), float(theirs.detach())
+    ldiff = abs(ours - theirs) / max(1.0, abs(theirs))
     gdiff = _grad_diff(_authors_param_pairs(s["method"], s["ref"]))
     ok = ldiff < 1e-5 and gdiff < 1e-4
-    return (f"fp32, same weights: loss {float(ours):.4f} vs {float(theirs):.4f} (rel diff {ldiff:.1e} < 1e-5), "
+    return (f"fp32, same weights: loss {ours:.4f} vs {theirs:.4f} (rel diff {ldiff:.1e} < 1e-5), "
             f"all grads max diff / max(1, max abs grad) {gdiff:.1e} < 1e-4: {ok}"), ok
 
 
