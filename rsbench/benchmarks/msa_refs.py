@@ -121,7 +121,7 @@ class AuthorsMSA(nn.Module):
     def __init__(self, method: nn.Module):
         super().__init__()
         if not isinstance(method.text.proj, nn.Identity):
-            raise ValueError("the authors' MSA has no text projection: text hidden size must equal embed_dim")
+            raise TypeError("the authors' MSA has no text projection: text hidden size must equal embed_dim")
         self.body = copy.deepcopy(method.image.body)  # resnet.py :: resnet50 (the same torchvision network)
         self.fc = copy.deepcopy(method.fusion.proj)  # model_retrieval.fc1..fc4
         self.img_map = copy.deepcopy(nn.ModuleList([method.fusion.w1, method.fusion.wa, method.fusion.w2]))

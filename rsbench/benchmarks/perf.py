@@ -573,7 +573,8 @@ def _rsitmd_test_captions() -> tuple[list[str], str]:
     if path.is_file():
         return path.read_text(encoding="utf-8").splitlines()[:RSITMD_TEST[1]], "RSITMD test captions"
     g = np.random.default_rng(0)
-    words = "a the of and with on in near many some green white building road river tree plane".split()
+    words = ["a", "the", "of", "and", "with", "on", "in", "near", "many", "some", "green", "white", "building",
+             "road", "river", "tree", "plane"]
     caps = [" ".join(g.choice(words, size=int(n))) for n in g.integers(6, 28, size=RSITMD_TEST[1])]
     return caps, f"synthetic captions ({path} not found)"
 
