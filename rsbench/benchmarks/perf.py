@@ -872,7 +872,9 @@ def item_msa_eval(ws: Workspace) -> list[Row]:
     pair_feats, txt_feats = torch.randn(nt, dim, generator=g), torch.randn(nt, dim, generator=g)
     t_o, t_r, m_o, m_r = side_by_side(lambda: _our_rank(method, pair_feats[::5].contiguous(), txt_feats, c2i),
                                       lambda: msa_refs.authors_rank(pair_feats, txt_feats, c2i), 3, 30.0)
-    same = all(abs(float(m_o[k]) - float(v)) < 1e-9 for k, v in m_r.items())
+    # numpy's dot and torch's matmul round differently: a near-tie may swap two neighbours (a mean rank moves
+    # by 1/n); recalls and median ranks must be equal
+    same = all(abs(float(m_o[k]) - float(v)) < (1e-2 if k.endswith("meanr") else 1e-9) for k, v in m_r.items())
     t = {key: Timing(enc[f"{key} images"].median * ni / n_img + enc[f"{key} captions"].median * nt / n_cap
                      + t_o.median, 1) for key in ("auto", "fp32")}
     t["ref"] = Timing(enc["ref"].median * nt / n_pairs + t_r.median, 1)
@@ -880,7 +882,7 @@ def item_msa_eval(ws: Workspace) -> list[Row]:
               f"linearly to {ni} x {nt}; ranking + metrics timed at full size")
     return _msa_rows("10", f"MSA test evaluation, RSITMD size {ni} x {nt}, {sz['px']} px", t, prec,
                      "retrieval.py::main test block (batch 1 per pair) + eval.py::i2t5/t2i5",
-                     f"{check}; metrics equal to i2t5/t2i5's: {same}", ok and same, 5.0, scaled)
+                     f"{check}; R@K, medr equal to i2t5/t2i5's, meanr within 0.01: {same}", ok and same, 5.0, scaled)
 
 
 # ---- item 4: data loading -------------------------------------------------------------------------
