@@ -122,6 +122,36 @@ def test_shared_norm_one_layernorm_pair_equals_naive():
     assert len([m for m in MSCMAT([10, 12], 24, 4).modules() if isinstance(m, torch.nn.LayerNorm)]) == 4
 
 
+@pytest.mark.parametrize("masked", [True, False])
+def test_batched_gradients_equal_naive_pair_loop(masked: bool):
+    """Every parameter's and input's gradient of a weighted sum of both matrices equals the per-pair loop's
+    (shared norms: the one LayerNorm pair collects the gradient of both scales)."""
+    torch.manual_seed(0)
+    mod = MSCMAT([10, 12], 24, 4, shared_norm=True).train()
+    for p in mod.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    _, tokens, pad, g_t = _branch_inputs()
+    pad = pad if masked else torch.zeros_like(pad)
+    g = torch.Generator().manual_seed(3)
+    pooled = [torch.randn(3, 10, generator=g), torch.randn(3, 12, generator=g)]
+    weights = [torch.randn(3, 4, generator=g) for _ in pooled]
+    inputs = [*pooled, tokens, g_t]
+
+    def grads(forward) -> list[torch.Tensor]:
+        xs = [x.clone().requires_grad_() for x in inputs]
+        mod.zero_grad(set_to_none=True)
+        outs = forward(xs[:2], xs[2], xs[3])
+        sum((o * w).sum() for o, w in zip(outs, weights)).backward()
+        return [p.grad.clone() for p in mod.parameters()] + [x.grad for x in xs]
+
+    fast = grads(lambda p, t, gt: mod(p, t, pad, gt))
+    slow = grads(lambda p, t, gt: [_naive(b, p[k], t, pad, gt, mod.ln_q, mod.ln_kv)
+                                   for k, b in enumerate(mod.branches)])
+    assert len(fast) == len(slow) == len(list(mod.parameters())) + 4
+    for a, b in zip(fast, slow):
+        assert (a - b).abs().max().item() < 1e-5 * max(1.0, b.abs().max().item())
+
+
 def test_heads_must_divide_embed_dim():
     with pytest.raises(ValueError, match="divide"):
         MSCMATBranch(10, 24, 5)
@@ -269,6 +299,21 @@ def test_unmasked_option_pads_to_max_len_and_attends_to_padding(msa):
         m.config.mscmat.mask_padding = True  # the default masks the padding: another value
         assert (m.match_logits(pooled, text)[0] - got[0]).abs().max().item() > 1e-4
     assert m.training_loss(_batch(m, 4)).loss.isfinite()
+
+
+def test_encode_texts_cuts_shared_padding_with_the_same_embeddings(msa):
+    """At test time the paper tokenizer's 31-token padding is cut to the batch's longest caption: same g_t."""
+    from rsbench.methods.msa import FixedLengthTokenizer, trim_padding
+
+    m = copy.deepcopy(msa).eval()
+    text = FixedLengthTokenizer(m.text.hf_tokenizer, max_len=31)(CAPTIONS[:3])
+    longest = int(text["attention_mask"].sum(1).max())
+    cut = trim_padding(text)
+    assert text["input_ids"].shape == (3, 31) and cut["input_ids"].shape == (3, longest) < (3, 31)
+    assert torch.equal(cut["input_ids"], text["input_ids"][:, :longest])
+    with torch.no_grad():
+        full = torch.nn.functional.normalize(m.text.proj(m.text.model(**text).last_hidden_state)[:, 0], dim=-1)
+        assert (m.encode_texts(text) - full).abs().max().item() < 1e-5
 
 
 def test_text_projection_when_sizes_differ():

@@ -192,6 +192,14 @@ class TextTower(nn.Module):
         return F.normalize(h[:, 0], dim=-1), h[:, 1:], mask[:, 1:] == 0
 
 
+def trim_padding(text: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without its trailing columns that are padding in every row (attention_mask 0)."""
+    mask = text["attention_mask"]
+    used = mask.any(dim=0).nonzero()
+    n = int(used.max()) + 1 if used.numel() else mask.shape[1]
+    return text if n == mask.shape[1] else {k: v[:, :n] for k, v in text.items()}
+
+
 class FixedLengthTokenizer(HFTokenizer):
     """Pads every caption to max_len tokens (the authors' padding="max_length"), not to the longest."""
 
@@ -285,7 +293,9 @@ class MSA(RetrievalMethod):
         return self.fusion(self.image(images))
 
     def encode_texts(self, text: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.text(text)[0]
+        """g_t only: the padding past the batch's longest caption is cut first (the [CLS] output does not see
+        masked padding, so the values are the same; the `paper` tokenizer pads every caption to 31 tokens)."""
+        return self.text(trim_padding(text))[0]
 
     def match_logits(self, pooled: list[torch.Tensor], text: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Per-scale pre-sigmoid B_i x B_t matching logits (training-only cross-attention)."""

@@ -15,6 +15,8 @@ head that follows is linear in a_ij, so it can be pushed inside the weighted sum
     with u_i = W_o^T (w * q_i)
 
 which costs O(B*B*L*d) and never materialises a (B, B, d) tensor nor repeated copies of the text.
+Of size B x B x H x L only the scores (masked in place), their softmax and v . u exist; the sum
+over h and l is one batched dot product. The time is in the key/value projection GEMMs.
 The parameters are those of an ordinary nn.MultiheadAttention (in_proj, out_proj), so the result
 equals calling it pair by pair (tests/test_msa.py checks this against a naive loop).
 """
@@ -51,24 +53,29 @@ class MSCMATBranch(nn.Module):
         """
         ln_q, ln_kv = norms if norms is not None else (self.ln_q, self.ln_kv)
         q = self.query(pooled)  # (B_i, D)
-        d = q.shape[-1]
+        n_i, (n_t, length, d) = q.shape[0], tokens.shape
         heads = self.attn.num_heads
         dh = d // heads
-        w_in, b_in = self.attn.in_proj_weight, self.attn.in_proj_bias
-        kv = ln_kv(tokens)
-        qh = F.linear(ln_q(q), w_in[:d], b_in[:d]).view(-1, heads, dh) * dh**-0.5
-        k = F.linear(kv, w_in[d:2 * d], b_in[d:2 * d]).view(*kv.shape[:2], heads, dh)
-        v = F.linear(kv, w_in[2 * d:], b_in[2 * d:]).view(*kv.shape[:2], heads, dh)
-
-        scores = torch.einsum("ihd,jlhd->ijhl", qh, k)  # (B_i, B_t, H, L)
-        scores = scores.masked_fill(pad[None, :, None, :], float("-inf"))
-        attn = scores.float().softmax(dim=-1).to(v.dtype)
-        attn = F.dropout(attn, self.attn.dropout, self.training)
+        # one split of in_proj (its backward writes the weight's gradient once, not three zero-padded
+        # full-size slices) and one GEMM for keys and values together
+        w_q, w_kv = self.attn.in_proj_weight.split([d, 2 * d])
+        b_q, b_kv = self.attn.in_proj_bias.split([d, 2 * d])
+        qh = F.linear(ln_q(q), w_q, b_q).view(n_i, heads, dh).transpose(0, 1) * dh**-0.5  # (H, B_i, dh)
+        kv = F.linear(ln_kv(tokens), w_kv, b_kv).view(n_t * length, 2, heads, dh).permute(1, 2, 3, 0)
+        k, v = kv[0], kv[1]  # (H, dh, B_t * L)
 
         wq = self.head.weight[0] * q  # (B_i, D): w * q_i
-        u = (wq @ self.attn.out_proj.weight).view(-1, heads, dh)  # W_o^T (w * q_i)
-        vu = torch.einsum("jlhd,ihd->ijhl", v, u)  # (B_i, B_t, H, L)
-        through_attn = (attn * vu).sum(dim=(-1, -2))
+        u = (wq @ self.attn.out_proj.weight).view(n_i, heads, dh).transpose(0, 1)  # W_o^T (w * q_i), (H, B_i, dh)
+        # (H, B_i, B_t, L), L innermost: the softmax and the pair sums run over contiguous rows
+        scores = torch.bmm(qh, k).view(heads, n_i, n_t, length)
+        if bool(pad.any()):  # in place on the fresh product (bmm's backward does not need its output)
+            scores.masked_fill_(pad[None, None], float("-inf"))
+        attn = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
+        if self.training and self.attn.dropout > 0:
+            attn = F.dropout(attn, self.attn.dropout, True)
+        vu = torch.bmm(u, v).view(heads, n_i, n_t, length)  # v_jlh . u_ih
+        # sum over h and l of attn * vu as one batched dot product: no product tensor of that size
+        through_attn = torch.bmm(attn.view(-1, 1, length), vu.view(-1, length, 1)).view(heads, n_i, n_t).sum(0)
         direct = wq @ (g_t + self.attn.out_proj.bias).T  # (B_i, B_t)
         return through_attn + direct + self.head.bias
 
