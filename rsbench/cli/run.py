@@ -33,8 +33,8 @@ def run(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted cell from its last epoch.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Re-run cells that are already complete.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model parts.")] = False,
-    precision: Annotated[str | None, typer.Option(help="train.precision: default (mixed on GPU, fp32 on CPU), auto "
-                                                       "(also bf16 on a CPU with native bf16), fp32, bf16 or fp16.")] = None,
+    precision: Annotated[str | None, typer.Option(help="train.precision: default = auto (bf16 autocast on GPU and on a "
+                                                       "CPU with native bf16, else fp32), fp32, bf16 or fp16.")] = None,
     progress: Annotated[bool | None, typer.Option(help="Progress bars (default: on a terminal).")] = None,
     launcher: Annotated[str, typer.Option(help="local (here, one cell after another), slurm (one "
                                                  "submitit job per cell; docs/cluster.md) or submitit-local "

@@ -34,7 +34,7 @@ class TrainConfig:
     augment: str = "crop,flip"  # comma list of crop, flip, rotate ('' or 'none': off)
     sampling: str = "caption"  # caption: every caption once per epoch; image: one random caption per image
     num_workers: int = -1  # -1: sized to the machine
-    precision: str = "default"  # default (auto on GPU, fp32 on CPU) | auto (+ bf16 on a native-bf16 CPU) | fp32 | bf16 | fp16
+    precision: str = "default"  # default = auto (bf16 on a GPU, and on a CPU with native bf16; else fp32) | fp32 | bf16 | fp16
     compile: bool = False
     channels_last: bool = True  # for CNN backbones
     image_cache: bool = False  # decode+resize images once into a memory-mapped uint8 array
