@@ -5,10 +5,14 @@
 
 Items (targets from the performance issue):
  1. ranks + metrics of an RSICD-size test set vs the authors' evaluation functions (AMFMN utils.py
-    acc_i2t / acc_t2i, per-query argsort; tie-free scores): equal, >= 30x faster (#20); 1b: vs our own
-    per-query stable argsort on float32 scores with ties: equal, >= 50x.
- 2. AMFMN test-set scoring (soft; fusion/similarity as extra rows) vs 128 x 128 per-pair shards:
-    >= 10x faster, max |diff| < 1e-5, lower peak memory.
+    acc_i2t2 / acc_t2i2, per-query argsort; tie-free scores; amfmn_refs.py): equal, >= 30x faster (#20);
+    1b: vs our own per-query stable argsort on float32 scores with ties: equal, >= 50x.
+ 2. AMFMN test scoring + ranks + metrics at RSICD size (1093 x 5465, 256 px, the authors' released sizes:
+    ResNet-18 + MVSA, skip-thought GRU 620 -> 2400, soft) vs the authors' procedure (utils.py shard_dis:
+    the whole model on every 128 x 128 shard, then acc_i2t2 / acc_t2i2; amfmn_refs.py); both sides timed
+    on a subset and scaled (said in the row); ours at auto and at fp32: >= 50x at auto, fp32 scores
+    equal. 2b: the soft score kernel alone on precomputed features vs per-pair 128 x 128 shards: >= 10x,
+    max |diff| < 1e-5, lower peak memory.
  3. MSCMAT per-scale B x B matrices, forward + backward, vs a per-image MultiheadAttention loop:
     >= 3x faster, same values and gradients.
  4. one data-loading epoch from the ImageCache vs decoding the files: >= 3x faster.
@@ -22,6 +26,9 @@ Items (targets from the performance issue):
  7. SCAN test-set scoring (t2i and i2t, LSE; RSITMD test size, 7x7 grid regions) with the method's
     blockwise, pair-vectorised kernel vs the SCAN authors' evaluation procedure (128 x 128 shards, a
     loop over each shard's captions; references.scan_score_sharded): max |diff| < 1e-4, faster.
+ 10. AMFMN training step, batch 100 x 256 px, the same sizes and weights on both sides, vs the authors'
+    engine.py train step (fp32, their Python-stepped skip-thought GRU with its dropout; amfmn_refs.py):
+    ours at auto and at fp32, >= 1.25x at auto, equal fp32 loss (their dropout off for that check).
 
 Method. Both sides run in this process on the same inputs, interleaved (ours, ref, ours, ref...)
 so that load changes hit both; one warm-up call each, then the median of up to `repeats` calls
@@ -84,6 +91,7 @@ class Sizes:
     amfmn_shard: int = 128  # the authors' shard_dis shard size (item 2)
     amfmn_step: tuple[int, int] = (100, 256)  # batch, pixels: the authors' RSICD config (item 10)
     amfmn_step_repeats: int = 2
+    amfmn_text: tuple[int, int] = (620, 2400)  # skip-thought word and GRU sizes (items 2 and 10)
     mscmat_batches: tuple[int, ...] = (32, 100)
     loading_images: int = 300
     loading_formats: tuple[str, ...] = ("png", "jpeg", "tiff")
@@ -96,6 +104,7 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(metrics=(200, 1000), amfmn=(100, 500, 64), amfmn_subset=4, amfmn_shard=8, amfmn_step=(4, 256),
+              amfmn_text=(32, 64),
               mscmat_batches=(4, 8), loading_images=12, train_batch=4, scale=(2_000, 10_000, 256), scan=(40, 200, 16, 12, 32),
               repeats=3, budget_s=0.5)
 
@@ -469,7 +478,8 @@ def amfmn_build(ws: Workspace) -> Any:
     ctx = MethodContext(train_captions=vocab_text, train_cap2img=np.arange(50), cache_dir=ws.root / "methods",
                         dataset_fingerprint="perf-amfmn")
     torch.manual_seed(0)
-    method = AMFMN(AMFMNConfig(**AMFMN_AUTHORS), ctx)
+    word_dim, hidden_dim = ws.sizes.amfmn_text
+    method = AMFMN(AMFMNConfig(**{**AMFMN_AUTHORS, "word_dim": word_dim, "hidden_dim": hidden_dim}), ctx)
     with torch.no_grad():
         method.text_encoder.gru.bias_hh_l0.zero_()
     return method
@@ -554,7 +564,7 @@ def item_amfmn_step(ws: Workspace) -> list[Row]:
         target = k == 0
         rows.append(Row(
             "10" if target else "10+", f"AMFMN train step, batch {bs} x {size} px, ResNet-18 + MVSA + skip-thought GRU "
-            f"620->2400, soft; ours at {label}", str(t_o),
+            f"{'->'.join(map(str, ws.sizes.amfmn_text))}, soft; ours at {label}", str(t_o),
             f"{t_r} (fp32; AMFMN engine.py train + utils.py calcul_loss, skip-thoughts BayesianUniSkip)",
             f"{ratio:.2f}x", check=f"fp32 loss ours {a:.6f} / theirs {b:.6f}, rel diff {rel:.1e} < 1e-4: {same}",
             target=">= 1.25x" if target else "(fp32 row)", result=verdict(ratio >= 1.25, same) if target else "-",
@@ -1135,7 +1145,7 @@ def render_report(rows: list[Row], ws: Workspace, machine: dict[str, str], argv:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rsbench.benchmarks.perf", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="shrink every size (about a minute)")
-    p.add_argument("--only", help="comma list of item numbers (1-7)")
+    p.add_argument("--only", help=f"comma list of item numbers ({', '.join(map(str, ITEMS))})")
     p.add_argument("--out", type=Path, help=f"report file (default {DEFAULT_OUT} for a full run of all items; "
                    "--quick / --only write no file unless --out is given)")
     p.add_argument("--threads", type=int, default=0,

@@ -1,7 +1,8 @@
 """AMFMN (Yuan et al., TGRS 2021): multiscale visual self-attention + visual-guided text attention.
 
 Image: ResNet stages f1..f4 -> global vector v gated by the MVSA salient mask -> F_v.
-Text: word embeddings -> bi-GRU -> mean over real steps -> T. The image re-weights the text
+Text: word embeddings -> bi-GRU -> mean over real steps -> T (text_encoder=skipthought: the shape of the
+authors' released code, one forward GRU's state at the last real word -> ReLU(Linear)). The image re-weights the text
 (soft / fusion / similarity variants), so the score needs both sides (cross interaction); it is
 computed as a matrix without an images x captions x D tensor (soft: two matrix products; the other
 variants: chunks sized to `score_chunk_mb`). Loss: bidirectional hinge triplet with a dynamic margin
