@@ -109,7 +109,7 @@ class SkipThoughtsRef(nn.Module):
 
     def cell(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """gru.py BayesianGRUCell.forward: each gate's input and state through its own dropout mask."""
-        def pre(g: str) -> torch.Tensor:
+        def pre(g: str) -> tuple[torch.Tensor, torch.Tensor]:
             return self.w_x[g](self.drop["x" + g](x)), self.w_h[g](self.drop["h" + g](h))
         (xr, hr), (xi, hi), (xn, hn) = pre("r"), pre("i"), pre("n")
         r, i = torch.sigmoid(xr + hr), torch.sigmoid(xi + hi)
@@ -232,7 +232,7 @@ def authors_train_step(model: AuthorsAMFMN, opt: torch.optim.Optimizer, images: 
     opt.zero_grad()
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 # ---- item 2: their test scoring -----------------------------------------------------------------------

@@ -388,8 +388,8 @@ def _metrics_row(ws: Workspace, item: str, sims: torch.Tensor, c2i: np.ndarray, 
     ratio = t_r.median / t_o.median
     ni, nt = arr.shape
     if authors:
-        what = (f"ranks+metrics {ni} x {nt} vs the authors' evaluation (AMFMN utils.py acc_i2t/acc_t2i: "
-                "per-query argsort of the row; no ties)")
+        what = (f"ranks+metrics {ni} x {nt} vs the authors' evaluation (AMFMN utils.py acc_i2t2/acc_t2i2: "
+                "per-query argsort of the row; no ties; amfmn_refs.py)")
         target, ok_ratio = ">= 30x, equal", ratio >= 30
     else:
         what = f"ranks+metrics {ni} x {nt} vs our per-query stable argsort (float32, ties)"
@@ -512,7 +512,7 @@ def _our_step_fn(method: Any, precision: Any, images: torch.Tensor, batch: Any) 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
