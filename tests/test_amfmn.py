@@ -236,3 +236,23 @@ def test_checkpoint_vocabulary_restored_or_refused(context) -> None:
     assert model.vocab.itos == swapped
     with pytest.raises(UserError, match=r"^amfmn: checkpoint vocabulary has \d+ words, the model \d+"):
         model.load_extra_state_json({"vocab": {"itos": [*words, "extra"]}})
+
+
+def test_skipthought_encoder_equals_a_packed_gru(context) -> None:
+    """text_encoder=skipthought (the authors' released shape): the stepped, length-sorted GRU gives the
+    state at each caption's last real word, as torch's packed nn.GRU on the same weights does; trains."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    model = make(context, text_encoder="skipthought")
+    enc = model.text_encoder
+    with torch.no_grad():
+        enc.gru.bias_hh_l0.normal_()  # the hidden biases take part too
+    tok = model.tokenizer()(CAPS[:3] + ["a plane", "houses"])
+    got = model.encode_texts(tok)
+    packed = pack_padded_sequence(enc.embed(tok["input_ids"]), tok["lengths"], batch_first=True, enforce_sorted=False)
+    ref = F.relu(enc.fc(enc.gru(packed)[1][0]))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    assert enc.gru.weight_hh_l0.grad is not None and bool(enc.gru.weight_hh_l0.grad.abs().sum() > 0)
+    with pytest.raises(UserError, match="text_encoder"):
+        make(context, text_encoder="lstm")

@@ -105,6 +105,7 @@ def test_torch_counting_path_matches_naive(name: str, sims: np.ndarray, cap2img:
     counter = metrics._Counter()
     orig = counter.count
     counter.count = lambda b, thr, own, axis, start: counter._count_torch(b, thr, own, axis, start)
+    counter.count_both = lambda *args: None  # no CPU fast path: every block through the torch kernel
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(metrics, "_Counter", lambda: counter)
@@ -113,6 +114,48 @@ def test_torch_counting_path_matches_naive(name: str, sims: np.ndarray, cap2img:
         counter.count = orig
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_array_equal(got[1], ref[1])
+
+
+def test_fast_path_and_tie_fallback_match_naive_argsort(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU blocks without ties are counted by the fast path (both directions, `>` and `<` only);
+    a block holding ties falls back to the tie rule. Both against a per-query stable argsort, on
+    float32 scores with exact ties in one row block only; rows wider than 255 uint64 words and
+    chunks of 3 rows exercise the word sums."""
+    from rsbench.evaluation import metrics
+
+    rng = np.random.default_rng(11)
+    c2i = rng.permutation(grouped_cap2img([55] * 40))
+    sims = rng.standard_normal((40, 2200)).astype(np.float32)
+    tied = np.flatnonzero(c2i >= 25)[[0, 300, -1]]
+    for cap in tied:  # ties in rows 20..39 only: a lower-index image equals the positive (t2i) ...
+        sims[20 + c2i[cap] % 5, cap] = sims[c2i[cap], cap]
+    img = 33  # ... and another caption equals the image's best positive (i2t)
+    own = np.flatnonzero(c2i == img)
+    best = own[np.argmax(sims[img, own])]
+    sims[img, (best + 1) % 2200 if c2i[(best + 1) % 2200] != img else (best + 2) % 2200] = sims[img, best]
+
+    results: list[bool] = []
+    orig = metrics._Counter.count_both
+
+    def spy(self: object, *args: object) -> object:
+        out = orig(self, *args)
+        results.append(out is not None)
+        return out
+
+    monkeypatch.setattr(metrics._Counter, "count_both", spy)
+    monkeypatch.setattr(metrics._Counter, "CHUNK_BYTES", 4 * 2200 * 3)
+    t = torch.from_numpy(sims)
+    got = compute_ranks_blockwise(lambda i, c: t[i, c], 40, 2200, c2i, block_images=20, block_captions=2200)
+    ref = naive_ranks(sims, c2i)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
+    assert results == [True, False]  # rows 0..19: fast path; rows 20..39 hold the ties: the tie rule
+    strict = 1 + (sims[:, tied] > sims[c2i[tied], tied]).sum(0)
+    np.testing.assert_array_equal(got[1][tied], strict + 1)  # the lower-index tie ranks first
+    # a NaN where the fast path would run is still refused
+    sims[2, 9] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        compute_ranks_blockwise(lambda i, c: t[i, c], 40, 2200, c2i, block_images=20, block_captions=2200)
 
 
 def test_own_positive_excluded_by_index_not_value() -> None:

@@ -72,7 +72,10 @@ def test_quick_harness_prints_every_item(tmp_path: Path, capsys: pytest.CaptureF
             assert "False" not in check, r
         if item in ("1", "2", "3", "4", "7", "7+"):
             assert NUMBER.search(r[3]) and r[4].endswith("x"), r  # reference time and ratio
-    assert any(r[0] == "2" and "ours" in r[5] and "ref" in r[5] for r in rows)  # peak memory, both sides
+    assert any(r[0] == "2b" and "ours" in r[5] and "ref" in r[5] for r in rows)  # peak memory, both sides
+    assert [r[0] for r in rows if r[0].startswith(("2", "8"))] == ["2", "2+", "2b", "8", "8+"]
+    assert all("auto" in r[1] for r in rows if r[0] in ("2", "8"))  # the target rows: ours at the default
+    assert all("shard_dis" in r[3] for r in rows if r[0].startswith("2") and r[0] != "2b")  # what they mirror
     assert any(r[0] == "6" and "peak RSS" in r[5] for r in rows)
     assert sum(r[0] == "5" for r in rows) == len(perf.METHODS)
     assert [r[0] for r in rows if r[0].startswith("7")] == ["7", "7+"]  # SCAN scoring, t2i and i2t

@@ -12,7 +12,7 @@ def _tie_free(ni: int, nt: int, seed: int) -> np.ndarray:
 
 
 def test_authors_procedure_equals_compute_ranks_and_metrics():
-    from rsbench.benchmarks.references import ranks_authors_procedure
+    from rsbench.benchmarks.amfmn_refs import ranks_authors_procedure
     from rsbench.evaluation.metrics import compute_ranks, metrics_from_ranks
 
     sims = _tie_free(23, 107, 0)
@@ -28,7 +28,7 @@ def test_authors_procedure_equals_compute_ranks_and_metrics():
 
 def test_authors_procedure_by_hand():
     """2 images x 4 captions (captions 0,1 of image 0; 2,3 of image 1), worked out by hand."""
-    from rsbench.benchmarks.references import ranks_authors_procedure
+    from rsbench.benchmarks.amfmn_refs import ranks_authors_procedure
 
     sims = np.array([[0.1, 0.5, 0.9, 0.2],    # image 0: best own caption (1) is 2nd -> rank 2
                      [0.8, 0.3, 0.7, 0.05]],  # image 1: best own caption (2) is 2nd -> rank 2

@@ -4,10 +4,7 @@ Each one is the textbook way to compute the same quantity, written for clarity, 
 are NOT used by rsbench itself; they exist so that `python -m rsbench.benchmarks.perf` can check
 both that our vectorised code gives the same numbers and how much faster it is.
 
-- `ranks_authors_procedure`: the authors' evaluation functions' procedure (item 1): mirrors
-  `xiaoyuan1996/AMFMN` `AMFMN/utils.py` :: `acc_i2t` / `acc_t2i` (MSA's `eval.py` :: `i2t5` / `t2i5`
-  do the same): per query, `argsort` of its row reversed, then `where` for each match, then the
-  recalls by counting ranks below K; t2i walks the rows of the transposed matrix.
+- (item 1's reference, the AMFMN authors' evaluation functions, is in amfmn_refs.py.)
 - `ranks_argsort_loop`: per-query stable argsort (item 1b: our tie rule, checked on a matrix with ties).
 - `amfmn_score_sharded`: AMFMN cosine with the attended text expanded pair by pair in 128 x 128
   shards (item 2). The per-image / per-text Linear terms are computed once per side (doing the
@@ -39,37 +36,7 @@ from ..datasets.images import load_image
 _EPS = 1e-8  # the epsilon rsbench.methods.amfmn uses for norms
 
 
-# ---- item 1: ranks -----------------------------------------------------------------------------
-
-
-def ranks_authors_procedure(sims: np.ndarray, cap2img: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    """1-based (i2t, t2i) ranks and R@1/5/10, medr, meanr computed as AMFMN utils.py acc_i2t/acc_t2i do.
-
-    Their argsort is not stable and is reversed, so tied scores may rank in another order than
-    rsbench's (lower index first): equal to compute_ranks on a matrix without ties.
-    """
-    s = np.asarray(sims)
-    c2i = np.asarray(cap2img, dtype=np.int64)
-    n_images, n_captions = s.shape
-    caps_of = [[] for _ in range(n_images)]  # theirs: range(5 * index, 5 * index + 5)
-    for j, i in enumerate(c2i.tolist()):
-        caps_of[i].append(j)
-    i2t = np.zeros(n_images)
-    for index in range(n_images):
-        inds = np.argsort(s[index])[::-1]
-        i2t[index] = min(np.where(inds == c)[0][0] for c in caps_of[index])
-    st = s.T
-    t2i = np.zeros(n_captions)
-    for j in range(n_captions):
-        inds = np.argsort(st[j])[::-1]
-        t2i[j] = np.where(inds == c2i[j])[0][0]
-    out = {}
-    for name, r in (("i2t", i2t), ("t2i", t2i)):
-        for k in (1, 5, 10):
-            out[f"{name}_r{k}"] = 100.0 * len(np.where(r < k)[0]) / len(r)
-        out[f"{name}_medr"] = np.floor(np.median(r)) + 1
-        out[f"{name}_meanr"] = r.mean() + 1
-    return i2t.astype(np.int64) + 1, t2i.astype(np.int64) + 1, out
+# ---- item 1b: ranks ----------------------------------------------------------------------------
 
 
 def ranks_argsort_loop(sims: np.ndarray, cap2img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

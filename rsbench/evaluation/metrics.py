@@ -4,6 +4,9 @@ Ranks are 1-based. Ties are broken as a stable sort of descending scores would: 
 scores the lower index ranks first. A rank is counted, never sorted for: for each query,
 rank = 1 + #(scores strictly higher) + #(equal scores at a lower index). That is vectorised and
 lets the same count run block by block, so a 50,000 x 250,000 gallery never has to fit in memory.
+On CPU a block is counted for both directions in one sweep over cache-sized row chunks with `>`
+and `<` alone; only a block where something equals a query's threshold (a tie, or NaN) is counted
+again with the tie rule.
 """
 
 from __future__ import annotations
@@ -147,6 +150,18 @@ def _nan_in(b: torch.Tensor) -> bool:
     return bool(torch.isnan(b).any())
 
 
+def _row_counts(m: np.ndarray) -> np.ndarray:
+    """Per-row count of True in a C-contiguous bool matrix whose width is a multiple of 8.
+
+    The bytes are summed eight at a time as uint64 words (each byte lane holds a partial count, at
+    most 255 words per group so no lane overflows), then the lanes are added: about twice as fast as
+    a uint8 -> uint16 sum, which numpy runs through a casting buffer.
+    """
+    w = m.view(np.uint64)
+    groups = np.add.reduceat(w, np.arange(0, w.shape[1], 255), axis=1) if w.shape[1] > 255 else w.sum(1, keepdims=True)
+    return groups.view(np.uint8).sum(axis=1, dtype=np.uint32)
+
+
 class _Counter:
     """Counts, per query of one block, the candidates ranked above the query's positive.
 
@@ -157,14 +172,64 @@ class _Counter:
     other than the queries' own positives (float scores rarely tie). Other devices use torch.
     """
 
+    CHUNK_BYTES = 2**19  # rows of a block compared at once: they stay in cache for the four passes
+
     def __init__(self) -> None:
         self._buf = np.empty(0, dtype=bool)
+        self._words = np.zeros((0, 0), dtype=bool)
 
     def _bool_buffer(self, shape: tuple[int, int]) -> np.ndarray:
         n = shape[0] * shape[1]
         if self._buf.size < n:
             self._buf = np.empty(n, dtype=bool)
         return self._buf[:n].reshape(shape)
+
+    def count_both(self, b: torch.Tensor, col_thr: torch.Tensor, col_own: torch.Tensor, row_thr: torch.Tensor,
+                   row_own: torch.Tensor, i0: int, c0: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Both directions of a CPU block without ties: (per-column counts, per-row counts), else None.
+
+        Columns are the t2i queries (candidates: the block's images from i0, thresholds col_thr), rows
+        the i2t queries (candidates: its captions from c0, thresholds row_thr). Rows are visited in
+        chunks that stay in cache; each chunk is compared with both thresholds by `>` (summed per
+        query) and `<` (counted). What is neither is equal to its threshold or NaN: when that is only
+        the queries' own positives, no tie and no NaN can change a count. Otherwise None, and the
+        caller checks for NaN and counts with the tie rule (`count`).
+        """
+        if b.device.type != "cpu" or not b.is_floating_point():
+            return None
+        if b.dtype in (torch.float16, torch.bfloat16):  # exact in float32: same order, same ties
+            b, col_thr, row_thr = b.float(), col_thr.float(), row_thr.float()
+        a = b.numpy()
+        ct, rt = col_thr.to(b.dtype).numpy(), row_thr.to(b.dtype).numpy()
+        n_rows, n_cols = a.shape
+        step = max(1, min(n_rows, 255, self.CHUNK_BYTES // max(1, a.itemsize * n_cols)))
+        width = -(-n_cols // 8) * 8  # whole 8-byte words per row; the padding stays False
+        if self._words.shape[1] != width or self._words.shape[0] < step:
+            self._words = np.zeros((step, width), dtype=bool)
+        self._words[:, n_cols:] = False  # a narrower block may reuse the buffer
+        col_above = np.zeros(width, dtype=np.int64)
+        row_above = np.empty(n_rows, dtype=np.int64)
+        below = 0
+        for r0 in range(0, n_rows, step):
+            c, r_thr = a[r0:r0 + step], rt[r0:r0 + step, None]
+            full = self._words[:len(c)]
+            m = full[:, :n_cols]
+            np.greater(c, r_thr, out=m)
+            row_above[r0:r0 + len(c)] = _row_counts(full)
+            below += np.count_nonzero(np.less(c, r_thr, out=m))
+            np.greater(c, ct, out=m)
+            col_above += full.view(np.uint64).sum(axis=0).view(np.uint8)  # one byte per column, <= 255 rows
+            below += np.count_nonzero(np.less(c, ct, out=m))
+        col_above = col_above[:n_cols]
+        equal_or_nan = 2 * a.size - below - int(col_above.sum()) - int(row_above.sum())
+        expected = 0  # the queries' own positives, equal to their thresholds; excluded by index
+        for above, own, thr, start, axis in ((col_above, col_own, ct, i0, 0), (row_above, row_own, rt, c0, 1)):
+            local = own.numpy() - start
+            mine = np.flatnonzero((local >= 0) & (local < a.shape[axis]))
+            own_vals = a[local[mine], mine] if axis == 0 else a[mine, local[mine]]
+            above[mine] -= own_vals > thr[mine]  # a scorer may not repeat itself exactly
+            expected += np.count_nonzero(own_vals == thr[mine])
+        return (col_above, row_above) if equal_or_nan == expected else None
 
     def count(self, b: torch.Tensor, thr: torch.Tensor, own: torch.Tensor, axis: int, start: int) -> np.ndarray:
         """Per-query counts (int64 numpy) for queries along the axis other than `axis`.
@@ -250,7 +315,7 @@ def compute_ranks_blockwise(
     c2i = _check_cap2img(cap2img, n_images, n_captions)
     dev = torch.device(device) if device is not None else None
 
-    def block(ib: int, cb: int) -> tuple[torch.Tensor, int, int]:
+    def block(ib: int, cb: int, check_nan: bool = True) -> tuple[torch.Tensor, int, int]:
         i0, c0 = ib * block_images, cb * block_captions
         i1, c1 = min(i0 + block_images, n_images), min(c0 + block_captions, n_captions)
         b = score_block(slice(i0, i1), slice(c0, c1))
@@ -260,7 +325,7 @@ def compute_ranks_blockwise(
             raise ValueError(f"score_block returned shape {tuple(b.shape)}, expected {(i1 - i0, c1 - c0)}")
         if dev is not None:
             b = b.to(dev)
-        if _nan_in(b):
+        if check_nan and _nan_in(b):
             raise ValueError(f"NaN scores in block images {i0}:{i1} x captions {c0}:{c1}")
         return b, i0, c0
 
@@ -272,13 +337,7 @@ def compute_ranks_blockwise(
     else:
         pos = _positives(block, c2i, n_captions, block_images, block_captions)
 
-    # best positive per image: highest score, lowest caption index among ties
-    order = torch.argsort(-pos.double(), stable=True).numpy()
-    order = order[np.argsort(c2i[order], kind="stable")]
-    first = np.ones(n_captions, dtype=bool)
-    first[1:] = c2i[order][1:] != c2i[order][:-1]
-    best_cap = np.empty(n_images, dtype=np.int64)
-    best_cap[c2i[order[first]]] = order[first]
+    best_cap = _best_captions(pos, c2i, n_images)
     best_score = pos[torch.from_numpy(best_cap)]
 
     # ---- pass 2: count the candidates ranked above each query's positive ------------------------
@@ -289,14 +348,41 @@ def compute_ranks_blockwise(
     counter = _Counter()
     for ib in range(-(-n_images // block_images)):
         for cb in range(-(-n_captions // block_captions)):
-            b, i0, c0 = block(ib, cb)
+            b, i0, c0 = block(ib, cb, check_nan=False)
             i1, c1 = i0 + b.shape[0], c0 + b.shape[1]
+            fast = counter.count_both(b, pos[c0:c1], c2i_t[c0:c1], best_score[i0:i1], best_cap_t[i0:i1], i0, c0)
+            if fast is not None:  # no tie and no NaN in this block
+                t2i_above[c0:c1] += fast[0]
+                i2t_above[i0:i1] += fast[1]
+                continue
+            if _nan_in(b):
+                raise ValueError(f"NaN scores in block images {i0}:{i1} x captions {c0}:{c1}")
             # text -> image: candidates are the block's images (axis 0), queries its captions
             t2i_above[c0:c1] += counter.count(b, pos[c0:c1], c2i_t[c0:c1], axis=0, start=i0)
             # image -> text: candidates are the block's captions (axis 1), queries its images
             i2t_above[i0:i1] += counter.count(b, best_score[i0:i1], best_cap_t[i0:i1], axis=1, start=c0)
             del b
     return i2t_above + 1, t2i_above + 1
+
+
+def _best_captions(pos: torch.Tensor, c2i: np.ndarray, n_images: int) -> np.ndarray:
+    """Each image's best caption: the highest positive score, the lowest caption index among ties.
+
+    Two scatter passes (max, then min index among the captions reaching it) instead of a sort.
+    NaN positives are left to pass 2, which raises on them.
+    """
+    p = pos.double().numpy()
+    best = np.full(n_images, -np.inf)
+    np.maximum.at(best, c2i, p)
+    reach = np.flatnonzero(p == best[c2i])
+    best_cap = np.full(n_images, c2i.shape[0], dtype=np.int64)
+    np.minimum.at(best_cap, c2i[reach], reach)
+    missing = best_cap == c2i.shape[0]  # a NaN positive: any own caption will do, pass 2 raises
+    if missing.any():
+        first = np.full(n_images, c2i.shape[0], dtype=np.int64)
+        np.minimum.at(first, c2i, np.arange(c2i.shape[0]))
+        best_cap[missing] = first[missing]
+    return best_cap
 
 
 def _positives(block: Callable[[int, int], tuple[torch.Tensor, int, int]], c2i: np.ndarray, n_captions: int,

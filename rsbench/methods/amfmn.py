@@ -1,7 +1,8 @@
 """AMFMN (Yuan et al., TGRS 2021): multiscale visual self-attention + visual-guided text attention.
 
 Image: ResNet stages f1..f4 -> global vector v gated by the MVSA salient mask -> F_v.
-Text: word embeddings -> bi-GRU -> mean over real steps -> T. The image re-weights the text
+Text: word embeddings -> bi-GRU -> mean over real steps -> T (text_encoder=skipthought: the shape of the
+authors' released code, one forward GRU's state at the last real word -> ReLU(Linear)). The image re-weights the text
 (soft / fusion / similarity variants), so the score needs both sides (cross interaction); it is
 computed as a matrix without an images x captions x D tensor (soft: two matrix products; the other
 variants: chunks sized to `score_chunk_mb`). Loss: bidirectional hinge triplet with a dynamic margin
@@ -48,8 +49,9 @@ class AMFMNConfig:
     backbone_partial: bool = False  # accept a backbone_weights file that covers only part of the backbone
     mvsa_channels: int = 3  # c in MVSA
     mvsa_grid: int = 16  # mask grid fed to Linear(grid^2 -> D); 16 = stage-3 map of a 256 input
+    text_encoder: str = "bigru"  # bigru (the paper) | skipthought (the shape of the authors' released code)
     word_dim: int = 300
-    hidden_dim: int = 512  # bi-GRU hidden size (per direction)
+    hidden_dim: int = 512  # GRU hidden size (per direction for bigru); skipthought as released: 620 / 2400
     max_words: int = 48
     min_word_count: int = 1  # vocabulary from the training captions
     margin_mode: str = "dynamic"  # dynamic (prior-similarity margin) | fixed (gamma everywhere; with gamma=0.2
@@ -140,6 +142,43 @@ class TextEncoder(nn.Module):
         steps = (out[..., : self.hidden] + out[..., self.hidden:]) / 2  # padded steps are zeros
         sentence = steps.sum(1) / lengths.to(steps.device, steps.dtype).unsqueeze(1)
         return self.fc(sentence)
+
+
+class SkipThoughtEncoder(nn.Module):
+    """The text side of the authors' released code, with random weights: word embeddings -> one
+    forward GRU -> its state at the last real word -> ReLU(Linear -> D). Their skip-thought GRU
+    (620 -> 2400) is stepped in Python with six Linear layers and runs every caption for the
+    longest one's steps; here the input side of all steps is one matrix product, and each step
+    multiplies only the captions still running (sorted by length), so the state of a caption stays
+    at its last real word. The gate products run in the autocast dtype (bf16 where the CPU has it),
+    the state and the gates in float32. Their per-sequence GRU dropout (p = 0.25) is not reproduced.
+    The weights live in an nn.GRU (gates r, z, n) for standard names and initialisation."""
+
+    def __init__(self, vocab_size: int, word_dim: int, hidden: int, embed_dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
+        self.gru = nn.GRU(word_dim, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, embed_dim)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        g, n_hid = self.gru, self.gru.hidden_size
+        lengths = lengths.clamp(min=1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        steps = lengths[order].tolist()
+        x_gates = F.linear(self.embed(input_ids[order, : steps[0]]), g.weight_ih_l0, g.bias_ih_l0).float()
+        h = x_gates.new_zeros(len(steps), n_hid)
+        running = len(steps)
+        for t in range(steps[0]):
+            while steps[running - 1] <= t:  # captions that have ended keep their last state
+                running -= 1
+            xr, xz, xn = x_gates[:running, t].split(n_hid, dim=1)
+            hr, hz, hn = F.linear(h[:running], g.weight_hh_l0, g.bias_hh_l0).float().split(n_hid, dim=1)
+            r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+            new = torch.lerp(torch.tanh(xn + r * hn), h[:running], z)  # (1 - z) * n + z * h
+            h = torch.cat([new, h[running:]]) if running < len(steps) else new
+        out = torch.empty_like(h)
+        out[order] = h
+        return F.relu(self.fc(out))
 
 
 class TextAttention(nn.Module):
@@ -263,7 +302,8 @@ class AMFMN(RetrievalMethod):
         _check_config(config)
         self.vocab = Vocabulary.build(context.train_captions, min_count=config.min_word_count)
         self.image_encoder = ImageEncoder(config)
-        self.text_encoder = TextEncoder(len(self.vocab), config.word_dim, config.hidden_dim, config.embed_dim)
+        text_cls = SkipThoughtEncoder if config.text_encoder == "skipthought" else TextEncoder
+        self.text_encoder = text_cls(len(self.vocab), config.word_dim, config.hidden_dim, config.embed_dim)
         self.attention = TextAttention(config.variant, config.embed_dim, config.score_chunk_mb)
         self._prior: PriorSimilarity | None = None
 
@@ -323,7 +363,8 @@ class AMFMN(RetrievalMethod):
 
 
 def _check_config(cfg: AMFMNConfig) -> None:
-    choices = {"variant": VARIANTS, "margin_mode": ("dynamic", "fixed"), "negatives": ("sum", "hardest")}
+    choices = {"variant": VARIANTS, "margin_mode": ("dynamic", "fixed"), "negatives": ("sum", "hardest"),
+               "text_encoder": ("bigru", "skipthought")}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise UserError(f"amfmn: bad {key} '{getattr(cfg, key)}'; choose from: {', '.join(allowed)}")
