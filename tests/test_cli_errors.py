@@ -236,18 +236,6 @@ def test_status_of_a_results_folder_imports_no_heavy_module(tmp_path):
     assert "1 done, 1 failed, 1 started" in got["stdout"]
 
 
-def test_metric_names_match_the_metrics_table():
-    """The torch-free copy of the metric list (read by `bench status`) is the one rsbench.evaluation.metrics uses."""
-    from rsbench.evaluation import metric_names, metrics
-
-    for name in ("METRICS", "SUMMARY_METRIC", "METRIC_KEYS", "RECALL_KS", "METRIC_HEADERS", "TABLE_METRICS",
-                 "LEADERBOARD_METRICS", "TESTED_METRICS", "METRIC_DIRECTION"):
-        ours, theirs = getattr(metric_names, name), getattr(metrics, name)
-        if name == "METRICS":
-            ours, theirs = [vars(s) for s in ours], [vars(s) for s in theirs]
-        assert ours == theirs, name
-
-
 def _documented_messages() -> dict[str, str]:
     """Case name -> the stderr line the first table of docs/bad_inputs.md promises for it."""
     text = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md").read_text(encoding="utf-8")

@@ -1,8 +1,7 @@
 """THE metric list (names, headers, directions) without torch, so that readers of result folders
 (`bench status`, results.cell) answer in about a second instead of importing torch (4 s).
 
-rsbench.evaluation.metrics (which needs torch for the rank counting) holds the same table until it
-imports it from here; tests/test_cli_errors.py::test_metric_names_match_the_metrics_table keeps the two equal.
+rsbench.evaluation.metrics (which needs torch for the rank counting) re-exports it.
 """
 
 from __future__ import annotations
