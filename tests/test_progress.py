@@ -157,6 +157,6 @@ def test_a_run_prints_progress_between_cells_and_each_cell_estimate(tmp_path: Pa
             assert frames and "100%" in frames[-1], (desc, frames[-3:])
         code, out, err = run_cli([x.replace("0,1,2", "1,2") for x in args], capsys)  # both skipped now
         assert code == 0, err
-        assert re.search(r"^\[1/2 cells \| \d+s elapsed \| ~0s left\]$", out, re.M), out
+        assert re.search(r"^\[1/2 cells \| \d+s elapsed \| ~0s left\]$", out, re.MULTILINE), out
     finally:
         torch.set_num_threads(before)

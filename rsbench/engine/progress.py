@@ -48,7 +48,7 @@ def print_beside_bars(log: Callable[[str], Any], msg: str) -> None:
 
 def format_duration(seconds: float) -> str:
     """45s, 2m10s, 1h05m: short enough for a progress line."""
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     if s < 60:
         return f"{s}s"
     if s < 3600:
