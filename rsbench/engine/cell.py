@@ -61,15 +61,19 @@ class CellResult:
     skipped: bool = False
     wall_s: float = 0.0
     excluded: dict[str, Any] | None = None  # eval.exclude: metrics without the leaked test images
+    epochs_run: int = 0  # epochs trained by this call (not those before a resume): the run's ETA
+    train_s: float = 0.0  # their seconds (train_log.csv's, validation included)
 
 
 def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.device, *, resume: bool = True,
-             progress: bool = False, log: Any = print, exclude: set[str] | None = None) -> CellResult:
+             progress: bool = False, log: Any = print, exclude: set[str] | None = None,
+             estimate: bool = False) -> CellResult:
     """Train, select on val, evaluate on test; write the cell folder (see docs/DESIGN.md).
 
     resume=True continues from checkpoint/last.pt if present (refusing a cell whose config.json
     differs); resume=False empties the cell first. The caller holds the cell's lock. `exclude`
     (eval.exclude): test image names whose metrics are also computed without them (metrics_excluded.json).
+    `estimate`: time the first training steps and print the cell's estimated training time.
     """
     from ..results.cell import run_record, write_eval_outputs
 
@@ -82,6 +86,7 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
         write_json(cell / CONFIG_FILE, config_record(cfg))
         write_json(cell / DATA_FILE, data_record(data))
     tr = start_training(cfg, method, device, precision, cell, resume, log)
+    tr.estimate_log = log if estimate and dist.is_main() else None
     cache = None if check_image_input(method, data, log) else build_image_cache(data, cfg)  # to every loader
     attach_train_data(tr, data.train, cache)
 
@@ -112,7 +117,8 @@ def run_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, device: torch.devi
     }, fingerprint=data.fingerprint, topk=top)
     if not cfg.train.keep_last:  # complete (metrics.json written): the resume state, often 100s of MB, is spent
         dist.on_main((cell / CHECKPOINT_DIR / RESUME_FILE).unlink, missing_ok=True)
-    return CellResult(cell, metrics, False, wall, excluded)
+    run = [r for r in tr.state.rows if int(r["epoch"]) > (tr.state.resumed_from or 0)]
+    return CellResult(cell, metrics, False, wall, excluded, len(run), sum(float(r["seconds"]) for r in run))
 
 
 def _write_excluded(cell: Path, exclude: set[str] | None, method: RetrievalMethod, test: Any, ranks: Any,

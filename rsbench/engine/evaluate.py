@@ -16,6 +16,7 @@ import torch
 from ..errors import UserError
 from ..io import kill_point
 from .device import Precision, auto_workers, make_loader, use_channels_last
+from .progress import Bar
 
 if TYPE_CHECKING:
     from ..config.schema import RunConfig
@@ -33,8 +34,6 @@ def encode_split(method: RetrievalMethod, split: Split, cfg: RunConfig, device: 
                  precision: Precision, progress: bool = False, image_cache: Any = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode every image and every caption of a split once, in large batches."""
-    from tqdm.auto import tqdm
-
     from ..datasets.torchdata import ImageDataset, ImageNormalizer, build_transform
 
     method.eval()
@@ -49,7 +48,7 @@ def encode_split(method: RetrievalMethod, split: Split, cfg: RunConfig, device: 
     workers = auto_workers(cfg.train.num_workers, device)
     loader = make_loader(ds, cfg.train.eval_batch_size, False, None, workers, device, 0)
     feats = []
-    for images, _ in tqdm(loader, desc=f"encode {split.name} images", disable=not progress, leave=False):
+    for images, _ in Bar(loader, f"encode {split.name} images", progress):
         images = normalize(images.to(device, non_blocking=True))
         with precision.autocast(device):
             feats.append(method.encode_images(images).float())
@@ -67,13 +66,10 @@ def length_order(captions: list[str]) -> np.ndarray:
 def encode_captions(method: RetrievalMethod, split: Split, cfg: RunConfig, device: torch.device,
                     precision: Precision, progress: bool = False) -> torch.Tensor:
     """Encode every caption once in batches of similar length (sort, encode, unsort): same embeddings."""
-    from tqdm.auto import tqdm
-
     tok, bs = method.tokenizer(), cfg.train.eval_batch_size
     order = length_order(list(split.captions))
     parts = []
-    for i in tqdm(range(0, split.n_captions, bs), desc=f"encode {split.name} captions", disable=not progress,
-                  leave=False):
+    for i in Bar(range(0, split.n_captions, bs), f"encode {split.name} captions", progress):
         batch = tok([split.captions[j] for j in order[i:i + bs]])
         text = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with precision.autocast(device):

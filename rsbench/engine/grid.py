@@ -21,6 +21,7 @@ from ..results.layout import CHECKPOINT_DIR, RESUME_FILE, TRAIN_LOG
 from . import cell as cell_mod  # run_cell is looked up at call time (tests replace it)
 from . import distributed as dist
 from .cellfolder import check_cell_config, check_cell_data, clear_cell
+from .progress import CellTime, CellWork, RunClock
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +48,7 @@ class CellOutcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     wall: float = 0.0
     excluded: dict[str, Any] | None = None  # eval.exclude: metrics_excluded.json
+    took: CellTime | None = None  # what a cell trained here took (the run's time left is estimated from it)
 
 
 @dataclass
@@ -207,10 +209,11 @@ def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | Non
     set_threads(grid, dev)
     rows: list[CellOutcome] = []
     current: dict[str, Any] = {}  # the cell being run, for the one-line note on Ctrl-C / SIGTERM
+    clock = RunClock(len(grid.cfgs))  # the progress line between cells
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         for d in grid.datasets:
-            rows += run_dataset(grid, d, dev, progress, current)
+            rows += run_dataset(grid, d, dev, progress, current, clock)
     except KeyboardInterrupt as e:
         raise _interrupted(e, current) from None
     finally:
@@ -234,7 +237,7 @@ def set_threads(grid: Grid, dev: torch.device) -> int:
 
 
 def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
-                current: dict[str, Any]) -> list[CellOutcome]:
+                current: dict[str, Any], clock: RunClock | None = None) -> list[CellOutcome]:
     """Load one dataset, refuse cells made on other data, then run its cells one after another."""
     from ..evaluation.exclusion import leaked_images
     from ..results.layout import cell_dir
@@ -255,9 +258,36 @@ def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
         for s in grid.seeds:
             current.update(cell=cell_dir(grid.out, data.name, m, s), cfg=grid.cfgs[(m, d, s)])
             rows.append(run_one_cell(current["cfg"], data, current["cell"], dev, grid.resume, grid.overwrite,
-                                     progress, exclude=leaked))
+                                     progress, exclude=leaked, clock=clock))
+            if clock is not None and dist.is_main():
+                clock.cell_finished(rows[-1].took)
+                echo(clock.line(work_left(grid, (m, d, s))))
     current.clear()
     return rows
+
+
+def work_left(grid: Grid, after: tuple[str, str, int]) -> list[CellWork]:
+    """The cells the grid runs after `after` (method, dataset, seed) that will train or evaluate: complete
+    cells (to be skipped) are left out, a cell to resume counts its epochs left."""
+    order = [(m, d, s) for d in grid.datasets for m in grid.methods for s in grid.seeds]
+    left = []
+    for m, d, s in order[order.index(after) + 1:]:
+        work = cell_work(grid.cfgs[(m, d, s)], grid_cell(grid.out, d, m, s), grid.resume, grid.overwrite)
+        if work is not None:
+            left.append(work)
+    return left
+
+
+def cell_work(cfg: RunConfig, cell: Path, resume: bool, overwrite: bool) -> CellWork | None:
+    """What a cell still has to do: None when it is complete (skipped), else the epochs it will train."""
+    from ..results.cell import is_complete
+
+    if overwrite:
+        return CellWork(cfg.method, cfg.dataset, cfg.train.epochs)
+    if is_complete(cell):
+        return None
+    done = _resume_point(cell) if resume else 0
+    return CellWork(cfg.method, cfg.dataset, max(0, cfg.train.epochs - done))
 
 
 def _resume_point(cell: Path) -> int:
@@ -284,8 +314,10 @@ def _interrupted(e: KeyboardInterrupt, current: dict[str, Any]) -> GridInterrupt
 
 
 def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device, resume: bool,
-                 overwrite: bool, show: bool, exclude: set[str] | None = None) -> CellOutcome:
+                 overwrite: bool, show: bool, exclude: set[str] | None = None,
+                 clock: RunClock | None = None) -> CellOutcome:
     """One cell under its lock: skip it (finished, or run by another process), or train/resume it.
+    `clock`: the run's earlier cells, for the cell's estimated time (else its first steps are timed).
 
     A failure of this cell alone (diverged, out of memory, refused checkpoint or config) is printed
     and the grid goes on; data and write errors stop the run (they would hit every cell). Under
@@ -305,7 +337,7 @@ def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.dev
         return row
     try:
         try:
-            _run_locked(row, cfg, data, cell, dev, resume, overwrite, show, exclude)
+            _run_locked(row, cfg, data, cell, dev, resume, overwrite, show, exclude, clock)
         except Exception as e:  # Ctrl-C inside C++ code (torch.save) surfaces as its RuntimeError
             interrupt = _interrupt_behind(e)
             if interrupt is not None:
@@ -346,7 +378,8 @@ def _interrupt_behind(e: BaseException) -> KeyboardInterrupt | None:
 
 
 def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device,
-                resume: bool, overwrite: bool, show: bool, exclude: set[str] | None = None) -> None:
+                resume: bool, overwrite: bool, show: bool, exclude: set[str] | None = None,
+                clock: RunClock | None = None) -> None:
     """Skip a complete cell (after checking it was made with this config and data), else run it."""
     from ..results.cell import cell_damage, clear_failure, is_complete, load_cell
 
@@ -365,11 +398,19 @@ def _run_locked(row: CellOutcome, cfg: RunConfig, data: DatasetSplits, cell: Pat
     if damage:
         echo(f"repair {cell}: {damage}")
     echo(f"run {cfg.method} on {data.name}, seed {cfg.seed} -> {cell}")
+    work = cell_work(cfg, cell, resume, overwrite) or CellWork(cfg.method, cfg.dataset, 0)
+    note = clock.cell_estimate(work) if clock is not None else None
+    if note is not None and dist.is_main():
+        echo(note)
     t0 = time.time()
-    more = {"exclude": exclude} if exclude is not None else {}
+    more: dict[str, Any] = {"exclude": exclude} if exclude is not None else {}
+    if note is None:
+        more["estimate"] = True  # no earlier cell of its kind: time its first training steps
     res = cell_mod.run_cell(cfg, data, cell, dev, resume=resume, progress=show, log=echo, **more)
     row.status, row.metrics, row.wall = "done", res.metrics, time.time() - t0
     row.excluded = getattr(res, "excluded", None)
+    row.took = CellTime(cfg.method, cfg.dataset, getattr(res, "epochs_run", 0), getattr(res, "train_s", 0.0),
+                        row.wall)
 
 
 def _stored_excluded(cell: Path, exclude: set[str] | None) -> dict[str, Any] | None:

@@ -39,6 +39,7 @@ from .checkpoint import (
     save_resume,
 )
 from .device import Precision, auto_workers, make_loader, use_channels_last
+from .progress import Bar, format_duration, print_beside_bars, steps_estimate
 
 if TYPE_CHECKING:
     from ..config.schema import RunConfig
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from ..methods.base import RetrievalMethod
 
 LOG_FIELDS = ["epoch", "loss", "val_mR", "lr", "seconds"]
+ESTIMATE_SKIP, ESTIMATE_STEPS = 2, 10  # a cell's estimate: steps left untimed (start-up), steps timed
 
 
 class TrainingDiverged(UserError):
@@ -127,6 +129,7 @@ class Trainer:
     normalize: Any = None
     workers: int = 0
     tb: Any = None  # train.tensorboard: rank 0's SummaryWriter (engine.tblog), else None
+    estimate_log: Callable[[str], Any] | None = None  # set: print the cell's estimate (first steps timed)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -299,10 +302,23 @@ def warmed_up_lr(opt: torch.optim.Optimizer, factor: float) -> Iterator[None]:
             g["lr"] = lr
 
 
+def _time_steps(tr: Trainer, step: int, steps: int, epochs_left: int, marks: list[float]) -> None:
+    """After step `step` (0-based) of the first epoch trained here: time steps ESTIMATE_SKIP+1 to
+    ESTIMATE_SKIP+ESTIMATE_STEPS (the first ones pay for start-up) and print the cell's estimate once."""
+    if step + 1 not in (ESTIMATE_SKIP, ESTIMATE_SKIP + ESTIMATE_STEPS):
+        return
+    if tr.device.type == "cuda":  # the steps' kernels are queued: wait for them before reading the clock
+        torch.cuda.synchronize(tr.device)
+    marks.append(time.perf_counter())
+    if len(marks) == 2 and tr.estimate_log is not None:
+        step_s = (marks[1] - marks[0]) / ESTIMATE_STEPS
+        print_beside_bars(tr.estimate_log, steps_estimate(step_s, steps, epochs_left, ESTIMATE_SKIP + 1,
+                                                          ESTIMATE_SKIP + ESTIMATE_STEPS))
+        tr.estimate_log = None
+
+
 def train_one_epoch(tr: Trainer, epoch: int, progress: bool) -> tuple[float, dict[str, float]]:
     """One epoch (0-based) from its own seed; the mean loss over all ranks and this rank's mean logs."""
-    from tqdm.auto import tqdm
-
     cfg, t = tr.cfg, tr.cfg.train
     seed_everything(epoch_seed(cfg.seed, epoch))
     if hasattr(tr.pairs, "set_epoch"):
@@ -313,10 +329,12 @@ def train_one_epoch(tr: Trainer, epoch: int, progress: bool) -> tuple[float, dic
                          sampler=dist.train_sampler(tr.pairs, cfg.seed, epoch))
     tr.method.train()
     total, n, log_sums = torch.zeros((), device=tr.device), 0, {}  # summed on the device, read once an epoch
-    bar = tqdm(loader, desc=f"{cfg.method}/{cfg.dataset}/seed{cfg.seed} epoch {epoch + 1}/{t.epochs}",
-               disable=not progress, leave=False)
+    bar = Bar(loader, f"{cfg.method}/{cfg.dataset}/seed{cfg.seed} epoch {epoch + 1}/{t.epochs}", progress)
+    marks: list[float] = []
     for step, batch in enumerate(bar):
         out = _optimiser_step(tr, batch, epoch, step)
+        if tr.estimate_log is not None:
+            _time_steps(tr, step, len(bar), t.epochs - epoch, marks)
         total += out.loss.detach().float()
         _add_logs(log_sums, out.logs)
         n += 1
@@ -395,6 +413,12 @@ def _epoch_loop(tr: Trainer, validate: Callable[[], dict[str, Any]], progress: b
 
             write_epoch(tr.tb, row, val_metrics)
         save_epoch(tr, epoch + 1, improved, stop)
+        if tr.estimate_log is not None:  # an epoch too short to time its steps: estimate from the epoch
+            if t.epochs > epoch + 1:
+                tr.estimate_log(f"  estimated {format_duration(row['seconds'] * (t.epochs - epoch - 1))} for "
+                                f"the {t.epochs - epoch - 1} epoch(s) left (from epoch {epoch + 1}, "
+                                "validation included; test not included)")
+            tr.estimate_log = None
         log(f"  epoch {epoch + 1}/{t.epochs}  loss {row['loss']:.4f}  val {t.select_metric} {row['val_mR']}  "
             f"({row['seconds']}s)" + "".join(f"  {k} {v:.4g}" for k, v in logs.items()))
         if stop:
