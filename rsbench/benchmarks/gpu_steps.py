@@ -177,7 +177,7 @@ def sync_for(device: torch.device) -> Callable[[], None]:
 
 def run_steps(tr: Any, timing: Timing, warmup: int, requested: int, share_s: float, t_start: float) -> None:
     """Warm-up steps, PROBE_STEPS measured ones, then as many as fit the share (`plan_steps`)."""
-    from ..engine.train import _optimiser_step  # the step train_one_epoch runs (forward, backward, step)
+    from ..engine.train import optimiser_step  # the step train_one_epoch runs (forward, backward, step)
 
     sync, batches = sync_for(tr.device), endless_batches(tr)
     target, i = requested, 0
@@ -185,7 +185,7 @@ def run_steps(tr: Any, timing: Timing, warmup: int, requested: int, share_s: flo
     while i < warmup + target:
         batch = next(batches)
         t_got = time.perf_counter()
-        _optimiser_step(tr, batch, 0, i)
+        optimiser_step(tr, batch, 0, i)
         sync()
         t_done = time.perf_counter()
         if i >= warmup:

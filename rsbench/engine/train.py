@@ -253,7 +253,7 @@ def _weights_finite(method: torch.nn.Module) -> bool:
                if v.is_floating_point())
 
 
-def _optimiser_step(tr: Trainer, batch: Batch, epoch: int, step: int) -> Any:
+def optimiser_step(tr: Trainer, batch: Batch, epoch: int, step: int) -> Any:
     """Forward, finite-loss check, backward, clip, step; out of memory becomes a one-line hint."""
     t, device = tr.cfg.train, tr.device
     try:
@@ -332,7 +332,7 @@ def train_one_epoch(tr: Trainer, epoch: int, progress: bool) -> tuple[float, dic
     bar = Bar(loader, f"{cfg.method}/{cfg.dataset}/seed{cfg.seed} epoch {epoch + 1}/{t.epochs}", progress)
     marks: list[float] = []
     for step, batch in enumerate(bar):
-        out = _optimiser_step(tr, batch, epoch, step)
+        out = optimiser_step(tr, batch, epoch, step)
         if tr.estimate_log is not None:
             _time_steps(tr, step, len(bar), t.epochs - epoch, marks)
         total += out.loss.detach().float()
