@@ -198,8 +198,8 @@ def item_amfmn_step(ws: Workspace) -> list[Row]:
             target=">= 1.25x" if target else "(fp32 row)", result=verdict(ratio >= 1.25, same) if target else "-",
             ok=same))
     ws.notes.append(
-        "Item 10: both sides hold the same weights (copied module by module: ResNet-18 stages, MVSA, Linear layers, "
-        "the GRU's gates; AMFMN_AUTHORS in perf.py), random init, the same batch; the authors' side runs in fp32 "
+        "Item 8: both sides hold the same weights (copied module by module: ResNet-18 stages, MVSA, Linear layers, "
+        "the GRU's gates; AMFMN_AUTHORS in items_amfmn.py), random init, the same batch; the authors' side runs in fp32 "
         "with their GRU's per-gate sequence dropout (p=0.25) as they train, the loss check runs it at p=0 (ours has "
         "no GRU dropout). Ours: channels_last, autocast at the precision shown, images normalised inside the step "
         "(theirs get them normalised by the loader); Adam lr 1e-4 on both sides, no gradient clipping (theirs: "

@@ -18,8 +18,8 @@ class Sizes:
     amfmn_shard: int = 128  # the authors' shard_dis shard size (item 2)
     amfmn_step: tuple[int, int] = (100, 256)  # batch, pixels: the authors' RSICD config (item 8)
     amfmn_step_repeats: int = 1
-    slow_budget_s: float = 600.0  # items 2 and 10: calls of 5-30 s still get a separate warm-up call
-    amfmn_text: tuple[int, int] = (620, 2400)  # skip-thought word and GRU sizes (items 2 and 10)
+    slow_budget_s: float = 600.0  # items 2 and 8: calls of 5-30 s still get a separate warm-up call
+    amfmn_text: tuple[int, int] = (620, 2400)  # skip-thought word and GRU sizes (items 2 and 8)
     mscmat_batches: tuple[int, ...] = (32, 100)
     loading_images: int = 300
     loading_formats: tuple[str, ...] = ("png", "jpeg", "tiff")
