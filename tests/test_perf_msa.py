@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rsbench.benchmarks import items_msa, msa_refs
-from rsbench.benchmarks.references import ranks_authors_procedure
+from rsbench.benchmarks.amfmn_refs import ranks_authors_procedure
 from rsbench.benchmarks.workspace import QUICK, Workspace
 from rsbench.methods.components.mscmat import MSCMAT
 

@@ -20,7 +20,7 @@ the authors' way), so that at fp32 both sides give the same numbers:
   `data.py` :: `get_loaders` (test loader: batch_size=1 over (image, caption) PAIRS, so every image is
   encoded once per caption; each caption `encode_plus`-ed to 31 tokens and encoded alone), features
   normalised, every 5th image feature kept, then `eval.py` :: `i2t5` / `t2i5` (per query `argsort`
-  reversed, `where`; references.ranks_authors_procedure is that procedure).
+  reversed, `where`; amfmn_refs.ranks_authors_procedure is that procedure).
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def authors_encode_pairs(model: AuthorsMSA, images: torch.Tensor, captions: list
 
 def authors_rank(pair_images: torch.Tensor, texts: torch.Tensor, cap2img: np.ndarray) -> dict[str, float]:
     """The rest of the test block: normalise, numpy, every 5th image feature, eval.py :: i2t5 / t2i5."""
-    from .references import ranks_authors_procedure
+    from .amfmn_refs import ranks_authors_procedure
 
     texts = texts / texts.norm(dim=1, keepdim=True)
     pair_images = pair_images / pair_images.norm(dim=1, keepdim=True)
