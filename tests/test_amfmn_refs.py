@@ -1,4 +1,4 @@
-"""The AMFMN authors' procedure (benchmarks/amfmn_refs.py, perf items 2 and 10) computes what rsbench's
+"""The AMFMN authors' procedure (benchmarks/amfmn_refs.py, perf items 2 and 8) computes what rsbench's
 AMFMN computes on the same weights: their model, loss and shard-wise test scoring."""
 
 from __future__ import annotations

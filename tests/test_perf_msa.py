@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from rsbench.benchmarks import msa_refs, perf
+from rsbench.benchmarks import items_msa, msa_refs
 from rsbench.benchmarks.amfmn_refs import ranks_authors_procedure
+from rsbench.benchmarks.workspace import QUICK, Workspace
 from rsbench.methods.components.mscmat import MSCMAT
 
 
@@ -41,9 +42,9 @@ def test_authors_mscmat_by_concatenation_equals_ours_values_and_gradients():
     assert [m.shape for m in c[0]] == [(b, b)] * 4
     for x, y in zip(a[0] + a[1], c[0] + c[1]):
         assert (x - y).abs().max().item() < 1e-5
-    pairs = perf._mscmat_param_pairs(ours, theirs)
+    pairs = items_msa._mscmat_param_pairs(ours, theirs)
     assert len(pairs) == len(list(ours.parameters())) == len(list(theirs.parameters()))
-    assert perf._grad_diff(pairs) < 1e-5
+    assert items_msa._grad_diff(pairs) < 1e-5
     assert not torch.allclose(c[0][0][0], c[0][0][1])  # not degenerate: two images score the texts apart
 
 
@@ -61,8 +62,8 @@ def test_authors_rank_keeps_every_fifth_pair_image_and_ranks_like_i2t5():
 
 def test_msa_step_item_quick_matches_the_authors_step(tmp_path: Path):
     """Item 9 at quick sizes: ours at fp32 gives the authors' loss and gradients; rows for auto and fp32."""
-    ws = perf.Workspace(perf.QUICK, tmp_path)
-    rows = perf.item_msa_step(ws)
+    ws = Workspace(QUICK, tmp_path)
+    rows = items_msa.item_msa_step(ws)
     assert [r.item for r in rows] == ["9", "9"]
     assert "auto" in rows[0].name and "fp32" in rows[1].name and "retrieval.py::main" in rows[0].reference
     assert rows[0].ok is True and rows[0].check.endswith("True"), rows[0].check
@@ -71,7 +72,7 @@ def test_msa_step_item_quick_matches_the_authors_step(tmp_path: Path):
 
 @pytest.mark.slow
 def test_msa_eval_item_quick_matches_the_authors_test_block(tmp_path: Path):
-    rows = perf.item_msa_eval(perf.Workspace(perf.QUICK, tmp_path))
+    rows = items_msa.item_msa_eval(Workspace(QUICK, tmp_path))
     assert [r.item for r in rows] == ["10", "10"]
     assert rows[0].ok is True and "equal to i2t5/t2i5's, meanr within 0.01: True" in rows[0].check, rows[0].check
     assert "i2t5" in rows[0].reference and "scaled" in rows[0].name

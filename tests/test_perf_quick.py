@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rsbench.benchmarks import perf
+from rsbench.benchmarks import harness, items_training, perf
 
 NUMBER = re.compile(r"\d+(\.\d+)?\s*(us|ms|s)\b")
 
@@ -20,15 +20,15 @@ def _rows(report: str) -> list[list[str]]:
     """Cells of the results table's body rows."""
     lines = [ln for ln in report.splitlines() if ln.startswith("| ") and not ln.startswith("| # ")]
     rows = [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines]
-    return [r for r in rows if len(r) == len(perf.COLUMNS)]
+    return [r for r in rows if len(r) == len(harness.COLUMNS)]
 
 
 def test_side_by_side_and_table_helpers():
     calls = []
-    t_o, t_r, a, b = perf.side_by_side(lambda: calls.append("o") or 1, lambda: calls.append("r") or 2, 3, 10.0)
+    t_o, t_r, a, b = harness.side_by_side(lambda: calls.append("o") or 1, lambda: calls.append("r") or 2, 3, 10.0)
     assert (a, b) == (1, 2) and t_o.n == 3 and t_r.n == 3
     assert calls[:2] == ["o", "r"] and calls[2:] == ["o", "r"] * 3  # warm-up, then interleaved
-    table = perf.format_table([perf.Row("1", "x|y", "1.0 ms", ok=True)])
+    table = harness.format_table([harness.Row("1", "x|y", "1.0 ms", ok=True)])
     assert "x/y" in table and table.count("\n") == 2
     assert perf.parse_only("3,1") == [1, 3]
     with pytest.raises(SystemExit):
@@ -46,6 +46,19 @@ def test_bench_perf_command(capsys: pytest.CaptureFixture[str]):
     assert "acc_i2t" in table[0][1]  # item 1 names the authors' function it mirrors
     code, out, err = run_cli(["perf", "--only", "99"], capsys)
     assert code == 2 and err.startswith("error: --only: no item") and len(err.strip().splitlines()) == 1
+
+
+def test_amfmn_step_item_quick_gives_its_auto_and_fp32_rows(tmp_path: Path):
+    """Item 8 at quick sizes: ours at auto (the target row) and at fp32, the fp32 losses equal. The AMFMN items
+    iterate (label, precision) pairs; when they shared a module with the MSA items, whose `_precisions` returns
+    a dict, the later definition shadowed theirs and items 2 and 8 crashed."""
+    from rsbench.benchmarks.items_amfmn import item_amfmn_step
+    from rsbench.benchmarks.workspace import QUICK, Workspace
+
+    rows = item_amfmn_step(Workspace(QUICK, tmp_path))
+    assert [r.item for r in rows] == ["8", "8+"]
+    assert "ours at auto" in rows[0].name and rows[1].name.endswith("ours at fp32")
+    assert rows[0].ok is True and rows[0].check.endswith("True"), rows[0].check
 
 
 @pytest.mark.slow
@@ -77,7 +90,7 @@ def test_quick_harness_prints_every_item(tmp_path: Path, capsys: pytest.CaptureF
     assert all("auto" in r[1] for r in rows if r[0] in ("2", "8"))  # the target rows: ours at the default
     assert all("shard_dis" in r[3] for r in rows if r[0].startswith("2") and r[0] != "2b")  # what they mirror
     assert any(r[0] == "6" and "peak RSS" in r[5] for r in rows)
-    assert sum(r[0] == "5" for r in rows) == len(perf.METHODS)
+    assert sum(r[0] == "5" for r in rows) == len(items_training.METHODS)
     assert [r[0] for r in rows if r[0].startswith("7")] == ["7", "7+"]  # SCAN scoring, t2i and i2t
     assert all(r[4].endswith("%") for r in rows if r[0] == "5")
 

@@ -212,7 +212,7 @@ def test_bad_feature_file_is_a_one_line_error(tiny_synthetic, tmp_path, capsys, 
 def test_perf_reference_is_the_paper_and_blockwise_scores_match_it(direction, pooling) -> None:
     """bench perf item 7's reference (the authors' shard + loop-over-captions procedure) gives the per-pair
     numbers, and so does the method's blockwise kernel with small chunks (the bounded-memory path)."""
-    from rsbench.benchmarks.perf import scan_inputs
+    from rsbench.benchmarks.items_ranking import scan_inputs
     from rsbench.benchmarks.references import scan_score_sharded
     from rsbench.methods.scan import blockwise_scores
 

@@ -12,7 +12,7 @@ from ..errors import UserError
 
 def perf(
     quick: Annotated[bool, typer.Option("--quick", help="Shrink every size (about a minute); checks it works.")] = False,
-    only: Annotated[str | None, typer.Option("--only", help="Comma list of item numbers (1-6).")] = None,
+    only: Annotated[str | None, typer.Option("--only", help="Comma list of item numbers (1-10; see benchmarks/RESULTS.md for what each is).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Report file (default benchmarks/RESULTS.md for a full "
                                              "run of all items; --quick / --only / --gpu write none unless given).")] = None,
     threads: Annotated[int, typer.Option("--threads", min=0, help="torch intra-op threads for every item but 4 "

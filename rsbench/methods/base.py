@@ -96,7 +96,7 @@ class RetrievalMethod(nn.Module, ABC):
     def training_loss(self, batch: Batch) -> LossOutput:
         """The method's own loss on a training batch."""
 
-    # ---- what the perf harness measures (benchmarks/perf.py; no private attribute names there) ----------
+    # ---- what the perf harness measures (benchmarks/items_training.py; no private attribute names there)
     def image_backbone(self) -> nn.Module:
         """The image trunk (a timm model) inside encode_images: timed alone as a training step's reference."""
         raise UserError(f"{type(self).__name__} does not name its image backbone (image_backbone()): "
