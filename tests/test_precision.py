@@ -28,7 +28,8 @@ def test_native_bf16_is_read_from_the_cpu_flags():
 
 
 @pytest.mark.parametrize("choice,native,expected", [
-    ("default", True, "fp32"),  # the published CPU numbers are fp32: the default does not change them
+    ("default", True, "bf16"),  # default = auto: bf16 autocast where the CPU has it natively, as on GPU
+    ("default", False, "fp32"),
     ("fp32", True, "fp32"),
     ("auto", True, "bf16"),
     ("auto", False, "fp32"),

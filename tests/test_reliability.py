@@ -291,13 +291,16 @@ def test_truncated_best_safetensors_is_refused(work, reference, tmp_path, capsys
 def test_foreign_safetensors_is_refused(work, reference, tmp_path, capsys):
     from safetensors.torch import save_file
 
+    from rsbench.engine.checkpoint import best_epoch_on_disk
+
     cell = resume_copy(work, reference, tmp_path)
     best = cell / "checkpoint" / "best.safetensors"
+    best_epoch = best_epoch_on_disk(cell / "checkpoint")  # the epoch the resume state names
     save_file({"weight": torch.zeros(3, 3)}, str(best))  # another model's weights, no rsbench header
     code, _, err = main_run(work, tmp_path / "res", capsys)
     assert code == 2 and "best.safetensors: checkpoint does not match the model" in err
     save_file({"weight": torch.zeros(3, 3)}, str(best), metadata={"format": "rsbench-best-v1", "method": "msa",
-                                                                  "meta": json.dumps({"epoch": 2})})
+                                                                  "meta": json.dumps({"epoch": best_epoch})})
     code, _, err = main_run(work, tmp_path / "res", capsys)
     assert code == 2 and "is a checkpoint of method 'msa', not 'vsepp'" in err
     assert "Traceback" not in err

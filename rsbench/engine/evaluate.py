@@ -111,8 +111,10 @@ def rank_split(method: RetrievalMethod, split: Split, cfg: RunConfig, device: to
     spread: list[torch.Tensor] = []  # per block max - min, summed at the end (one host sync per split)
 
     def score_block(i: slice, j: slice) -> torch.Tensor:
-        with precision.autocast(device):
-            s = method.score(img[i], txt[j]).float()
+        # float32 scores whatever precision the encoders ran in: bf16 keeps 8 mantissa bits, so scores
+        # would tie by the hundred and the tie rule, not the model, would order them
+        with torch.autocast(device.type, enabled=False):
+            s = method.score(img[i].float(), txt[j].float()).float()
         spread.append((s.amax() - s.amin()).detach())
         return s
 
