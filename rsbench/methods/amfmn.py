@@ -17,7 +17,6 @@ size and no lazy layer is needed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, 
 from .components.backbones import create_backbone
 from .components.prior_similarity import PriorParams, PriorSimilarity, dynamic_margin
 from .components.triplet import hinge_triplet
-from .components.vocab import Vocabulary, WordTokenizer
+from .components.vocab import Vocabulary, VocabularyState, WordTokenizer
 from .components.weights import WeightNeed, backbone_needs
 from .registry import register_method
 
@@ -289,7 +288,7 @@ class TextAttention(nn.Module):
     },
     display_name=lambda c: f"AMFMN ({ {'similarity': 'sim'}.get(c.variant, c.variant)})",
 )
-class AMFMN(RetrievalMethod):
+class AMFMN(VocabularyState, RetrievalMethod):
     config_cls = AMFMNConfig
     cross_interaction = True
 
@@ -355,11 +354,6 @@ class AMFMN(RetrievalMethod):
                                  "margin": margin.detach().mean()})
 
     # ---- state ----------------------------------------------------------------------------------
-    def extra_state_json(self) -> dict[str, Any]:
-        return {"vocab": self.vocab.to_json()}
-
-    def load_extra_state_json(self, state: dict[str, Any]) -> None:
-        self.vocab = self.vocab.restored(state, "amfmn")
 
 
 def _check_config(cfg: AMFMNConfig) -> None:

@@ -40,7 +40,7 @@ from .amfmn import ImageEncoder as AMFMNImageEncoder
 from .amfmn import TextEncoder as AMFMNTextEncoder
 from .base import IMAGENET_MEAN, IMAGENET_STD, MethodContext, RetrievalMethod, same_image_mask
 from .components.triplet import hinge_triplet
-from .components.vocab import Vocabulary, WordTokenizer
+from .components.vocab import Vocabulary, VocabularyState, WordTokenizer
 from .components.weights import WeightNeed, backbone_needs, local_path
 from .registry import register_method
 
@@ -287,7 +287,7 @@ _PRESETS = {
     presets=_PRESETS,
     display_name="GaLR",
 )
-class GaLR(RetrievalMethod):
+class GaLR(VocabularyState, RetrievalMethod):
     config_cls = GaLRConfig
 
     @classmethod
@@ -348,7 +348,7 @@ class GaLR(RetrievalMethod):
         return LossOutput(loss, {"triplet": loss.detach()})
 
     def extra_state_json(self) -> dict[str, Any]:
-        return {"vocab": self.vocab.to_json(), "region_source": self.region_source}
+        return {**super().extra_state_json(), "region_source": self.region_source}
 
 
 def _check_config(cfg: GaLRConfig) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,7 @@ from ..errors import UserError
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
 from .components.backbones import create_backbone
 from .components.triplet import hinge_triplet
-from .components.vocab import Vocabulary, WordTokenizer
+from .components.vocab import Vocabulary, VocabularyState, WordTokenizer
 from .components.weights import WeightNeed, backbone_needs
 from .registry import register_method
 
@@ -187,7 +186,7 @@ class WordEncoder(nn.Module):
     },
     display_name="SCAN",
 )
-class SCAN(RetrievalMethod):
+class SCAN(VocabularyState, RetrievalMethod):
     config_cls = SCANConfig
     cross_interaction = True
 
@@ -259,11 +258,6 @@ class SCAN(RetrievalMethod):
         loss = hinge_triplet(scores, same_image_mask(batch.image_ids), self.config.margin, hardest)
         return LossOutput(loss, {"triplet": loss.detach(), "hardest": torch.tensor(float(hardest))})
 
-    def extra_state_json(self) -> dict[str, Any]:
-        return {"vocab": self.vocab.to_json()}
-
-    def load_extra_state_json(self, state: dict[str, Any]) -> None:
-        self.vocab = self.vocab.restored(state, "scan")
 
 
 def _check_config(cfg: SCANConfig) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ from ..errors import UserError
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
 from .components.backbones import create_backbone
 from .components.triplet import hinge_triplet
-from .components.vocab import Vocabulary, WordTokenizer
+from .components.vocab import Vocabulary, VocabularyState, WordTokenizer
 from .components.weights import WeightNeed, backbone_needs
 from .registry import register_method
 
@@ -186,7 +185,7 @@ class ImageEncoder(nn.Module):
     },
     display_name="SWAN",
 )
-class SWAN(RetrievalMethod):
+class SWAN(VocabularyState, RetrievalMethod):
     config_cls = SWANConfig
 
     @classmethod
@@ -226,6 +225,3 @@ class SWAN(RetrievalMethod):
         scores = self.encode_images(batch.images).float() @ self.encode_texts(batch.text).float().T
         loss = hinge_triplet(scores, same_image_mask(batch.image_ids), self.config.margin, self.config.hardest)
         return LossOutput(loss, {"triplet": loss.detach()})
-
-    def extra_state_json(self) -> dict[str, Any]:
-        return {"vocab": self.vocab.to_json()}

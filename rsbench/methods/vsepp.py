@@ -18,7 +18,7 @@ from ..contracts import require_at_least
 from .base import Batch, LossOutput, MethodContext, RetrievalMethod, Tokenizer, same_image_mask
 from .components.backbones import create_backbone
 from .components.triplet import hinge_triplet
-from .components.vocab import Vocabulary, WordTokenizer
+from .components.vocab import Vocabulary, VocabularyState, WordTokenizer
 from .components.weights import WeightNeed, backbone_needs
 from .registry import register_method
 
@@ -58,7 +58,7 @@ class VSEConfig:
     },
     display_name="VSE++",
 )
-class VSEPP(RetrievalMethod):
+class VSEPP(VocabularyState, RetrievalMethod):
     config_cls = VSEConfig
 
     @classmethod
@@ -103,6 +103,3 @@ class VSEPP(RetrievalMethod):
         # same_image_mask includes the diagonal: positives are never negatives.
         loss = hinge_triplet(scores, same_image_mask(batch.image_ids), self.config.margin, hardest)
         return LossOutput(loss, {"triplet": loss.detach(), "hardest": torch.tensor(float(hardest))})
-
-    def extra_state_json(self) -> dict:
-        return {"vocab": self.vocab.to_json()}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -56,6 +57,20 @@ class Vocabulary:
             raise UserError(f"{method}: checkpoint vocabulary has {len(vocab)} words, the model {len(self)} "
                             "(built from another training split?)")
         return vocab
+
+
+class VocabularyState:
+    """For methods that read captions through a Vocabulary built from the training split (`self.vocab`):
+    the vocabulary is saved beside the weights and restored with them, so a checkpoint always reads words
+    with the ids it was trained on, whatever captions the method was rebuilt from."""
+
+    vocab: Vocabulary
+
+    def extra_state_json(self) -> dict[str, Any]:
+        return {"vocab": self.vocab.to_json()}
+
+    def load_extra_state_json(self, state: dict[str, Any]) -> None:
+        self.vocab = self.vocab.restored(state, type(self).__name__.lower())
 
 
 class WordTokenizer:
