@@ -111,7 +111,7 @@ def test_siglip_folder_pads_to_max_length_and_trains_with_sigmoid_loss(tmp_path)
 
 
 def test_sigmoid_loss_matches_a_per_pair_loop():
-    from rsbench.methods.hf_clip import sigmoid_loss
+    from rsbench.methods.components.tower_method import sigmoid_loss
 
     torch.manual_seed(0)
     img, txt = torch.randn(4, 8), torch.randn(4, 8)

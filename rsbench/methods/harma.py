@@ -9,7 +9,6 @@ train. Where paper and released code differ, and which we follow: docs/clip_mode
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,38 +24,16 @@ from .components.adapters import (
     HarmaBlockGate,
     SharedMiniAdapter,
     attach,
-    count_trainable,
     freeze,
     tower_blocks,
 )
 from .components.clip_tower import build_tower
 from .components.contrastive import LogitScale, decay_param_groups, info_nce
+from .components.tower_method import AdapterTowerConfig, TowerMethod, report_parameters
 from .components.weights import WeightNeed, tower_needs
-from .components.zoo_catalogue import find_weights, get_entry
-from .hf_clip import TowerMethod
 from .registry import register_method
 
 SHARE_MODES = ("both", "text")
-
-
-@dataclass
-class AdapterTowerConfig:
-    """Which frozen CLIP tower the adapters go into (first set wins: zoo, hf_folder, open_clip fields)."""
-
-    zoo: str = ""  # a zoo entry (see `bench models`), with weights_dir
-    weights_dir: str = ""
-    hf_folder: str = ""  # a transformers CLIP/SigLIP folder
-    model: str = ""  # open_clip architecture ('' = ViT-B-32)
-    model_config: str = ""  # open_clip JSON architecture file
-    checkpoint: str = ""  # open_clip weights file
-    pretrained: str = ""  # open_clip pretrained tag (needs internet)
-    force_image_size: int = 0
-    prompt: str = ""
-
-    def check_tower(self) -> None:
-        """A zoo tower's file must exist at resolution, before any data is loaded."""
-        if self.zoo:
-            find_weights(get_entry(self.zoo), self.weights_dir)
 
 
 @dataclass
@@ -97,13 +74,6 @@ def weighted_triplet(img: torch.Tensor, txt: torch.Tensor, image_ids: torch.Tens
     cost_i = (margin + s - d[None, :]).clamp(min=0).masked_fill(pos, 0)
     weigh = lambda c: (1 - torch.exp(-c)) ** gamma * c
     return (weigh(cost_t).sum() + weigh(cost_i).sum()) / 2
-
-
-def report_parameters(name: str, method: nn.Module) -> dict[str, int]:
-    """Trainable vs total parameters, printed once (the papers' headline efficiency number)."""
-    counts = {"trainable": count_trainable(method), "total": sum(p.numel() for p in method.parameters())}
-    print(f"{name}: {counts['trainable']:,} trainable of {counts['total']:,} parameters", file=sys.stderr)
-    return counts
 
 
 @register_method(

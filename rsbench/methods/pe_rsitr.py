@@ -21,9 +21,8 @@ from .base import Batch, LossOutput, MethodContext
 from .components.adapters import MRSAdapter, attach, freeze, input_dropout, tower_blocks, tower_layers
 from .components.clip_tower import build_tower
 from .components.contrastive import decay_param_groups, info_nce
+from .components.tower_method import AdapterTowerConfig, TowerMethod, report_parameters
 from .components.weights import WeightNeed, tower_needs
-from .harma import AdapterTowerConfig, report_parameters
-from .hf_clip import TowerMethod
 from .registry import register_method
 
 

@@ -4,7 +4,7 @@
 the entry's activation, input size and mean/std, loads DIR/<its file> (checked at resolution, before any
 data is loaded: a missing file is a one-line error naming what to download from where), and records
 file, sha256, activation and preprocessing in run.json. Zero-shot by default (--epochs 0 in both
-presets); fine-tune with the RET-2 recipe (hf_clip.RET2_FINETUNE) through --epochs/--set or preset ret2.
+presets); fine-tune with the RET-2 recipe (tower_method.RET2_FINETUNE) through --epochs/--set or preset ret2.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from ..contracts import require_above
 from .base import MethodContext
 from .components.clip_tower import build_zoo_tower
 from .components.contrastive import check_same_image_mode
+from .components.tower_method import RET2_FINETUNE, TowerMethod, set_temperature
 from .components.weights import WeightNeed, local_path
 from .components.zoo_catalogue import ZooEntry, find_weights, get_entry, zoo_entries
-from .hf_clip import RET2_FINETUNE, TowerMethod, _set_temperature
 from .registry import register_method
 
 
@@ -56,7 +56,7 @@ class ZooMethod(TowerMethod):
     def __init__(self, config: ZooConfig, context: MethodContext):
         super().__init__(config, context)
         self.tower = build_zoo_tower(self.entry, config.weights_dir, config.strict)
-        _set_temperature(self.tower, config.learn_temperature)
+        set_temperature(self.tower, config.learn_temperature)
 
     def image_mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         return self.entry.mean, self.entry.std  # the entry decides (the authors' preprocessing)
