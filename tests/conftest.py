@@ -11,7 +11,7 @@ from pathlib import Path
 os.environ["RSBENCH_TESTING"] = "1"
 # One intra-op thread per process unless the caller says otherwise: the tests train tiny models and start
 # `bench`/torchrun subprocesses beside the pytest process, and on a 2-core CI machine two threads each
-# only wait for one another (the suite takes 14 min with them, 8.5 min without). Set before torch is imported.
+# only wait for one another (the suite took 14 min with them, 7 min without, on 2 cores). Set before torch is imported.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
