@@ -206,7 +206,7 @@ def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | Non
     from .device import pick_device
 
     dev = dist.setup(pick_device(device))  # under torchrun: one DDP process per GPU/CPU rank
-    set_threads(grid, dev)
+    set_threads(grid.threads, next(iter(grid.cfgs.values()), None), dev)
     rows: list[CellOutcome] = []
     current: dict[str, Any] = {}  # the cell being run, for the one-line note on Ctrl-C / SIGTERM
     clock = RunClock(len(grid.cfgs))  # the progress line between cells
@@ -222,16 +222,16 @@ def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | Non
     return rows if dist.is_main() else None
 
 
-def set_threads(grid: Grid, dev: torch.device) -> int:
-    """Set torch's intra-op threads for the grid (run.json records them: hardware.torch_threads)."""
+def set_threads(threads: int | None, cfg: RunConfig | None, dev: torch.device) -> int:
+    """Set torch's intra-op threads (run.json records them: hardware.torch_threads): `threads` (--threads),
+    else the usable cores minus the DataLoader workers of `cfg` (a cell of the grid)."""
     import torch
 
     from .device import auto_workers, default_threads
 
-    n = grid.threads
+    n = threads
     if n is None:
-        first = next(iter(grid.cfgs.values()), None)
-        n = default_threads(auto_workers(first.train.num_workers, dev) if first else 0, dist.world_size())
+        n = default_threads(auto_workers(cfg.train.num_workers, dev) if cfg else 0, dist.world_size())
     torch.set_num_threads(n)
     return n
 

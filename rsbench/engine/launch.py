@@ -60,17 +60,16 @@ def run_cell_job(cfg: dict[str, Any], source: DataSource, out: str, device: str 
     from ..results.layout import cell_dir
     from . import distributed as dist
     from .device import pick_device
-    from .grid import Grid, load_data, record_failure, run_one_cell, set_threads
+    from .grid import load_data, record_failure, run_one_cell, set_threads
 
     _export_submitit_dist_env()
     run_cfg = RunConfig.from_dict(cfg)
-    key = (run_cfg.method, source.name, run_cfg.seed)
     cell = cell_dir(out, source.name, run_cfg.method, run_cfg.seed)
     argv = sys.argv
     sys.argv = list(command or argv)  # run.json's "command" (results.cell.run_record reads sys.argv)
     try:
         dev = dist.setup(pick_device(device))
-        set_threads(Grid(*([k] for k in key), {key: run_cfg}, Path(out), threads=threads), dev)  # as run_grid
+        set_threads(threads, run_cfg, dev)  # as run_grid
         ds = load_data(source)
         cell = cell_dir(out, ds.name, run_cfg.method, run_cfg.seed)
         row = run_one_cell(run_cfg, ds, cell, dev, resume, overwrite, False)

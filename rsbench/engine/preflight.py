@@ -38,12 +38,12 @@ def collect_needs(cfgs: Mapping[Cell, RunConfig]) -> dict[tuple[str, WeightNeed]
 
 
 def cells_to_run(grid: Grid) -> dict[Cell, RunConfig]:
-    """The grid's cells that will build a model: a complete cell is skipped unless --overwrite."""
-    from ..results.cell import is_complete
-    from .grid import grid_cell
+    """The grid's cells that will build a model: a complete cell is skipped unless --overwrite (the rule
+    of grid.cell_work, which the run's progress line uses too)."""
+    from .grid import cell_work, grid_cell
 
     return {(m, d, s): cfg for (m, d, s), cfg in grid.cfgs.items()
-            if grid.overwrite or not is_complete(grid_cell(grid.out, d, m, s))}
+            if cell_work(cfg, grid_cell(grid.out, d, m, s), grid.resume, grid.overwrite) is not None}
 
 
 def check_weights(grid: Grid) -> None:

@@ -77,11 +77,11 @@ class CellWork:
     epochs: int
 
 
-def _groups(done: Sequence[CellTime], method: str, dataset: str) -> list[tuple[str, list[CellTime]]]:
+def _groups(done: Sequence[CellTime], method: str, dataset: str) -> list[list[CellTime]]:
     """The cells to estimate from, most specific first: same method and dataset, same method, all."""
-    return [(f"{method} on {dataset}", [c for c in done if (c.method, c.dataset) == (method, dataset)]),
-            (method, [c for c in done if c.method == method]),
-            ("all methods", list(done))]
+    return [[c for c in done if (c.method, c.dataset) == (method, dataset)],
+            [c for c in done if c.method == method],
+            list(done)]
 
 
 def _overhead(cells: Sequence[CellTime]) -> float:
@@ -94,7 +94,7 @@ def cell_rates(done: Sequence[CellTime], method: str, dataset: str) -> tuple[flo
     """(seconds per epoch, seconds per cell besides its epochs) for a cell of `method` on `dataset`,
     each from the most specific group of finished cells that has it; None when no epoch was trained."""
     per_epoch = overhead = None
-    for _, cells in _groups(done, method, dataset):
+    for cells in _groups(done, method, dataset):
         epochs = sum(c.epochs for c in cells)
         if per_epoch is None and epochs > 0:
             per_epoch = sum(c.train_s for c in cells) / epochs
