@@ -36,6 +36,7 @@ import torch
 
 from .gpu_checks import CheckResult, ddp_check, resume_check
 from .gpu_steps import Setting, Timing, setting_share, settings_for, shaped_text_model, time_setting
+from .harness import md_row
 
 METHODS = ("vsepp", "amfmn", "msa", "clip")
 DEFAULT_BUDGET_S = 480.0
@@ -162,7 +163,7 @@ def run_timings(args: argparse.Namespace, device: torch.device, work: Path, data
             report.failed = True
         else:
             report.rows.append(timing_row(timing))
-        echo(format_row(report.rows[-1]))
+        echo(md_row(report.rows[-1]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,19 +223,15 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def format_row(cells: list[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
-
-
 def render(report: Report) -> str:
     """The markdown section for benchmarks/RESULTS.md."""
     lines = ["## GPU check (`python -m rsbench.benchmarks.gpu`)", ""]
     lines += [f"- {h}" for h in report.header]
     lines += [f"- {line}" for line in report.notes]
-    lines += ["", format_row(list(COLUMNS)), format_row(["---"] * len(COLUMNS))]
-    lines += [format_row(row) for row in report.rows]
+    lines += ["", md_row(list(COLUMNS)), md_row(["---"] * len(COLUMNS))]
+    lines += [md_row(row) for row in report.rows]
     lines += ["", "| check | result | detail |", "|---|---|---|"]
-    lines += [format_row([c.name, c.status, c.detail]) for c in report.checks]
+    lines += [md_row([c.name, c.status, c.detail]) for c in report.checks]
     return "\n".join(lines) + "\n"
 
 

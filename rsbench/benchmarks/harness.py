@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,11 +200,15 @@ class Row:
 COLUMNS = ("#", "item", "ours", "reference", "ratio", "peak memory", "check", "target", "result")
 
 
+def md_row(cells: Sequence[Any]) -> str:
+    """One markdown table row; a '|' inside a cell would split it, so it becomes '/'."""
+    return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
+
+
 def format_table(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines = [md_row(COLUMNS), "|" + "|".join("---" for _ in COLUMNS) + "|"]
     for r in rows:
-        cells = (r.item, r.name, r.ours, r.reference, r.ratio, r.memory, r.check, r.target, r.result)
-        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+        lines.append(md_row((r.item, r.name, r.ours, r.reference, r.ratio, r.memory, r.check, r.target, r.result)))
     return "\n".join(lines)
 
 
