@@ -145,10 +145,10 @@ class LossOutput:
 # ---- config checks (used by config/ and by every method config's validate()) -----------------------
 
 def require_at_least(obj: Any, prefix: str, minimum: dict[str, float]) -> None:
-    """Each named field must be >= its minimum (one-line UserError naming the dotted key)."""
+    """Each named field must be >= its minimum (one-line UserError naming the dotted key; nan fails)."""
     for key, low in minimum.items():
         value = getattr(obj, key)
-        if value < low:
+        if not value >= low:
             raise UserError(f"{prefix}{key} must be >= {low:g}, got {value!r}")
 
 

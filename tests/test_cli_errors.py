@@ -94,6 +94,8 @@ def _cases(tmp: Path) -> dict[str, Case]:
         "unknown_preset": Case([*RUN, "--preset", "tiny", *out], "unknown preset 'tiny'"),
         "negative_epochs": Case([*RUN, "--epochs", "-1", *out], "train.epochs must be >= 0"),
         "batch_size_one": Case([*RUN, "--batch-size", "1", *out], "train.batch_size must be >= 2"),
+        "nan_checkpoint_interval": Case([*RUN, "--set", "train.checkpoint_every_s=nan", *out],
+                                        "train.checkpoint_every_s must be >= 0, got nan"),
         "unknown_device": Case([*RUN, "--device", "tpu", *out], "unknown device 'tpu'"),
         "out_is_a_file": Case([*RUN, "--out", str(not_a_dir)], "exists and is not a folder"),
         "ann_file_missing": Case([*RUN, "--ann-file", str(tmp / "none.json"), *out], "annotation file not found"),

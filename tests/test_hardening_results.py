@@ -275,7 +275,7 @@ def test_signal_prints_resume_point_and_exits(tmp_path: Path, tiny_synthetic: Pa
                                               name: str) -> None:
     """Ctrl-C / SIGTERM (SLURM preemption): one line naming the cell and the epoch the next run resumes from."""
     out = tmp_path / "out"
-    proc = bench(tiny_synthetic, out, "--epochs", "200", wait=False)
+    proc = bench(tiny_synthetic, out, "--epochs", "200", "--set", "train.checkpoint_every_s=0", wait=False)
     log = out / "synthetic" / "vsepp" / "seed0" / "train_log.csv"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(syn, tmp_path, monkeypatc
     patch_loss(monkeypatch, 4, lambda loss: loss * float("nan"))  # 3 steps per epoch: epoch 2, step 1
     cell = tmp_path / "seed0"
     with pytest.raises(TrainingDiverged) as e:
-        run(tiny(), syn, cell)
+        run(tiny(checkpoint_every_s=0), syn, cell)
     assert str(e.value) == (f"non-finite loss (nan) at epoch 2, step 1; the last good checkpoint (epoch 1) is kept "
                             f"in {cell / 'checkpoint' / 'last.pt'} (try a lower train.lr, now 0.0005)")
     state = load_resume(cell / "checkpoint" / "last.pt")
@@ -291,7 +292,7 @@ def test_kill_between_last_and_best_checkpoint_is_repaired(syn, finished, tmp_pa
     monkeypatch.setattr(train, "save_best", die)
     cell = tmp_path / "seed0"
     with pytest.raises(Killed):
-        run(tiny(), syn, cell)
+        run(tiny(checkpoint_every_s=0), syn, cell)
     monkeypatch.undo()
     assert load_resume(cell / "checkpoint" / "last.pt")["epoch"] == 1
     assert not (cell / "checkpoint" / "best.safetensors").exists()
@@ -299,6 +300,63 @@ def test_kill_between_last_and_best_checkpoint_is_repaired(syn, finished, tmp_pa
     assert same_result(cell / "metrics.json", finished / "metrics.json")
     with np.load(cell / "ranks.npz") as a, np.load(finished / "ranks.npz") as b:
         assert all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_a_checkpoint_is_due_after_the_interval_the_last_epoch_or_an_early_stop():
+    from types import SimpleNamespace
+
+    from rsbench.engine.train import checkpoint_due
+
+    def tr(every: float, ago: float) -> SimpleNamespace:
+        train = SimpleNamespace(epochs=10, checkpoint_every_s=every)
+        return SimpleNamespace(cfg=SimpleNamespace(train=train), saved_at=time.monotonic() - ago)
+
+    assert not checkpoint_due(tr(60, 30), 3, stop=False)
+    assert checkpoint_due(tr(20, 30), 3, stop=False)
+    assert checkpoint_due(tr(0, 0), 3, stop=False)  # 0: every epoch
+    assert checkpoint_due(tr(60, 30), 10, stop=False)  # the last epoch
+    assert checkpoint_due(tr(60, 30), 3, stop=True)  # an early stop
+
+
+@pytest.mark.slow
+def test_a_best_epoch_between_checkpoints_waits_in_memory_and_survives_a_kill(syn, tmp_path, monkeypatch):
+    """With checkpoints rarer than epochs, the best epoch's weights are copied before training moves on; the one
+    checkpoint (after the last epoch) carries them in last.pt, a kill before best.safetensors is repaired from
+    there, and the cell ends as one that wrote a checkpoint every epoch."""
+    from safetensors.torch import load_file
+
+    from rsbench.engine import train
+
+    real_select, real_save_resume, real_save_best = train.validate_and_select, train.save_resume, train.save_best
+
+    def only_epoch_1_improves(st, val, epoch, metric):
+        if epoch == 1:
+            return real_select(st, val, epoch, metric)
+        st.bad_evals += 1
+        return False
+
+    def die(*_a, **_k):
+        raise Killed
+
+    monkeypatch.setattr(train, "validate_and_select", only_epoch_1_improves)
+    every = tmp_path / "every" / "seed0"
+    run(tiny(3, checkpoint_every_s=0), syn, every)
+    written: list[int] = []
+    monkeypatch.setattr(train, "save_resume", lambda p, s, n: (written.append(s["epoch"]), real_save_resume(p, s, n)))
+    monkeypatch.setattr(train, "save_best", die)
+    cell = tmp_path / "rare" / "seed0"
+    with pytest.raises(Killed):
+        run(tiny(3, checkpoint_every_s=1e9), syn, cell)
+    state = load_resume(cell / "checkpoint" / "last.pt")
+    assert written == [3] and state["best_epoch"] == 1 and "best_model" in state
+    assert not (cell / "checkpoint" / "best.safetensors").exists()
+    monkeypatch.setattr(train, "save_best", real_save_best)
+    run(tiny(3, checkpoint_every_s=1e9), syn, cell)
+    assert written == [3]  # nothing left to train: no new checkpoint
+    assert same_result(cell / "metrics.json", every / "metrics.json")
+    a, b = (load_file(str(c / "checkpoint" / "best.safetensors")) for c in (every, cell))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((cell / "metrics.json").read_text())["selected_epoch"] == 1
 
 
 @pytest.mark.slow

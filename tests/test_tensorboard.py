@@ -103,7 +103,7 @@ def test_tensorboard_resume_shows_each_epoch_once(tiny_synthetic: Path, tmp_path
     out = tmp_path / "out"
     argv = [sys.executable, "-m", "rsbench.cli", "run", "--methods", "vsepp", "--dataset", "synthetic",
             "--device", "cpu", "--data-root", str(tiny_synthetic), "--out", str(out), "--epochs", "2",
-            *TINY_ARGS, "--set", "train.tensorboard=true"]
+            *TINY_ARGS, "--set", "train.tensorboard=true", "--set", "train.checkpoint_every_s=0"]
     env = {**os.environ, "RSBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     killed = subprocess.run(argv, env={**env, "RSBENCH_TEST_KILL_AT": "write:last.pt#2"}, capture_output=True,
                             text=True, timeout=600, check=False)

@@ -29,7 +29,8 @@ def _record_lrs(monkeypatch) -> list[float]:
 
 def test_warmup_lr_of_the_first_steps_and_exact_resume(tiny_synthetic, tmp_path, monkeypatch):
     lrs = _record_lrs(monkeypatch)
-    cfg = tiny(epochs=3, lr=1e-3, warmup_steps=5, lr_step=2, lr_gamma=0.5, keep_last=True)  # last.pt read below
+    cfg = tiny(epochs=3, lr=1e-3, warmup_steps=5, lr_step=2, lr_gamma=0.5, keep_last=True,  # last.pt read below
+               checkpoint_every_s=0)  # a checkpoint after epoch 1, which the kill in epoch 2 resumes from
     run(cfg, tiny_synthetic, tmp_path / "a")
     full = list(lrs)
     per_epoch = len(full) // 3

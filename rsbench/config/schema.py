@@ -42,6 +42,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many validations without improvement (0: off)
     select_metric: str = "mR"  # validation metric used to select the checkpoint (never test)
     keep_last: bool = False  # keep checkpoint/last.pt (resume state) once the cell is complete
+    checkpoint_every_s: float = 60.0  # last.pt + best at the first epoch end this long after the last (0: every epoch)
     tensorboard: bool = False  # per-epoch loss, lr and val metrics in <cell>/tensorboard/ (needs tensorboard)
 
     def validate(self) -> None:
@@ -50,7 +51,8 @@ class TrainConfig:
         from ..evaluation.metrics import METRIC_DIRECTION
 
         require_at_least(self, "train.", {"epochs": 0, "batch_size": 2, "eval_batch_size": 1, "image_size": 16,
-                                          "val_every": 1, "num_workers": -1})
+                                          "val_every": 1, "num_workers": -1,
+                                          "checkpoint_every_s": 0})
         require_above(self, "train.", ("lr",))
         choices = {"optimizer": ("adam", "adamw", "sgd"), "sampling": ("caption", "image"),
                    "precision": PRECISIONS, "select_metric": tuple(METRIC_DIRECTION)}

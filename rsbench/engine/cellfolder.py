@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # Options that change how fast a cell runs, not what it computes: a resumed cell may change them.
 # (num_workers changes which random stream feeds the augmentations; see docs/bad_inputs.md.)
 IGNORED_ON_RESUME = frozenset({"train.num_workers", "train.eval_batch_size", "train.compile", "display_name",
-                               "train.keep_last", "train.tensorboard"})
+                               "train.keep_last", "train.tensorboard", "train.checkpoint_every_s"})
 
 
 class ConfigMismatch(UserError):

@@ -35,16 +35,20 @@ class CheckpointError(UserError):
     """A checkpoint file that cannot be used safely (tampered, truncated, foreign)."""
 
 
-def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights that later training steps do not change (the best so far, kept in memory)."""
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
 
 
-def save_best(folder: Path, model: torch.nn.Module, meta: dict[str, Any], method: str = "") -> None:
-    """Write the selected weights with their description (`meta`: epoch, val, text_state)."""
+def save_best(folder: Path, model: torch.nn.Module | dict[str, torch.Tensor], meta: dict[str, Any],
+              method: str = "") -> None:
+    """Write the selected weights (a module, or a `cpu_state` copy) with their description (`meta`: epoch,
+    val, text_state)."""
     from safetensors.torch import save
 
     header = {"format": BEST_FORMAT, "method": method, "meta": json.dumps(meta)}
-    write_bytes(folder / BEST_FILE, save(_cpu_state(model), metadata=header))
+    weights = cpu_state(model) if isinstance(model, torch.nn.Module) else model
+    write_bytes(folder / BEST_FILE, save(weights, metadata=header))
     write_json(folder / BEST_META, {"method": method, **meta})
 
 

@@ -1,11 +1,14 @@
-"""Training of one cell: optimiser and scheduler, the epoch loop, selection on val, per-epoch checkpoints.
+"""Training of one cell: optimiser and scheduler, the epoch loop, selection on val, checkpoints.
 
-Resumable per epoch: every epoch's RNG comes from (seed, epoch) and last.pt holds model, optimiser,
-scheduler, scaler, best-so-far and the log, so a run killed at any moment and resumed on CPU ends
-with the same result as an uninterrupted one. Write order within an epoch: last.pt, train_log.csv,
-then best.safetensors (so the log never shows an epoch that a resume would redo); a resume repairs
-a best checkpoint that the kill prevented from being written. The checkpoint is selected on
-whatever `validate` scores (run_cell passes the val split: test is never seen here).
+Resumable: every epoch's RNG comes from (seed, epoch) and last.pt holds model, optimiser, scheduler,
+scaler, best-so-far and the log, so a run killed at any moment and resumed on CPU ends with the same
+result as an uninterrupted one. A checkpoint is written at the end of the first epoch that ends
+train.checkpoint_every_s after the last one (0: every epoch), after the last epoch and at an early stop;
+between two, a better epoch's weights wait in memory. Write order of a checkpoint: last.pt (with those
+waiting best weights when they are not the model's), train_log.csv, then best.safetensors, so the log
+never shows an epoch that a resume would redo and a resume repairs a best checkpoint that a kill
+prevented from being written. The checkpoint is selected on whatever `validate` scores (run_cell
+passes the val split: test is never seen here).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .checkpoint import (
     CheckpointError,
     best_epoch_on_disk,
     check_resume_precision,
+    cpu_state,
     load_resume,
     restore_model,
     save_best,
@@ -111,6 +115,16 @@ class TrainState:
 
 
 @dataclass
+class UnsavedBest:
+    """The best epoch since the last checkpoint; `weights` is a CPU copy once training has moved on from it
+    (None while they are still the model's, and on ranks other than 0, which never write)."""
+
+    epoch: int
+    meta: dict[str, Any]
+    weights: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
 class Trainer:
     """Everything the epoch loop works on, built once per cell by `start_training`."""
 
@@ -130,6 +144,9 @@ class Trainer:
     workers: int = 0
     tb: Any = None  # train.tensorboard: rank 0's SummaryWriter (engine.tblog), else None
     estimate_log: Callable[[str], Any] | None = None  # set: print the cell's estimate (first steps timed)
+    saved_epoch: int = 0  # the epoch last.pt holds (0: none yet)
+    saved_at: float = field(default_factory=time.monotonic)  # when it was written (or training started)
+    unsaved_best: UnsavedBest | None = None
 
     @property
     def ckpt_dir(self) -> Path:
@@ -176,9 +193,10 @@ def resume_state(tr: Trainer, log: Callable[[str], Any]) -> TrainState:
                     opt_steps=int(state.get("opt_steps", 0)))
     on_disk = best_epoch_on_disk(tr.ckpt_dir)
     if st.best_epoch is not None and on_disk != st.best_epoch:
-        if st.best_epoch == st.epoch and st.best_val_metrics is not None:
-            # killed after last.pt, before best.safetensors: the restored weights are the best ones
-            save_best(tr.ckpt_dir, tr.method, _best_meta(tr, st.epoch, st.best_val_metrics), cfg.method)
+        # killed after last.pt, before best.safetensors: the best weights are the restored ones, or last.pt's copy
+        weights = tr.method if st.best_epoch == st.epoch else state.get("best_model")
+        if weights is not None and st.best_val_metrics is not None:
+            save_best(tr.ckpt_dir, weights, _best_meta(tr, st.best_epoch, st.best_val_metrics), cfg.method)
         else:
             raise CheckpointError(f"{tr.ckpt_dir}: best checkpoint is from epoch {on_disk}, resume state says "
                                   f"{st.best_epoch}; pass --no-resume to train this cell from the start")
@@ -195,6 +213,7 @@ def start_training(cfg: RunConfig, method: RetrievalMethod, device: torch.device
     tr = Trainer(cfg, method, device, precision, cell, opt, sched, scaler, TrainState(), method.training_loss)
     if resume and tr.last_path.exists():
         tr.state = resume_state(tr, log)
+        tr.saved_epoch = tr.state.epoch
     if dist.is_main():  # the log says what last.pt holds (a kill may have come between the two writes)
         if tr.state.rows:
             write_text(cell / TRAIN_LOG, log_csv(tr.state.rows))
@@ -263,7 +282,8 @@ def optimiser_step(tr: Trainer, batch: Batch, epoch: int, step: int) -> Any:
             out = tr.step(batch)
         loss = out.loss
         if not dist.all_finite(loss):
-            raise _diverged(f"non-finite loss ({loss.item()})", epoch + 1, step + 1, epoch, tr.last_path, t.lr)
+            raise _diverged(f"non-finite loss ({loss.item()})", epoch + 1, step + 1, tr.saved_epoch, tr.last_path,
+                            t.lr)
         tr.opt.zero_grad(set_to_none=True)
         tr.scaler.scale(loss).backward()
         if t.grad_clip > 0:
@@ -342,7 +362,7 @@ def train_one_epoch(tr: Trainer, epoch: int, progress: bool) -> tuple[float, dic
             bar.set_postfix(loss=f"{float(total) / n:.4f}")
         kill_point(f"step:{epoch + 1}:{step + 1}")  # test-only crash hook
     if not _weights_finite(tr.method):
-        raise _diverged("non-finite weights", epoch + 1, None, epoch, tr.last_path, t.lr)
+        raise _diverged("non-finite weights", epoch + 1, None, tr.saved_epoch, tr.last_path, t.lr)
     logs = {k: float(v) / max(n, 1) for k, v in log_sums.items()}  # this rank's epoch means
     total_f, n = dist.sum_across(float(total), n)  # DDP: the epoch's mean loss over all ranks
     return total_f / max(n, 1), logs
@@ -360,20 +380,41 @@ def validate_and_select(st: TrainState, val_metrics: dict[str, Any], epoch: int,
     return False
 
 
+def checkpoint_due(tr: Trainer, epoch: int, stop: bool) -> bool:
+    """After the last epoch, an early stop, or once train.checkpoint_every_s have passed since the last
+    checkpoint (rank 0's clock decides for every rank: they all take part in the writes)."""
+    t = tr.cfg.train
+    due = stop or epoch == t.epochs or time.monotonic() - tr.saved_at >= t.checkpoint_every_s
+    return bool(dist.broadcast(due))
+
+
 def save_epoch(tr: Trainer, epoch: int, improved: bool, stop: bool) -> None:
-    """last.pt, then train_log.csv, then (if improved) the best checkpoint; rank 0 writes."""
+    """Keep an improved epoch as the unsaved best; when a checkpoint is due: last.pt, then train_log.csv, then
+    the unsaved best (rank 0 writes)."""
     st, method, name = tr.state, tr.method, tr.cfg.method
-    dist.on_main(save_resume, tr.last_path, {
+    if improved:
+        tr.unsaved_best = UnsavedBest(epoch, _best_meta(tr, epoch, st.best_val_metrics))
+    best = tr.unsaved_best
+    if not checkpoint_due(tr, epoch, stop):
+        if best is not None and best.weights is None and dist.is_main():
+            best.weights = cpu_state(method)  # training goes on: copy the best weights before they change
+        return
+    resume = {
         "model": method.state_dict(), "optimizer": tr.opt.state_dict(), "scheduler": tr.sched.state_dict(),
         "scaler": tr.scaler.state_dict(), "epoch": epoch, "best_val": st.best_val,
         "best_epoch": st.best_epoch, "best_val_metrics": st.best_val_metrics, "log": st.rows,
         "bad_evals": st.bad_evals, "early_stopped": stop, "opt_steps": st.opt_steps,
         "precision": tr.precision.name,  # a resume in another precision is refused (check_resume_precision)
-    }, name)
+    }
+    if best is not None and best.weights is not None:
+        resume["best_model"] = best.weights  # what a resume writes as best.safetensors if a kill comes first
+    dist.on_main(save_resume, tr.last_path, resume, name)
     # after last.pt: the log never shows an epoch a resume would not start after (rank 0 writes)
     dist.on_main(write_text, tr.cell / TRAIN_LOG, log_csv(st.rows))
-    if improved:
-        dist.on_main(save_best, tr.ckpt_dir, method, _best_meta(tr, epoch, st.best_val_metrics), name)
+    if best is not None:
+        weights = best.weights if best.weights is not None else method
+        dist.on_main(save_best, tr.ckpt_dir, weights, best.meta, name)
+    tr.saved_epoch, tr.saved_at, tr.unsaved_best = epoch, time.monotonic(), None
 
 
 def train_epochs(tr: Trainer, validate: Callable[[], dict[str, Any]], progress: bool,
