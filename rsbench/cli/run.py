@@ -49,6 +49,9 @@ def run(
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: the usable cores minus "
                                                              "DataLoader workers). CPU results depend on it; "
                                                              "run.json records it.")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Cells run at once, each in its own process (--launcher local): "
+                                                  "the cores are shared out (1 thread each on 2 cores), or one GPU "
+                                                  "each where there are several.")] = 1,
 ) -> None:
     """Train each (method, dataset, seed), select on val, evaluate on test, write results/.
 
@@ -63,7 +66,7 @@ def run(
     names = split_list(dataset, "dataset")
     source = DataSource(names[0], data_root, ann_file, image_dir)  # each dataset's: source.for_dataset(name)
     grid = Grid(methods=split_list(methods, "methods"), datasets=names, seeds=parse_seeds(seeds), cfgs={}, out=out,
-                source=source, resume=resume, overwrite=overwrite, threads=threads)
+                source=source, resume=resume, overwrite=overwrite, threads=threads, jobs=jobs)
     cli_train = {"epochs": epochs, "batch_size": batch_size, "compile": compile or None, "precision": precision}
     plan_grid(grid, preset, config, zoo_weights(grid.methods, weights_dir) + list(set_ or []), cli_train)
     if launcher != "slurm":  # the nodes of a cluster have their own network and caches
@@ -72,6 +75,9 @@ def run(
         from ..engine.launch import submit_from_cli
         from ..errors import UserError
 
+        if jobs > 1:
+            raise UserError(f"--jobs {jobs} runs cells side by side here (--launcher local); {launcher} runs one job "
+                            "per cell already: drop --jobs")
         if grid.exclude is not None:
             raise UserError(f"eval.exclude runs with --launcher local only (not {launcher}); "
                             "run the grid locally, or without eval.exclude")

@@ -32,9 +32,12 @@ if TYPE_CHECKING:
     from ..datasets import DataSource
 
 
+ECHO_PREFIX = [""]  # a worker of `bench run --jobs N` (engine.pool) starts each line with its cell
+
+
 def echo(msg: str = "", err: bool = False) -> None:
     """One line to stdout (progress) or stderr (errors)."""
-    print(msg, file=sys.stderr if err else sys.stdout, flush=True)
+    print(ECHO_PREFIX[0] + msg if msg else msg, file=sys.stderr if err else sys.stdout, flush=True)
 
 
 @dataclass
@@ -69,6 +72,7 @@ class Grid:
     overwrite: bool = False
     exclude: dict[str, Any] | None = None  # eval.exclude: the audit.json object (leaked images left out too)
     threads: int | None = None  # torch intra-op threads (`bench run --threads`); None: device.default_threads
+    jobs: int = 1  # cells run at once, each in its own worker process (engine.pool)
 
 
 class GridInterrupted(KeyboardInterrupt):
@@ -197,7 +201,8 @@ def load_data(source: DataSource) -> DatasetSplits:
 # ---- running -------------------------------------------------------------------------------------
 
 def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | None:
-    """Run every cell here, one after another; None on DDP ranks other than 0 (rank 0 reports).
+    """Run every cell here, one after another (or `grid.jobs` at a time, engine.pool); None on DDP ranks
+    other than 0 (rank 0 reports).
 
     Ctrl-C and SIGTERM raise GridInterrupted, saying where the next run resumes.
     """
@@ -205,15 +210,23 @@ def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | Non
 
     from .device import pick_device
 
-    dev = dist.setup(pick_device(device))  # under torchrun: one DDP process per GPU/CPU rank
-    set_threads(grid.threads, next(iter(grid.cfgs.values()), None), dev)
+    if grid.jobs > 1 and dist.env_world_size() > 1:
+        raise UserError(f"--jobs {grid.jobs} runs cells side by side in one process tree; under torchrun each "
+                        "cell already uses every rank: drop --jobs")
+    dev = pick_device(device)
+    if grid.jobs == 1:
+        dev = dist.setup(dev)  # under torchrun: one DDP process per GPU/CPU rank
+        set_threads(grid.threads, next(iter(grid.cfgs.values()), None), dev)
     rows: list[CellOutcome] = []
     current: dict[str, Any] = {}  # the cell being run, for the one-line note on Ctrl-C / SIGTERM
-    clock = RunClock(len(grid.cfgs))  # the progress line between cells
+    clock = RunClock(len(grid.cfgs), parallel=grid.jobs)  # the progress line between cells
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        for d in grid.datasets:
-            rows += run_dataset(grid, d, dev, progress, current, clock)
+        if grid.jobs > 1:
+            rows = _run_parallel(grid, device, dev, current, clock)
+        else:
+            for d in grid.datasets:
+                rows += run_dataset(grid, d, dev, progress, current, clock)
     except KeyboardInterrupt as e:
         raise _interrupted(e, current) from None
     finally:
@@ -222,38 +235,48 @@ def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | Non
     return rows if dist.is_main() else None
 
 
-def set_threads(threads: int | None, cfg: RunConfig | None, dev: torch.device) -> int:
+def set_threads(threads: int | None, cfg: RunConfig | None, dev: torch.device, processes: int | None = None) -> int:
     """Set torch's intra-op threads (run.json records them: hardware.torch_threads): `threads` (--threads),
-    else the usable cores minus the DataLoader workers of `cfg` (a cell of the grid)."""
+    else this process's share of the usable cores (`processes` share them: DDP ranks by default, or the
+    workers of --jobs) minus the DataLoader workers of `cfg` (a cell of the grid)."""
     import torch
 
     from .device import auto_workers, default_threads
 
     n = threads
     if n is None:
-        n = default_threads(auto_workers(cfg.train.num_workers, dev) if cfg else 0, dist.world_size())
+        workers = auto_workers(cfg.train.num_workers, dev) if cfg else 0
+        n = default_threads(workers, dist.world_size() if processes is None else processes)
     torch.set_num_threads(n)
     return n
 
 
-def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
-                current: dict[str, Any], clock: RunClock | None = None) -> list[CellOutcome]:
-    """Load one dataset, refuse cells made on other data, then run its cells one after another."""
+def open_dataset(grid: Grid, d: str, where: str) -> tuple[DatasetSplits, set[str] | None]:
+    """Load one dataset and refuse cells made on other data (before any training); its leaked test images
+    under eval.exclude."""
     from ..evaluation.exclusion import leaked_images
     from ..results.layout import cell_dir
 
     data = load_data(dataset_source(grid.source, d, len(grid.datasets) > 1))
     echo(f"{d}: train {data.train.n_images} / val {data.val.n_images} / test {data.test.n_images} "
-         f"images on {dev}")
+         f"images on {where}")
     if data.train.n_images == 0 and any(grid.cfgs[(m, d, s)].train.epochs > 0 for m in grid.methods for s in grid.seeds):
         raise UserError(f"{d}: {data.ann_file} has no train split (it holds test data only); "
                         "evaluate it with --epochs 0, or give a copy with training data")
-    if not grid.overwrite:  # before any training: a cell to resume or skip must have been made on this data
+    if not grid.overwrite:  # a cell to resume or skip must have been made on this data
         for m in grid.methods:
             for s in grid.seeds:
                 check_cell_data(cell_dir(grid.out, data.name, m, s), data)
+    return data, None if grid.exclude is None else leaked_images(grid.exclude, data.name)
+
+
+def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
+                current: dict[str, Any], clock: RunClock | None = None) -> list[CellOutcome]:
+    """Load and check one dataset, then run its cells one after another."""
+    from ..results.layout import cell_dir
+
+    data, leaked = open_dataset(grid, d, str(dev))
     rows = []
-    leaked = None if grid.exclude is None else leaked_images(grid.exclude, data.name)
     for m in grid.methods:
         for s in grid.seeds:
             current.update(cell=cell_dir(grid.out, data.name, m, s), cfg=grid.cfgs[(m, d, s)])
@@ -262,6 +285,36 @@ def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
             if clock is not None and dist.is_main():
                 clock.cell_finished(rows[-1].took)
                 echo(clock.line(work_left(grid, (m, d, s))))
+    current.clear()
+    return rows
+
+
+def _run_parallel(grid: Grid, device: str, dev: torch.device, current: dict[str, Any],
+                  clock: RunClock) -> list[CellOutcome]:
+    """--jobs N: check every dataset here, then run the cells in N worker processes (engine.pool)."""
+    from ..config.overlay import to_dict
+    from .pool import CellTask, run_pool
+
+    tasks: list[CellTask] = []
+    where = f"{dev} ({grid.jobs} cells at a time)"
+    for d in grid.datasets:
+        data, leaked = open_dataset(grid, d, where)
+        source = dataset_source(grid.source, d, len(grid.datasets) > 1)
+        tasks += [CellTask((m, d, s), to_dict(grid.cfgs[(m, d, s)]), source, grid_cell(grid.out, d, m, s),
+                           None if leaked is None else frozenset(leaked))
+                  for m in grid.methods for s in grid.seeds]
+        del data
+    finished: set[tuple[str, str, int]] = set()
+
+    def on_finished(key: tuple[str, str, int], row: CellOutcome) -> None:
+        finished.add(key)
+        clock.cell_finished(row.took)
+        left = [w for t in tasks if t.key not in finished
+                for w in [cell_work(grid.cfgs[t.key], t.cell, grid.resume, grid.overwrite)] if w is not None]
+        echo(clock.line(left))
+
+    current["running"] = {}
+    rows = run_pool(grid, tasks, device, grid.jobs, current["running"], on_finished)
     current.clear()
     return rows
 
@@ -304,13 +357,18 @@ def _resume_point(cell: Path) -> int:
 def _interrupted(e: KeyboardInterrupt, current: dict[str, Any]) -> GridInterrupted:
     """What was interrupted and where the next run resumes; exit code 143 (SIGTERM) or 130."""
     sig, code = ("SIGTERM", 143) if isinstance(e, _Terminated) else ("Ctrl-C (SIGINT)", 130)
-    cell, cfg = current.get("cell"), current.get("cfg")
-    if cell is None:
+    cells = dict(current.get("running") or {})
+    if current.get("cell") is not None:
+        cells[current["cell"]] = current["cfg"]
+    if not cells:
         return GridInterrupted(f"interrupted by {sig} before any cell started", code)
-    n = _resume_point(cell)
-    where = f"resumes it from epoch {n} (the last one saved)" if n else "starts it over (no epoch was saved)"
-    return GridInterrupted(f"interrupted by {sig} while running {cfg.method} on {cfg.dataset}, seed {cfg.seed} "
-                           f"({cell}); the next `bench run` with the same options {where}", code)
+    notes = []
+    for cell, cfg in cells.items():
+        n = _resume_point(cell)
+        where = f"resumes it from epoch {n} (the last one saved)" if n else "starts it over (no epoch was saved)"
+        notes.append(f"while running {cfg.method} on {cfg.dataset}, seed {cfg.seed} ({cell}); the next `bench run` "
+                     f"with the same options {where}")
+    return GridInterrupted(f"interrupted by {sig} " + "; and ".join(notes), code)
 
 
 def run_one_cell(cfg: RunConfig, data: DatasetSplits, cell: Path, dev: torch.device, resume: bool,

@@ -123,6 +123,7 @@ class RunClock:
     """The whole run's progress: cells finished (however they ended) and what the trained ones took."""
 
     total: int
+    parallel: int = 1  # cells run at once (bench run --jobs): the time left is shared among them
     start: float = field(default_factory=time.monotonic)
     finished: int = 0
     done: list[CellTime] = field(default_factory=list)
@@ -139,6 +140,8 @@ class RunClock:
         parts = [f"{self.finished}/{self.total} cells", f"{format_duration(elapsed)} elapsed"]
         if self.finished < self.total:
             eta = eta_seconds(left, self.done)
+            if eta is not None and left:
+                eta /= min(self.parallel, len(left))
             parts.append("time left: known after the first trained cell" if eta is None
                          else f"~{format_duration(eta)} left")
         return "[" + " | ".join(parts) + "]"
