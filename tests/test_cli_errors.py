@@ -94,6 +94,9 @@ def _cases(tmp: Path) -> dict[str, Case]:
         "unknown_preset": Case([*RUN, "--preset", "tiny", *out], "unknown preset 'tiny'"),
         "negative_epochs": Case([*RUN, "--epochs", "-1", *out], "train.epochs must be >= 0"),
         "batch_size_one": Case([*RUN, "--batch-size", "1", *out], "train.batch_size must be >= 2"),
+        "jobs_with_slurm": Case([*RUN, "--jobs", "2", "--launcher", "slurm", *out],
+                                "--jobs 2 runs cells side by side here (--launcher local); slurm runs one job per "
+                                "cell already: drop --jobs"),
         "nan_checkpoint_interval": Case([*RUN, "--set", "train.checkpoint_every_s=nan", *out],
                                         "train.checkpoint_every_s must be >= 0, got nan"),
         "unknown_device": Case([*RUN, "--device", "tpu", *out], "unknown device 'tpu'"),

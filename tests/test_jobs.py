@@ -131,3 +131,13 @@ def test_worker_devices_take_one_gpu_each_where_there_are_several(monkeypatch):
     assert worker_device("cuda:2", 0) == "cuda:2" and worker_device("cpu", 1) == "cpu"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert worker_device("auto", 1) == "auto"
+
+
+def test_jobs_under_torchrun_are_refused(monkeypatch, tmp_path):
+    from rsbench.engine.grid import Grid, run_grid
+    from rsbench.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    grid = Grid(methods=["vsepp"], datasets=["synthetic"], seeds=[0], cfgs={}, out=tmp_path, jobs=2)
+    with pytest.raises(UserError, match="under torchrun each cell already uses every rank: drop --jobs"):
+        run_grid(grid, "cpu", progress=False)
