@@ -134,10 +134,11 @@ def test_worker_devices_take_one_gpu_each_where_there_are_several(monkeypatch):
 
 
 def test_jobs_under_torchrun_are_refused(monkeypatch, tmp_path):
-    from rsbench.engine.grid import Grid, run_grid
+    from rsbench.engine.grid import Grid
+    from rsbench.engine.pool import run_grid_jobs
     from rsbench.errors import UserError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     grid = Grid(methods=["vsepp"], datasets=["synthetic"], seeds=[0], cfgs={}, out=tmp_path, jobs=2)
     with pytest.raises(UserError, match="under torchrun each cell already uses every rank: drop --jobs"):
-        run_grid(grid, "cpu", progress=False)
+        run_grid_jobs(grid, "cpu")

@@ -11,7 +11,7 @@ import typer
 from .options import AnnFileOpt, DataRootOpt, ImageDirOpt, parse_seeds, split_list
 
 if TYPE_CHECKING:
-    from ..engine.grid import CellOutcome
+    from ..engine.grid import CellOutcome, Grid
 
 
 def run(
@@ -59,7 +59,7 @@ def run(
     several times at once on one results folder (each cell is locked by the process running it).
     """
     from ..datasets import DataSource
-    from ..engine.grid import Grid, GridInterrupted, plan_grid, run_grid
+    from ..engine.grid import Grid, plan_grid
     from ..engine.preflight import check_weights
     from ..results.leaderboard import update_leaderboard
 
@@ -84,11 +84,7 @@ def run(
 
         return submit_from_cli(launcher, grid.cfgs, out, grid.source, device, resume, overwrite, partition, gpus_per_job,
                                time_limit, slurm_folder, threads)
-    try:
-        rows = run_grid(grid, device, sys.stderr.isatty() if progress is None else progress)
-    except GridInterrupted as e:
-        typer.echo(e.message, err=True)
-        sys.exit(e.code)
+    rows = run_here(grid, device, sys.stderr.isatty() if progress is None else progress)
     if rows is None:  # DDP: rank 0 reports
         return
     typer.echo(format_summary(rows), nl=False)
@@ -96,6 +92,22 @@ def run(
     typer.echo(line, err=not written)
     if any(r.status == "failed" for r in rows) or not written:
         sys.exit(2)
+
+
+def run_here(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | None:
+    """The grid on this machine: one cell after another, or `grid.jobs` at a time (engine.pool); an
+    interrupt exits with its one line (130 / 143)."""
+    from ..engine.grid import GridInterrupted, run_grid
+
+    try:
+        if grid.jobs > 1:
+            from ..engine.pool import run_grid_jobs
+
+            return run_grid_jobs(grid, device)
+        return run_grid(grid, device, progress)
+    except GridInterrupted as e:
+        typer.echo(e.message, err=True)
+        sys.exit(e.code)
 
 
 def zoo_weights(methods: list[str], weights_dir: Path | None) -> list[str]:
@@ -113,8 +125,8 @@ def zoo_weights(methods: list[str], weights_dir: Path | None) -> list[str]:
 
 def format_summary(rows: list[CellOutcome]) -> str:
     """The table printed after a grid: one line per cell (test and val mR, selected epoch, time)."""
-    lines = ["", f"{'method':<10} {'dataset':<10} {'seed':>4} {'test mR':>8} {'chance':>7} {'val mR':>7} "
-                 f"{'epoch':>5} {'time':>7}"]
+    lines = ["", (f"{'method':<10} {'dataset':<10} {'seed':>4} {'test mR':>8} {'chance':>7} {'val mR':>7} "
+                  f"{'epoch':>5} {'time':>7}")]
     for r in rows:
         if r.status in ("busy", "failed"):
             note = "running in another process" if r.status == "busy" else "FAILED (see the error above)"

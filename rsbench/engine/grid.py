@@ -9,9 +9,11 @@ failure marker. The submitit launcher (engine.launch) runs `run_one_cell` once p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,7 +74,7 @@ class Grid:
     overwrite: bool = False
     exclude: dict[str, Any] | None = None  # eval.exclude: the audit.json object (leaked images left out too)
     threads: int | None = None  # torch intra-op threads (`bench run --threads`); None: device.default_threads
-    jobs: int = 1  # cells run at once, each in its own worker process (engine.pool)
+    jobs: int = 1  # cells run at once, each in its own worker process (engine.pool.run_grid_jobs)
 
 
 class GridInterrupted(KeyboardInterrupt):
@@ -201,38 +203,38 @@ def load_data(source: DataSource) -> DatasetSplits:
 # ---- running -------------------------------------------------------------------------------------
 
 def run_grid(grid: Grid, device: str, progress: bool) -> list[CellOutcome] | None:
-    """Run every cell here, one after another (or `grid.jobs` at a time, engine.pool); None on DDP ranks
-    other than 0 (rank 0 reports).
+    """Run every cell here, one after another; None on DDP ranks other than 0 (rank 0 reports).
+    (`bench run --jobs N`: engine.pool.run_grid_jobs.)
 
     Ctrl-C and SIGTERM raise GridInterrupted, saying where the next run resumes.
     """
-    import signal
-
     from .device import pick_device
 
-    if grid.jobs > 1 and dist.env_world_size() > 1:
-        raise UserError(f"--jobs {grid.jobs} runs cells side by side in one process tree; under torchrun each "
-                        "cell already uses every rank: drop --jobs")
-    dev = pick_device(device)
-    if grid.jobs == 1:
-        dev = dist.setup(dev)  # under torchrun: one DDP process per GPU/CPU rank
-        set_threads(grid.threads, next(iter(grid.cfgs.values()), None), dev)
+    dev = dist.setup(pick_device(device))  # under torchrun: one DDP process per GPU/CPU rank
+    set_threads(grid.threads, next(iter(grid.cfgs.values()), None), dev)
     rows: list[CellOutcome] = []
     current: dict[str, Any] = {}  # the cell being run, for the one-line note on Ctrl-C / SIGTERM
-    clock = RunClock(len(grid.cfgs), parallel=grid.jobs)  # the progress line between cells
+    clock = RunClock(len(grid.cfgs))  # the progress line between cells
+    with stopped_by_signals(current):
+        for d in grid.datasets:
+            rows += run_dataset(grid, d, dev, progress, current, clock)
+    dist.finish()  # every rank is done: close the group together (no-op in a single process)
+    return rows if dist.is_main() else None
+
+
+@contextlib.contextmanager
+def stopped_by_signals(current: dict[str, Any]) -> Iterator[None]:
+    """SIGTERM is raised like Ctrl-C; either leaves as GridInterrupted, naming where the next run resumes the
+    cells in `current` (`cell` + `cfg`, or `running`: {cell: cfg})."""
+    import signal
+
     old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        if grid.jobs > 1:
-            rows = _run_parallel(grid, device, dev, current, clock)
-        else:
-            for d in grid.datasets:
-                rows += run_dataset(grid, d, dev, progress, current, clock)
+        yield
     except KeyboardInterrupt as e:
         raise _interrupted(e, current) from None
     finally:
         signal.signal(signal.SIGTERM, old_term)
-    dist.finish()  # every rank is done: close the group together (no-op in a single process)
-    return rows if dist.is_main() else None
 
 
 def set_threads(threads: int | None, cfg: RunConfig | None, dev: torch.device, processes: int | None = None) -> int:
@@ -285,36 +287,6 @@ def run_dataset(grid: Grid, d: str, dev: torch.device, progress: bool,
             if clock is not None and dist.is_main():
                 clock.cell_finished(rows[-1].took)
                 echo(clock.line(work_left(grid, (m, d, s))))
-    current.clear()
-    return rows
-
-
-def _run_parallel(grid: Grid, device: str, dev: torch.device, current: dict[str, Any],
-                  clock: RunClock) -> list[CellOutcome]:
-    """--jobs N: check every dataset here, then run the cells in N worker processes (engine.pool)."""
-    from ..config.overlay import to_dict
-    from .pool import CellTask, run_pool
-
-    tasks: list[CellTask] = []
-    where = f"{dev} ({grid.jobs} cells at a time)"
-    for d in grid.datasets:
-        data, leaked = open_dataset(grid, d, where)
-        source = dataset_source(grid.source, d, len(grid.datasets) > 1)
-        tasks += [CellTask((m, d, s), to_dict(grid.cfgs[(m, d, s)]), source, grid_cell(grid.out, d, m, s),
-                           None if leaked is None else frozenset(leaked))
-                  for m in grid.methods for s in grid.seeds]
-        del data
-    finished: set[tuple[str, str, int]] = set()
-
-    def on_finished(key: tuple[str, str, int], row: CellOutcome) -> None:
-        finished.add(key)
-        clock.cell_finished(row.took)
-        left = [w for t in tasks if t.key not in finished
-                for w in [cell_work(grid.cfgs[t.key], t.cell, grid.resume, grid.overwrite)] if w is not None]
-        echo(clock.line(left))
-
-    current["running"] = {}
-    rows = run_pool(grid, tasks, device, grid.jobs, current["running"], on_finished)
     current.clear()
     return rows
 

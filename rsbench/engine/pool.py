@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from . import grid as grid_mod
+from . import grid as grid_mod  # the same cell runner as a sequential run (grid never imports this module)
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -103,6 +103,40 @@ def _worker_main(index: int, device: str, jobs: int, threads: int | None, resume
             conn.send((None, f"{task.cell}: internal error {type(e).__name__}: {one_line(e)}"))
 
 
+def run_grid_jobs(grid: Grid, device: str) -> list[CellOutcome]:
+    """`bench run --jobs N`: check every dataset here, then run the cells in N worker processes. Ctrl-C and
+    SIGTERM raise GridInterrupted, naming every running cell's resume point."""
+    from ..config.overlay import to_dict
+    from . import distributed as dist
+    from .device import pick_device
+    from .grid import cell_work, dataset_source, echo, grid_cell, open_dataset, stopped_by_signals
+    from .progress import RunClock
+
+    if dist.env_world_size() > 1:
+        raise UserError(f"--jobs {grid.jobs} runs cells side by side in one process tree; under torchrun each "
+                        "cell already uses every rank: drop --jobs")
+    where = f"{pick_device(device)} ({grid.jobs} cells at a time)"
+    current: dict[str, Any] = {"running": {}}  # cell -> config of the cells being run (for an interrupt)
+    tasks: list[CellTask] = []
+    with stopped_by_signals(current):
+        for d in grid.datasets:
+            _, leaked = open_dataset(grid, d, where)
+            source = dataset_source(grid.source, d, len(grid.datasets) > 1)
+            tasks += [CellTask((m, d, s), to_dict(grid.cfgs[(m, d, s)]), source, grid_cell(grid.out, d, m, s),
+                               None if leaked is None else frozenset(leaked))
+                      for m in grid.methods for s in grid.seeds]
+        clock, finished = RunClock(len(tasks), parallel=grid.jobs), set()
+
+        def on_finished(key: tuple[str, str, int], row: CellOutcome) -> None:
+            finished.add(key)
+            clock.cell_finished(row.took)
+            left = [w for t in tasks if t.key not in finished
+                    for w in [cell_work(grid.cfgs[t.key], t.cell, grid.resume, grid.overwrite)] if w is not None]
+            echo(clock.line(left))
+
+        return run_pool(grid, tasks, device, grid.jobs, current["running"], on_finished)
+
+
 def run_pool(grid: Grid, tasks: list[CellTask], device: str, jobs: int, running: dict[Path, Any],
              on_finished: Callable[[tuple[str, str, int], CellOutcome], None]) -> list[CellOutcome]:
     """Run `tasks` on `jobs` workers; the outcomes in the grid's order. `running` (cell -> config) always
@@ -171,6 +205,7 @@ def _worker_died(w: Worker, run: _Run, on_finished: Callable[[tuple[str, str, in
 
     task = w.task
     assert task is not None
+    w.proc.join(timeout=10)  # its pipe closes as it dies; its exit status comes a moment later
     code = w.proc.exitcode
     how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
     msg = f"the worker process running this cell died ({how}); run again to resume it"
