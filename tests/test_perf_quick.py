@@ -93,6 +93,8 @@ def test_quick_harness_prints_every_item(tmp_path: Path, capsys: pytest.CaptureF
     assert sum(r[0] == "5" for r in rows) == len(items_training.METHODS)
     assert [r[0] for r in rows if r[0].startswith("7")] == ["7", "7+"]  # SCAN scoring, t2i and i2t
     assert all(r[4].endswith("%") for r in rows if r[0] == "5")
+    grid = next(r for r in rows if r[0] == "11")  # the grid at --jobs 2 and at --jobs 1, every cell complete
+    assert "--jobs 2" in grid[1] and "(--jobs 1)" in grid[3] and grid[6] == "4 cells complete: True", grid
 
 
 def test_every_method_names_its_image_backbone_and_training_text_outputs(tmp_path: Path):

@@ -33,6 +33,8 @@ Items (targets from the performance issue):
  8. AMFMN training step, batch 100 x 256 px, the same sizes and weights on both sides, vs the authors'
     engine.py train step (fp32, their Python-stepped skip-thought GRU with its dropout; amfmn_refs.py):
     ours at auto and at fp32, >= 1.25x at auto, equal fp32 loss (their dropout off for that check).
+ 11. the README's full synthetic comparison (4 methods x 2 seeds) as `bench run --jobs 2` processes, against
+    the same grid at --jobs 1: at most 4 minutes on 2 idle cores (items_grid.py).
 
 Method. Both sides run in this process on the same inputs, interleaved (ours, ref, ours, ref...)
 so that load changes hit both; one warm-up call each, then the median of up to `repeats` calls
@@ -65,20 +67,21 @@ import torch
 
 from .harness import Row, fmt_seconds, format_table, load_average, machine_description, torch_threads
 from .items_amfmn import child_amfmn, item_amfmn, item_amfmn_step
+from .items_grid import item_grid
 from .items_msa import item_msa_eval, item_msa_step, item_mscmat
 from .items_ranking import child_scale, item_metrics, item_scale, item_scan
 from .items_training import item_loading, item_train_step
 from .workspace import FULL, QUICK, Workspace
 
 DEFAULT_OUT = Path("benchmarks/RESULTS.md")
-ITEMS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+ITEMS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 
 
 # ---- driver ----------------------------------------------------------------------------------------
 
 RUNNERS: dict[int, Callable[[Workspace], list[Row]]] = {
     1: item_metrics, 2: item_amfmn, 3: item_mscmat, 4: item_loading, 5: item_train_step, 6: item_scale,
-    7: item_scan, 8: item_amfmn_step, 9: item_msa_step, 10: item_msa_eval,
+    7: item_scan, 8: item_amfmn_step, 9: item_msa_step, 10: item_msa_eval, 11: item_grid,
 }
 CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"amfmn": child_amfmn, "scale": child_scale}
 

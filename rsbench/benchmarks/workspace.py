@@ -28,13 +28,15 @@ class Sizes:
     scan: tuple[int, int, int, int, int] = (452, 2260, 49, 20, 256)  # images, captions, regions, words, D
     repeats: int = 5
     budget_s: float = 20.0  # time one side may spend in timed repeats
+    grid: tuple[str, ...] = ()  # item 11's `bench run` grid (empty: the README's full comparison)
 
 
 FULL = Sizes()
 QUICK = Sizes(metrics=(200, 1000), amfmn=(100, 500, 64), amfmn_subset=4, amfmn_shard=8, amfmn_step=(4, 256),
               amfmn_text=(32, 64), slow_budget_s=0.5,
               mscmat_batches=(4, 8), loading_images=12, train_batch=4, scale=(2_000, 10_000, 256), scan=(40, 200, 16, 12, 32),
-              repeats=3, budget_s=0.5)
+              repeats=3, budget_s=0.5,
+              grid=("--methods", "vsepp,clip", "--dataset", "synthetic", "--seeds", "0,1", "--epochs", "1"))
 
 
 # ---- workspace: temp folder and the synthetic data set shared by items 4 and 5 ---------------------
