@@ -57,10 +57,9 @@ def test_atomic_path_renames_on_success_and_leaves_nothing_on_error(tmp_path):
         mm.flush()
         del mm
     assert target.read_bytes() == bytes([1, 2, 3, 4])
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("boom")
     assert target.read_bytes() == bytes([1, 2, 3, 4])  # the old file is untouched
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.u8"]
 
@@ -75,10 +74,9 @@ def test_atomic_dir_moves_a_complete_folder_into_place(tmp_path):
 
 
 def test_atomic_dir_error_leaves_no_folder(tmp_path):
-    with pytest.raises(RuntimeError):
-        with atomic_dir(tmp_path / "ds") as tmp:
-            (tmp / "x").write_text("x")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "ds") as tmp:
+        (tmp / "x").write_text("x")
+        raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -106,9 +104,9 @@ def test_atomic_dir_refuses_to_replace_a_non_empty_folder_without_a_rule(tmp_pat
     target = tmp_path / "ds"
     target.mkdir()
     (target / "keep").write_text("x")
-    with pytest.raises(WriteError, match=f"^{target}: could not move the new folder into place"):
-        with atomic_dir(target) as tmp:
-            (tmp / "new").write_text("y")
+    with pytest.raises(WriteError, match=f"^{target}: could not move the new folder into place"), \
+            atomic_dir(target) as tmp:
+        (tmp / "new").write_text("y")
     assert sorted(p.name for p in target.iterdir()) == ["keep"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 

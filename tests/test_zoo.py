@@ -188,7 +188,7 @@ def test_bench_run_weights_dir_loads_a_zoo_checkpoint(tmp_path, tiny_archs, use_
     torch.save(open_clip.create_model(entry.arch).state_dict(), weights / entry.files[0])
     base = ["run", "--methods", "zoo:remoteclip-vit-b-32", "--dataset", "synthetic", "--data-root",
             str(tiny_synthetic), "--set", "train.image_size=32"]
-    code, out, err = run_cli([*base, "--out", str(tmp_path / "out"), "--weights-dir", str(weights)], capsys)
+    code, _out, err = run_cli([*base, "--out", str(tmp_path / "out"), "--weights-dir", str(weights)], capsys)
     assert code == 0, err
     run = json.loads((tmp_path / "out/synthetic/zoo:remoteclip-vit-b-32/seed0/run.json").read_text())
     tower = run["weights"]["tower"]

@@ -105,7 +105,7 @@ def drea(feats: torch.Tensor, saliency: torch.Tensor, valid: torch.Tensor, thres
          ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, R, F) regions, (N, R) saliency in [0, 1], (N, R) valid -> kept regions (most salient first,
     zero-padded) and the row-normalised enhanced adjacency (N, R, R). Loops over R, never over images."""
-    n, r, _ = feats.shape
+    r = feats.shape[1]
     order = saliency.masked_fill(~valid, -1.0).argsort(dim=1, descending=True, stable=True)
     feats = feats.gather(1, order[..., None].expand_as(feats))
     saliency, valid = saliency.gather(1, order), valid.gather(1, order)
@@ -201,7 +201,7 @@ class DetectorRegions(nn.Module):
                             f"detector_arch '{cfg.detector_arch}' (no {key})")
         det = getattr(detection, cfg.detector_arch)(weights=None, weights_backbone=None, num_classes=sd[key].shape[0],
                                                     min_size=cfg.detector_min_size, max_size=max(1333, cfg.detector_min_size))
-        missing, unexpected = det.load_state_dict(sd, strict=False)
+        missing, _unexpected = det.load_state_dict(sd, strict=False)
         if missing:
             raise UserError(f"{cfg.detector_weights}: {len(missing)} detector tensors missing (e.g. {missing[0]}); "
                             f"wrong detector_arch '{cfg.detector_arch}'?")

@@ -96,8 +96,8 @@ def leaderboard_html(ds: str, df: Any, table: Table | None) -> str:
                 for m in LEADERBOARD_METRICS]
         body.append(f'<tr class="ours" data-method="{e(rec["method"])}">' + "".join(tds) + "</tr>")
     for p in table.published if table else []:
-        tds = ['<td class="text" data-value=""></td>', f'<td class="text" title="{e(p.source)}">{e(p.name)} '
-               "(reported)</td>", '<td data-value=""></td>', f'<td class="text">{e(p.selection)}</td>']
+        tds = ['<td class="text" data-value=""></td>', (f'<td class="text" title="{e(p.source)}">{e(p.name)} '
+                                                        "(reported)</td>"), '<td data-value=""></td>', f'<td class="text">{e(p.selection)}</td>']
         tds += [f'<td data-value="{p.mean[m]!r}">{p.mean[m]:.2f}</td>' if m in p.mean else '<td data-value=""></td>'
                 for m in LEADERBOARD_METRICS]
         body.append('<tr class="published hidden">' + "".join(tds) + "</tr>")
