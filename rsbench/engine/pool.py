@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ..datasets import DataSource
     from .grid import CellOutcome, Grid
 
+
 @dataclass(frozen=True)
 class CellTask:
     """One cell for a worker: picklable plain data (the config as a dict, the dataset's source)."""
