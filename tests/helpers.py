@@ -81,3 +81,14 @@ def paired_step(model: Any, captions: list[str], size: int = 64) -> Any:
     assert torch.isfinite(out.loss) and out.loss.item() > 0
     out.loss.backward()
     return out
+
+
+
+def sigint_reaches_children() -> None:
+    """Call before starting a `bench` process a test sends Ctrl-C. A suite started in the background
+    (`nohup ... &`) runs with SIGINT ignored, and a child inherits an ignored signal across exec (Python then
+    installs no KeyboardInterrupt); a handled one is reset to the default instead."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

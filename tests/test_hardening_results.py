@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import run_cli, sigint_reaches_children
 
 from rsbench.results.cell import is_complete
 
@@ -35,6 +35,7 @@ def bench(data: Path, out: Path, *extra: str, kill_at: str | None = None, wait: 
         env["RSBENCH_TEST_KILL_AT"] = kill_at
     argv = [BENCH, "run", *TINY, "--data-root", str(data), "--out", str(out), *extra]
     if not wait:
+        sigint_reaches_children()
         return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
 
