@@ -92,3 +92,14 @@ def sigint_reaches_children() -> None:
 
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def start_bench(argv: list[str], env: dict[str, str], wait: bool) -> Any:
+    """A `bench` command in a real process: waited for (CompletedProcess, 10 min at most), or left running
+    (Popen, its output piped) for a test that signals or kills it."""
+    import subprocess
+
+    if not wait:
+        sigint_reaches_children()
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_cli, sigint_reaches_children
+from helpers import run_cli, start_bench
 
 from rsbench.results.cell import is_complete
 
@@ -34,10 +34,7 @@ def bench(data: Path, out: Path, *extra: str, kill_at: str | None = None, wait: 
     if kill_at:
         env["RSBENCH_TEST_KILL_AT"] = kill_at
     argv = [BENCH, "run", *TINY, "--data-root", str(data), "--out", str(out), *extra]
-    if not wait:
-        sigint_reaches_children()
-        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return start_bench(argv, env, wait)
 
 
 def swapped_copy(src: Path, dst: Path) -> Path:

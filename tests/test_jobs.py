@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import sigint_reaches_children
+from helpers import start_bench
 
 from rsbench.results.cell import is_complete
 
@@ -33,10 +33,7 @@ def bench(data: Path, out: Path, *extra: str, wait: bool = True) -> subprocess.C
     env = {**os.environ, "RSBENCH_CACHE": str(out.parent / "cache")}
     env.pop("OMP_NUM_THREADS", None)  # the workers' share of the cores is what is tested
     argv = [BENCH, "run", *TINY, "--data-root", str(data), "--out", str(out), *extra]
-    if not wait:
-        sigint_reaches_children()
-        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, check=False)
+    return start_bench(argv, env, wait)
 
 
 def cell(out: Path, seed: int) -> Path:
